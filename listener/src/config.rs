@@ -1,0 +1,144 @@
+//! The listener's configuration: command-line flags parsed straight into data that can be read,
+//! validated and printed before anything runs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tonic::transport::{Endpoint, Uri};
+
+use crate::capture::CaptureConfig;
+use crate::reassembly::ReassemblyLimits;
+use crate::transport::LinkConfig;
+
+/// Request bytes per gRPC batch; well under the replayer's message size limit.
+const BATCH_BYTES: usize = 4 << 20;
+/// Largest --max-request-bytes: a record must fit in one gRPC message (the replayer takes 64 MiB).
+const MAX_REQUEST_BYTES_LIMIT: u64 = 48 << 20;
+
+/// Captures HTTP/1.x requests arriving at a service's port with libpcap and streams them to a
+/// tapwire replayer over gRPC. It only observes traffic: production is never in its path.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tapwire-listener", version, max_term_width = 100)]
+pub struct ListenerConfig {
+    /// Network interface to capture on; `any` captures on all of them.
+    #[arg(long, default_value = "any", help_heading = "Capture")]
+    pub interface: String,
+
+    /// Port of the service whose incoming requests are captured. Repeat for several ports.
+    #[arg(long = "port", required = true, value_name = "PORT", help_heading = "Capture",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Kernel capture buffer size. A bigger buffer rides out longer bursts before the kernel
+    /// drops packets (reported as tapwire_listener_pcap_dropped_packets).
+    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES", help_heading = "Capture",
+          value_parser = clap::value_parser!(i32).range(65_536..))]
+    pub pcap_buffer_bytes: i32,
+
+    /// Largest request kept. Larger ones are dropped and counted (reason `too_large`) without
+    /// disturbing the rest of their connection.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", help_heading = "Reassembly",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_REQUEST_BYTES_LIMIT))]
+    pub max_request_bytes: u64,
+
+    /// Out-of-order bytes held per connection while waiting for a missing segment. Past it the
+    /// missing bytes are declared lost (reason `capture_gap`).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", help_heading = "Reassembly")]
+    pub max_out_of_order_bytes: usize,
+
+    /// Forget a connection after this long without packets.
+    #[arg(long, default_value = "60s", value_name = "DURATION", help_heading = "Reassembly",
+          value_parser = humantime::parse_duration)]
+    pub flow_idle_timeout: Duration,
+
+    /// Replayer to stream requests to, as a gRPC URL (http://host:port). Repeatable; for now
+    /// the first one is used.
+    #[arg(long = "replayer", required = true, value_name = "URL", help_heading = "Replayer link",
+          value_parser = parse_replayer_url)]
+    pub replayers: Vec<Uri>,
+
+    /// Name of this listener in the replayer's metrics and logs. Defaults to the hostname.
+    #[arg(long, value_name = "NAME", help_heading = "Replayer link")]
+    pub listener_id: Option<String>,
+
+    /// Most records waiting for the replayer link. When full, new requests are dropped and
+    /// counted (reason `queue_full`); capture never waits.
+    #[arg(long, default_value_t = 65_536, value_name = "RECORDS", help_heading = "Replayer link",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_records: u64,
+
+    /// Most request bytes waiting for the replayer link (same policy as --queue-records).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Replayer link")]
+    pub queue_bytes: usize,
+
+    /// Most records per gRPC batch.
+    #[arg(long, default_value_t = 512, value_name = "RECORDS", help_heading = "Replayer link",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_records: u64,
+
+    /// Batches in flight before the link waits for acknowledgements.
+    #[arg(long, default_value_t = 32, value_name = "BATCHES", help_heading = "Replayer link",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unacked_batches: u64,
+
+    /// On SIGTERM or Ctrl-C, how long to keep sending what is queued before exiting.
+    #[arg(long, default_value = "5s", value_name = "DURATION", help_heading = "Replayer link",
+          value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics. Without it the listener opens no port.
+    #[arg(long, value_name = "ADDR", help_heading = "Observability")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn parse_replayer_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|error| format!("not a URL ({error}); expected http://host:port"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
+        _ => Err("expected http://host:port or https://host:port".into()),
+    }
+}
+
+impl ListenerConfig {
+    pub fn capture(&self) -> CaptureConfig {
+        CaptureConfig {
+            interface: self.interface.clone(),
+            ports: self.ports.clone(),
+            // Loopback and GRO deliver segments far above the MTU; never truncate them.
+            snaplen: 262_144,
+            buffer_bytes: self.pcap_buffer_bytes,
+        }
+    }
+
+    pub fn reassembly(&self) -> ReassemblyLimits {
+        ReassemblyLimits {
+            max_request_bytes: self.max_request_bytes as usize,
+            max_out_of_order_bytes: self.max_out_of_order_bytes,
+            flow_idle_timeout_ns: self.flow_idle_timeout.as_nanos() as u64,
+        }
+    }
+
+    pub fn link(&self) -> LinkConfig {
+        let listener_id = self.listener_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .unwrap_or_else(|| "listener".into())
+        });
+        let replayer = Endpoint::from(self.replayers[0].clone())
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        LinkConfig {
+            replayer,
+            listener_id,
+            max_batch_records: self.batch_records as usize,
+            max_batch_bytes: BATCH_BYTES,
+            max_unacked_batches: self.max_unacked_batches as usize,
+        }
+    }
+}

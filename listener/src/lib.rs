@@ -1,0 +1,101 @@
+//! tapwire-listener: runs on a production host, captures the HTTP/1.x requests arriving at a
+//! service, and streams them to a replayer. Data moves through the modules in this order:
+//!
+//! - [`capture`]: libpcap handle, BPF filter, and the capture loop on its own thread.
+//! - [`packet`]: link layer, IP and TCP decoding of each frame into a [`packet::Segment`].
+//! - [`reassembly`]: per-connection sequence ordering, retransmissions, flow lifetimes.
+//! - [`http`]: cutting each ordered byte stream into complete requests.
+//! - [`transport`]: the bounded queue and the batched, acknowledged gRPC stream to the replayer.
+//!
+//! [`config`] holds the flags, [`metrics`] the counters that account for every request.
+
+pub mod capture;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod packet;
+pub mod reassembly;
+pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+
+pub use config::ListenerConfig;
+use metrics::{DropReason, ListenerMetrics};
+
+/// Runs the listener until `shutdown` resolves (or capture fails), then drains what it can
+/// within the drain timeout and logs the final accounting.
+pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = ListenerMetrics::register(&mut registry);
+    if let Some(addr) = config.metrics_listen {
+        tapwire_telemetry::serve_metrics(addr, Arc::new(registry)).await?;
+    }
+    if config.replayers.len() > 1 {
+        tracing::warn!(
+            using = %config.replayers[0],
+            "several --replayer given; this version streams to the first only"
+        );
+    }
+
+    let mut live = capture::LiveCapture::open(&config.capture())?;
+    let stop_capture = live.stop_handle();
+    let (queue, records) = transport::record_queue(
+        config.queue_records as usize,
+        config.queue_bytes,
+        metrics.clone(),
+    );
+    let (capture_done, mut capture_result) = tokio::sync::oneshot::channel();
+    let capture_thread = {
+        let reassembler = reassembly::Reassembler::new(config.reassembly());
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || {
+                let result = live.run(reassembler, queue, metrics);
+                let _ = capture_done.send(result);
+            })
+            .context("cannot start the capture thread")?
+    };
+    let link = tokio::spawn(transport::stream_to_replayer(
+        config.link(),
+        records,
+        metrics.clone(),
+    ));
+
+    let capture_failure = tokio::select! {
+        () = shutdown => None,
+        result = &mut capture_result => Some(result),
+    };
+    stop_capture.breakloop();
+    let capture_outcome = match capture_failure {
+        Some(result) => result,
+        None => capture_result.await,
+    };
+    // The thread has finished (it sent its result); joining cannot block for long.
+    let _ = capture_thread.join();
+
+    tracing::info!(timeout = ?config.drain_timeout, "capture stopped; draining queue to replayer");
+    if tokio::time::timeout(config.drain_timeout, link)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed; records still queued are dropped");
+    }
+    // Whatever is neither sent nor already counted was queued or in flight at exit.
+    let unsent = metrics
+        .requests_captured
+        .get()
+        .saturating_sub(metrics.records_sent.get() + metrics.dropped_total());
+    metrics.dropped(DropReason::Shutdown).inc_by(unsent);
+    tracing::info!(summary = %metrics.summary(), "listener stopped");
+
+    match capture_outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => anyhow::bail!("the capture thread ended without reporting"),
+    }
+}

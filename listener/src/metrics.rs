@@ -1,0 +1,164 @@
+//! The listener's counters: one struct of handles, registered once, read for `/metrics` and for
+//! the exit summary. The accounting they must satisfy:
+//! `captured = sent + dropped(by reason) + still queued or in flight`.
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a captured request (or the rest of a flow) did not reach the replayer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The queue to the replayer link was full.
+    QueueFull,
+    /// The flow stopped being HTTP/1.x; the rest of that connection is skipped.
+    MalformedHttp,
+    /// The request exceeded `--max-request-bytes`.
+    TooLarge,
+    /// Bytes of the flow never arrived (kernel drop or out-of-order buffer overflow).
+    CaptureGap,
+    /// Sent to a replayer that disconnected before acknowledging it.
+    ReplayerDisconnected,
+    /// Still queued or unacknowledged when the shutdown deadline passed.
+    Shutdown,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::QueueFull,
+        DropReason::MalformedHttp,
+        DropReason::TooLarge,
+        DropReason::CaptureGap,
+        DropReason::ReplayerDisconnected,
+        DropReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::MalformedHttp => "malformed_http",
+            DropReason::TooLarge => "too_large",
+            DropReason::CaptureGap => "capture_gap",
+            DropReason::ReplayerDisconnected => "replayer_disconnected",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: DropReason,
+}
+
+/// Handles to every listener metric. Cloning shares the underlying counters.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub packets_captured: Counter,
+    /// Packets that were not decodable IPv4/IPv6 TCP.
+    pub packets_malformed: Counter,
+    pub requests_captured: Counter,
+    /// Records the replayer acknowledged.
+    pub records_sent: Counter,
+    /// Kernel-side drops reported by libpcap (cumulative).
+    pub pcap_dropped_packets: Gauge,
+    pub flows_active: Gauge,
+    /// One counter per reason, resolved up front so the hot path never looks labels up.
+    dropped: [Counter; DropReason::ALL.len()],
+}
+
+impl ListenerMetrics {
+    /// Registers every metric under `tapwire_listener_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("tapwire_listener");
+        let dropped_family = Family::<ReasonLabel, Counter>::default();
+        let dropped = DropReason::ALL
+            .map(|reason| dropped_family.get_or_create_owned(&ReasonLabel { reason }));
+        let metrics = ListenerMetrics {
+            packets_captured: Counter::default(),
+            packets_malformed: Counter::default(),
+            requests_captured: Counter::default(),
+            records_sent: Counter::default(),
+            pcap_dropped_packets: Gauge::default(),
+            flows_active: Gauge::default(),
+            dropped,
+        };
+        registry.register(
+            "packets_captured",
+            "TCP packets read from the capture handle",
+            metrics.packets_captured.clone(),
+        );
+        registry.register(
+            "packets_malformed",
+            "Captured packets that were not decodable IPv4/IPv6 TCP",
+            metrics.packets_malformed.clone(),
+        );
+        registry.register(
+            "requests_captured",
+            "Complete HTTP requests cut from reassembled TCP streams",
+            metrics.requests_captured.clone(),
+        );
+        registry.register(
+            "records_sent",
+            "Records acknowledged by a replayer",
+            metrics.records_sent.clone(),
+        );
+        registry.register(
+            "records_dropped",
+            "Requests that did not reach a replayer, by reason",
+            dropped_family,
+        );
+        registry.register(
+            "pcap_dropped_packets",
+            "Packets the kernel dropped because the capture buffer was full",
+            metrics.pcap_dropped_packets.clone(),
+        );
+        registry.register(
+            "flows_active",
+            "TCP flows being reassembled",
+            metrics.flows_active.clone(),
+        );
+        metrics
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> &Counter {
+        &self.dropped[reason as usize]
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(Counter::get).sum()
+    }
+
+    /// One line for logs: every count that the accounting needs.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "captured={} sent={} dropped={}",
+            self.requests_captured.get(),
+            self.records_sent.get(),
+            self.dropped_total()
+        );
+        for reason in DropReason::ALL {
+            let count = self.dropped(reason).get();
+            if count > 0 {
+                let _ = write!(line, " dropped_{}={count}", reason.as_str());
+            }
+        }
+        let _ = write!(
+            line,
+            " packets={} packets_malformed={} pcap_kernel_drops={}",
+            self.packets_captured.get(),
+            self.packets_malformed.get(),
+            self.pcap_dropped_packets.get()
+        );
+        line
+    }
+}

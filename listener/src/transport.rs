@@ -1,0 +1,223 @@
+//! The link to the replayer. The capture thread fills a bounded [`RecordQueue`] without ever
+//! blocking (a full queue drops and counts). [`stream_to_replayer`] drains it into batches on one
+//! long-lived gRPC stream, counts records as sent when the replayer acknowledges them, and
+//! reconnects with jittered exponential backoff when the replayer goes away.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tapwire_shared::RequestRecord;
+use tapwire_shared::proto::{self, replay_client::ReplayClient};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::metrics::{DropReason, ListenerMetrics};
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A queued record and its claim on the queue's byte budget, released when it is sent.
+pub struct QueuedRecord {
+    record: RequestRecord,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The sending half, owned by the capture thread.
+pub struct RecordQueue {
+    sender: mpsc::Sender<QueuedRecord>,
+    bytes: Arc<Semaphore>,
+    metrics: ListenerMetrics,
+}
+
+/// A queue between capture and the link, bounded both in records and in request bytes.
+pub fn record_queue(
+    max_records: usize,
+    max_bytes: usize,
+    metrics: ListenerMetrics,
+) -> (RecordQueue, mpsc::Receiver<QueuedRecord>) {
+    let (sender, receiver) = mpsc::channel(max_records);
+    let bytes = Arc::new(Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS)));
+    (
+        RecordQueue {
+            sender,
+            bytes,
+            metrics,
+        },
+        receiver,
+    )
+}
+
+impl RecordQueue {
+    /// Never blocks: capture must keep pace with production, so a full queue drops the record.
+    pub fn push(&self, record: RequestRecord) {
+        let size = u32::try_from(record.request.len()).unwrap_or(u32::MAX);
+        let Ok(permit) = Arc::clone(&self.bytes).try_acquire_many_owned(size) else {
+            self.metrics.dropped(DropReason::QueueFull).inc();
+            return;
+        };
+        let queued = QueuedRecord {
+            record,
+            _bytes: permit,
+        };
+        if self.sender.try_send(queued).is_err() {
+            self.metrics.dropped(DropReason::QueueFull).inc();
+        }
+    }
+}
+
+/// How the link batches and paces records.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub replayer: Endpoint,
+    pub listener_id: String,
+    pub max_batch_records: usize,
+    /// A batch closes once its requests reach this many bytes (a single larger request still
+    /// travels alone).
+    pub max_batch_bytes: usize,
+    /// Batches sent but not yet acknowledged; past this the link stops draining the queue.
+    pub max_unacked_batches: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("replayer closed the stream")]
+    Closed,
+}
+
+/// Batches sent on one stream and not yet acknowledged.
+#[derive(Default)]
+struct Unacked {
+    /// (batch sequence, record count), oldest first.
+    batches: VecDeque<(u64, u64)>,
+    /// The stream worked for a while, so the next reconnect need not back off far.
+    acknowledged_any: bool,
+}
+
+impl Unacked {
+    fn records(&self) -> u64 {
+        self.batches.iter().map(|(_, count)| count).sum()
+    }
+}
+
+/// Streams every queued record to the replayer until the queue is closed and fully acknowledged.
+pub async fn stream_to_replayer(
+    config: LinkConfig,
+    mut records: mpsc::Receiver<QueuedRecord>,
+    metrics: ListenerMetrics,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let mut unacked = Unacked::default();
+        let result = run_stream(&config, &mut records, &metrics, &mut unacked).await;
+        // Records the replayer never acknowledged are lost with the stream.
+        metrics
+            .dropped(DropReason::ReplayerDisconnected)
+            .inc_by(unacked.records());
+        let Err(error) = result else {
+            return;
+        };
+        if records.is_closed() && records.is_empty() {
+            tracing::warn!(replayer = %config.replayer.uri(), %error, "replayer link down while shutting down");
+            return;
+        }
+        if unacked.acknowledged_any {
+            backoff = BACKOFF_FIRST;
+        }
+        let delay = jittered(backoff);
+        tracing::warn!(replayer = %config.replayer.uri(), %error, retry_in = ?delay, "replayer link down");
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn run_stream(
+    config: &LinkConfig,
+    records: &mut mpsc::Receiver<QueuedRecord>,
+    metrics: &ListenerMetrics,
+    unacked: &mut Unacked,
+) -> Result<(), LinkError> {
+    let channel = config.replayer.connect().await?;
+    let (batches, outgoing) = mpsc::channel(config.max_unacked_batches);
+    let mut acks = ReplayClient::new(channel)
+        .stream(ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    tracing::info!(replayer = %config.replayer.uri(), "connected to replayer");
+    let mut batches = Some(batches);
+    let mut next_sequence: u64 = 0;
+    loop {
+        if batches.is_none() && unacked.batches.is_empty() {
+            return Ok(());
+        }
+        let window_open = unacked.batches.len() < config.max_unacked_batches;
+        tokio::select! {
+            received = next_batch(records, config.max_batch_records, config.max_batch_bytes),
+                if window_open && batches.is_some() =>
+            {
+                let (Some(sender), Some(records)) = (batches.as_ref(), received) else {
+                    // Queue closed: close our side so the replayer finishes its acks.
+                    batches = None;
+                    continue;
+                };
+                next_sequence += 1;
+                let count = records.len() as u64;
+                let batch = proto::RecordBatch {
+                    sequence: next_sequence,
+                    listener_id: config.listener_id.clone(),
+                    records: records
+                        .into_iter()
+                        .map(|queued| proto::RequestRecord::from(queued.record))
+                        .collect(),
+                };
+                unacked.batches.push_back((next_sequence, count));
+                if sender.send(batch).await.is_err() {
+                    return Err(LinkError::Closed);
+                }
+            }
+            ack = acks.message() => match ack? {
+                Some(ack) => {
+                    while let Some(&(sequence, count)) = unacked.batches.front() {
+                        if sequence > ack.sequence {
+                            break;
+                        }
+                        unacked.batches.pop_front();
+                        unacked.acknowledged_any = true;
+                        metrics.records_sent.inc_by(count);
+                    }
+                }
+                None => return Err(LinkError::Closed),
+            },
+        }
+    }
+}
+
+/// Waits for one record, then takes whatever else is queued up to the batch limits.
+/// `None` once the queue is closed and empty.
+async fn next_batch(
+    records: &mut mpsc::Receiver<QueuedRecord>,
+    max_records: usize,
+    max_bytes: usize,
+) -> Option<Vec<QueuedRecord>> {
+    let first = records.recv().await?;
+    let mut bytes = first.record.request.len();
+    let mut batch = vec![first];
+    while batch.len() < max_records && bytes < max_bytes {
+        let Ok(queued) = records.try_recv() else {
+            break;
+        };
+        bytes += queued.record.request.len();
+        batch.push(queued);
+    }
+    Some(batch)
+}
+
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(rand::rng().random_range(0.5..1.5))
+}

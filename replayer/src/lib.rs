@@ -1,0 +1,78 @@
+//! tapwire-replayer: receives captured requests from listeners and replays each one to every
+//! staging target. Data moves through the modules in this order:
+//!
+//! - [`server`]: the gRPC service that accepts listener streams and acknowledges batches.
+//! - [`fanout`]: parses each record once and offers it to every target.
+//! - [`target`]: per-target rate limit, bounded queue, concurrency-limited hyper client.
+//!
+//! [`config`] holds the flags, [`metrics`] the counters that account for every request.
+
+pub mod config;
+pub mod fanout;
+pub mod metrics;
+pub mod server;
+pub mod target;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tapwire_shared::proto::replay_server::ReplayServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::ReplayerConfig;
+use fanout::FanOut;
+use metrics::ReplayerMetrics;
+
+/// Largest gRPC message accepted: a batch, or one large request alone.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Serves listeners until `shutdown` resolves, then ends their streams, lets targets finish
+/// what is queued (up to the drain timeout), and logs the final accounting.
+pub async fn run(config: ReplayerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = ReplayerMetrics::register(&mut registry);
+    if let Some(addr) = config.metrics_listen {
+        tapwire_telemetry::serve_metrics(addr, Arc::new(registry)).await?;
+    }
+    let (fanout, target_workers) = FanOut::start(&config.target_configs(), &metrics);
+    let fanout = Arc::new(fanout);
+    let (stopping, stop_watch) = tokio::sync::watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, targets = config.targets.len(), "grpc server listening");
+    let service = ReplayServer::new(server::ReplayService::new(Arc::clone(&fanout), stop_watch))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            shutdown.await;
+            // End open streams too: they would otherwise keep the server alive.
+            let _ = stopping.send(true);
+        });
+    serve.await.context("gRPC server failed")?;
+
+    tracing::info!(timeout = ?config.drain_timeout, "stopped accepting; draining target queues");
+    // Streams have ended, so this is the last handle: dropping it closes every target queue.
+    drop(fanout);
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        for worker in target_workers {
+            let _ = worker.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timeout passed; requests still queued are not sent");
+    }
+    tracing::info!(summary = %metrics.summary(), "replayer stopped");
+    for target in config.target_configs() {
+        let name = target.name();
+        tracing::info!(target = %name, summary = %metrics.target(&name).summary(), "target totals");
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! The replayer's counters. Per target, every request offered is accounted for:
+//! `offered = responses(by status class) + dropped(by reason) + queued or in flight`.
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why a request did not get a response from a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetDropReason {
+    /// Over the target's `--rate`.
+    RateLimited,
+    /// The target's queue was full: it is slower than the traffic.
+    TargetQueueFull,
+    /// No TCP connection to the target could be made.
+    ConnectError,
+    /// No complete response within `--timeout`.
+    Timeout,
+    /// The connection failed mid-exchange or the response was not valid HTTP.
+    HttpError,
+}
+
+impl TargetDropReason {
+    pub const ALL: [TargetDropReason; 5] = [
+        TargetDropReason::RateLimited,
+        TargetDropReason::TargetQueueFull,
+        TargetDropReason::ConnectError,
+        TargetDropReason::Timeout,
+        TargetDropReason::HttpError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetDropReason::RateLimited => "rate_limited",
+            TargetDropReason::TargetQueueFull => "target_queue_full",
+            TargetDropReason::ConnectError => "connect_error",
+            TargetDropReason::Timeout => "timeout",
+            TargetDropReason::HttpError => "http_error",
+        }
+    }
+}
+
+/// Why a received record was not replayed to any target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The gRPC record itself was invalid (bad addresses).
+    InvalidRecord,
+    /// The captured bytes are not a complete HTTP/1.x request.
+    MalformedHttp,
+    /// The request-target cannot be replayed to another host (e.g. `CONNECT host:443`).
+    UnreplayableTarget,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 3] = [
+        RejectReason::InvalidRecord,
+        RejectReason::MalformedHttp,
+        RejectReason::UnreplayableTarget,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidRecord => "invalid_record",
+            RejectReason::MalformedHttp => "malformed_http",
+            RejectReason::UnreplayableTarget => "unreplayable_target",
+        }
+    }
+}
+
+macro_rules! label_value_from_as_str {
+    ($($kind:ty),*) => {$(
+        impl EncodeLabelValue for $kind {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+label_value_from_as_str!(TargetDropReason, RejectReason);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetStatusLabel {
+    target: String,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetReasonLabel {
+    target: String,
+    reason: TargetDropReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectLabel {
+    reason: RejectReason,
+}
+
+/// Status classes, indexed by the status code's first digit minus one.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every replayer metric family; per-target handles come from [`ReplayerMetrics::target`].
+#[derive(Debug, Clone)]
+pub struct ReplayerMetrics {
+    pub records_received: Counter,
+    rejected: [Counter; RejectReason::ALL.len()],
+    sent: Family<TargetLabel, Counter>,
+    responses: Family<TargetStatusLabel, Counter>,
+    dropped: Family<TargetReasonLabel, Counter>,
+    latency: Family<TargetLabel, Histogram>,
+}
+
+/// One target's metric handles, resolved once so replaying never looks labels up.
+#[derive(Debug, Clone)]
+pub struct TargetMetrics {
+    pub sent: Counter,
+    responses: [Counter; STATUS_CLASSES.len()],
+    dropped: [Counter; TargetDropReason::ALL.len()],
+    pub latency: Histogram,
+}
+
+impl ReplayerMetrics {
+    /// Registers every metric under `tapwire_replayer_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("tapwire_replayer");
+        let rejected_family = Family::<RejectLabel, Counter>::default();
+        let metrics = ReplayerMetrics {
+            records_received: Counter::default(),
+            rejected: RejectReason::ALL
+                .map(|reason| rejected_family.get_or_create_owned(&RejectLabel { reason })),
+            sent: Family::default(),
+            responses: Family::default(),
+            dropped: Family::default(),
+            // 100 µs to ~26 s.
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+            }),
+        };
+        registry.register(
+            "records_received",
+            "Records received from listeners",
+            metrics.records_received.clone(),
+        );
+        registry.register(
+            "records_rejected",
+            "Received records that could not be replayed at all, by reason",
+            rejected_family,
+        );
+        registry.register(
+            "requests_sent",
+            "Requests sent to each target",
+            metrics.sent.clone(),
+        );
+        registry.register(
+            "responses",
+            "Responses from each target, by status class",
+            metrics.responses.clone(),
+        );
+        registry.register(
+            "requests_dropped",
+            "Requests that got no response from a target, by reason",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "response_seconds",
+            "Time from sending a request to a target to its complete response",
+            metrics.latency.clone(),
+        );
+        metrics
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> &Counter {
+        &self.rejected[reason as usize]
+    }
+
+    pub fn target(&self, target: &str) -> TargetMetrics {
+        let label = TargetLabel {
+            target: target.to_owned(),
+        };
+        TargetMetrics {
+            sent: self.sent.get_or_create_owned(&label),
+            responses: STATUS_CLASSES.map(|status| {
+                self.responses.get_or_create_owned(&TargetStatusLabel {
+                    target: target.to_owned(),
+                    status,
+                })
+            }),
+            dropped: TargetDropReason::ALL.map(|reason| {
+                self.dropped.get_or_create_owned(&TargetReasonLabel {
+                    target: target.to_owned(),
+                    reason,
+                })
+            }),
+            latency: self.latency.get_or_create_owned(&label),
+        }
+    }
+
+    /// One line for logs: received and rejected records.
+    pub fn summary(&self) -> String {
+        let mut line = format!("received={}", self.records_received.get());
+        for reason in RejectReason::ALL {
+            let count = self.rejected(reason).get();
+            if count > 0 {
+                let _ = write!(line, " rejected_{}={count}", reason.as_str());
+            }
+        }
+        line
+    }
+}
+
+impl TargetMetrics {
+    pub fn response(&self, status: http::StatusCode) -> &Counter {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        &self.responses[class]
+    }
+
+    pub fn dropped(&self, reason: TargetDropReason) -> &Counter {
+        &self.dropped[reason as usize]
+    }
+
+    /// One line for logs: this target's accounting.
+    pub fn summary(&self) -> String {
+        let responses: u64 = self.responses.iter().map(Counter::get).sum();
+        let mut line = format!("sent={} responses={responses}", self.sent.get());
+        for (class, counter) in STATUS_CLASSES.iter().zip(&self.responses) {
+            if counter.get() > 0 {
+                let _ = write!(line, " status_{class}={}", counter.get());
+            }
+        }
+        for reason in TargetDropReason::ALL {
+            let count = self.dropped(reason).get();
+            if count > 0 {
+                let _ = write!(line, " dropped_{}={count}", reason.as_str());
+            }
+        }
+        line
+    }
+}

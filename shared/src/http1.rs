@@ -1,0 +1,416 @@
+//! HTTP/1.x request grammar: where a head ends, how the body is framed, how a chunked body is
+//! walked, and what a complete request says. The listener's cutter uses the first three to find
+//! request boundaries in a byte stream; the replayer uses [`ParsedRequest`] to rebuild a request
+//! for a target. Not having enough bytes yet is a normal outcome (`Ok(None)`), not an error.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
+
+/// Most headers a request may carry; more is treated as malformed.
+pub const MAX_HEADERS: usize = 128;
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Longest chunk-size or trailer line accepted in a chunked body.
+const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
+
+/// Why bytes are not a well-formed HTTP/1.x request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("malformed request head: {0}")]
+    MalformedHead(httparse::Error),
+    #[error("request head exceeds {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("invalid Content-Length header")]
+    InvalidContentLength,
+    #[error("Transfer-Encoding does not end in chunked, so the body length is unknowable")]
+    UnsupportedTransferEncoding,
+    #[error("malformed chunked body")]
+    MalformedChunkedBody,
+    #[error("request ends before its body is complete")]
+    Truncated,
+}
+
+/// How a request's body is delimited (RFC 9112 section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// Chunked transfer coding; ends with a zero-size chunk and optional trailers.
+    Chunked,
+}
+
+/// What the cutter needs to know about a complete request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes from the start of the request line to the end of the blank line after the headers.
+    pub len: usize,
+    pub framing: BodyFraming,
+}
+
+/// Parses a request head at the start of `buf`; `Ok(None)` means the head is not complete yet.
+pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf).map_err(HttpError::MalformedHead)? {
+        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
+        httparse::Status::Complete(len) => Ok(Some(RequestHead {
+            len,
+            framing: body_framing(request.headers)?,
+        })),
+    }
+}
+
+fn body_framing(headers: &[httparse::Header<'_>]) -> Result<BodyFraming, HttpError> {
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = Some(header.value);
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            let length = parse_content_length(header.value)?;
+            // Repeated Content-Length headers are allowed only if they agree.
+            if content_length.is_some_and(|seen| seen != length) {
+                return Err(HttpError::InvalidContentLength);
+            }
+            content_length = Some(length);
+        }
+    }
+    // Transfer-Encoding overrides Content-Length (RFC 9112 section 6.3).
+    if let Some(coding) = transfer_encoding {
+        let last = coding.rsplit(|&b| b == b',').next().unwrap_or_default();
+        return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            Ok(BodyFraming::Chunked)
+        } else {
+            Err(HttpError::UnsupportedTransferEncoding)
+        };
+    }
+    Ok(match content_length {
+        None | Some(0) => BodyFraming::Empty,
+        Some(length) => BodyFraming::Length(length),
+    })
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::InvalidContentLength);
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(HttpError::InvalidContentLength)
+}
+
+/// Walks a chunked body incrementally. It remembers how far it got, so bytes arriving in many
+/// segments are each examined once.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkedScanner {
+    /// Offset into the body of the first byte not yet examined.
+    position: usize,
+    state: ChunkState,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+enum ChunkState {
+    #[default]
+    SizeLine,
+    Data {
+        remaining: u64,
+    },
+    DataEnd,
+    Trailers,
+}
+
+impl ChunkedScanner {
+    /// Continues scanning `body` (all body bytes received so far, starting right after the head).
+    /// Calls `on_data` with the range of each piece of chunk data. Returns the body's total
+    /// length, trailers included, once the terminating chunk has been seen.
+    pub fn advance(
+        &mut self,
+        body: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Option<usize>, HttpError> {
+        loop {
+            match self.state {
+                ChunkState::SizeLine => {
+                    let Some(line) = self.next_line(body)? else {
+                        return Ok(None);
+                    };
+                    let size = parse_chunk_size(line)?;
+                    self.position += line.len() + 2;
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data { remaining: size }
+                    };
+                }
+                ChunkState::Data { remaining } => {
+                    let available = (body.len() - self.position) as u64;
+                    let take = available.min(remaining) as usize;
+                    if take > 0 {
+                        on_data(self.position..self.position + take);
+                    }
+                    self.position += take;
+                    let remaining = remaining - take as u64;
+                    if remaining > 0 {
+                        self.state = ChunkState::Data { remaining };
+                        return Ok(None);
+                    }
+                    self.state = ChunkState::DataEnd;
+                }
+                ChunkState::DataEnd => {
+                    let Some(end) = body.get(self.position..self.position + 2) else {
+                        return Ok(None);
+                    };
+                    if end != b"\r\n" {
+                        return Err(HttpError::MalformedChunkedBody);
+                    }
+                    self.position += 2;
+                    self.state = ChunkState::SizeLine;
+                }
+                ChunkState::Trailers => {
+                    let Some(line) = self.next_line(body)? else {
+                        return Ok(None);
+                    };
+                    self.position += line.len() + 2;
+                    if line.is_empty() {
+                        return Ok(Some(self.position));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The CRLF-terminated line at the current position, without its CRLF.
+    fn next_line<'a>(&self, body: &'a [u8]) -> Result<Option<&'a [u8]>, HttpError> {
+        let rest = &body[self.position..];
+        match rest.windows(2).position(|pair| pair == b"\r\n") {
+            Some(end) if end <= MAX_CHUNK_LINE_BYTES => Ok(Some(&rest[..end])),
+            Some(_) => Err(HttpError::MalformedChunkedBody),
+            None if rest.len() > MAX_CHUNK_LINE_BYTES => Err(HttpError::MalformedChunkedBody),
+            None => Ok(None),
+        }
+    }
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
+    // Chunk extensions (";name=value") carry nothing we replay.
+    let size = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+        return Err(HttpError::MalformedChunkedBody);
+    }
+    std::str::from_utf8(size)
+        .ok()
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or(HttpError::MalformedChunkedBody)
+}
+
+/// A complete request, taken apart so it can be sent again.
+#[derive(Debug, Clone)]
+pub struct ParsedRequest {
+    pub method: Method,
+    /// The request-target as sent: usually origin-form (`/path?query`).
+    pub target: String,
+    pub version: Version,
+    /// Every header as captured, in order, duplicates kept.
+    pub headers: HeaderMap,
+    /// The body with any chunked coding removed.
+    pub body: Bytes,
+    pub framing: BodyFraming,
+}
+
+impl ParsedRequest {
+    /// Parses one complete request; `raw` must hold exactly one request.
+    pub fn parse(raw: &Bytes) -> Result<Self, HttpError> {
+        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut header_slots);
+        let head_len = match request.parse(raw).map_err(HttpError::MalformedHead)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Err(HttpError::Truncated),
+        };
+        let framing = body_framing(request.headers)?;
+        let method = request
+            .method
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .ok_or(HttpError::MalformedHead(httparse::Error::Token))?;
+        let target = request.path.unwrap_or("/").to_owned();
+        let version = match request.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        let mut headers = HeaderMap::with_capacity(request.headers.len());
+        for header in request.headers.iter() {
+            let name = HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| HttpError::MalformedHead(httparse::Error::HeaderName))?;
+            let value = HeaderValue::from_bytes(header.value)
+                .map_err(|_| HttpError::MalformedHead(httparse::Error::HeaderValue))?;
+            headers.append(name, value);
+        }
+        let rest = raw.slice(head_len..);
+        let body = match framing {
+            BodyFraming::Empty => Bytes::new(),
+            BodyFraming::Length(len) => {
+                let len = usize::try_from(len).map_err(|_| HttpError::Truncated)?;
+                if rest.len() < len {
+                    return Err(HttpError::Truncated);
+                }
+                rest.slice(..len)
+            }
+            BodyFraming::Chunked => {
+                let mut decoded = BytesMut::new();
+                ChunkedScanner::default()
+                    .advance(&rest, |range| decoded.extend_from_slice(&rest[range]))?
+                    .ok_or(HttpError::Truncated)?;
+                decoded.freeze()
+            }
+        };
+        Ok(ParsedRequest {
+            method,
+            target,
+            version,
+            headers,
+            body,
+            framing,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_without_body_headers_has_empty_body() {
+        let request = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head = parse_request_head(&[request.as_slice(), b"rest"].concat()).unwrap();
+        assert_eq!(
+            head,
+            Some(RequestHead {
+                len: request.len(),
+                framing: BodyFraming::Empty
+            })
+        );
+    }
+
+    #[test]
+    fn partial_head_is_incomplete_not_an_error() {
+        assert_eq!(
+            parse_request_head(b"POST /a HTTP/1.1\r\nHost: x\r\n"),
+            Ok(None)
+        );
+        assert_eq!(parse_request_head(b""), Ok(None));
+    }
+
+    #[test]
+    fn transfer_encoding_chunked_overrides_content_length() {
+        let head = parse_request_head(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn conflicting_content_lengths_are_rejected() {
+        let result = parse_request_head(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        );
+        assert_eq!(result, Err(HttpError::InvalidContentLength));
+    }
+
+    #[test]
+    fn non_numeric_content_length_is_rejected() {
+        let result = parse_request_head(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+        assert_eq!(result, Err(HttpError::InvalidContentLength));
+    }
+
+    #[test]
+    fn binary_garbage_is_malformed() {
+        let result = parse_request_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
+        assert!(
+            matches!(result, Err(HttpError::MalformedHead(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn endless_head_is_too_large() {
+        let mut head = b"GET / HTTP/1.1\r\nX-Filler: ".to_vec();
+        head.resize(MAX_HEAD_BYTES + 10, b'a');
+        assert_eq!(parse_request_head(&head), Err(HttpError::HeadTooLarge));
+    }
+
+    #[test]
+    fn chunked_body_scanned_byte_by_byte_ends_where_scanned_whole() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nTrailer: yes\r\n\r\nNEXT";
+        let whole = ChunkedScanner::default().advance(body, |_| {}).unwrap();
+        assert_eq!(whole, Some(body.len() - 4));
+
+        let mut scanner = ChunkedScanner::default();
+        let mut data = Vec::new();
+        let mut end = None;
+        for received in 1..=body.len() {
+            end = scanner
+                .advance(&body[..received], |r| data.extend_from_slice(&body[r]))
+                .unwrap();
+            if end.is_some() {
+                break;
+            }
+        }
+        assert_eq!(end, whole);
+        assert_eq!(data, b"Wikipedia");
+    }
+
+    #[test]
+    fn chunk_without_crlf_after_data_is_malformed() {
+        let result = ChunkedScanner::default().advance(b"3\r\nabcXX", |_| {});
+        assert_eq!(result, Err(HttpError::MalformedChunkedBody));
+    }
+
+    #[test]
+    fn chunk_size_that_is_not_hex_is_malformed() {
+        let result = ChunkedScanner::default().advance(b"zz\r\n", |_| {});
+        assert_eq!(result, Err(HttpError::MalformedChunkedBody));
+    }
+
+    #[test]
+    fn parsed_request_keeps_headers_in_order_and_decodes_chunks() {
+        let raw = Bytes::from_static(
+            b"PUT /up?x=1 HTTP/1.1\r\nHost: prod\r\nX-A: 1\r\nX-A: 2\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        );
+        let parsed = ParsedRequest::parse(&raw).unwrap();
+        assert_eq!(parsed.method, Method::PUT);
+        assert_eq!(parsed.target, "/up?x=1");
+        assert_eq!(parsed.version, Version::HTTP_11);
+        let values: Vec<_> = parsed.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(parsed.body, "abc");
+        assert_eq!(parsed.framing, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn parsed_request_body_is_exactly_content_length() {
+        let raw = Bytes::from_static(b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
+        let parsed = ParsedRequest::parse(&raw).unwrap();
+        assert_eq!(parsed.body, "abc");
+        assert_eq!(parsed.version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn parsed_request_with_short_body_is_truncated() {
+        let raw = Bytes::from_static(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc");
+        assert!(matches!(
+            ParsedRequest::parse(&raw),
+            Err(HttpError::Truncated)
+        ));
+    }
+}

@@ -1,0 +1,17 @@
+//! The contract between tapwire's two sides. It owns data, not machinery:
+//!
+//! - [`proto`]: the gRPC types and service stubs generated from `proto/tapwire/v1`.
+//! - [`record`]: the [`RequestRecord`] model and its conversions to and from the wire.
+//! - [`http1`]: the HTTP/1.x grammar: where a request ends (for the listener's cutter) and what it
+//!   says (for the replayer's rebuild). The one place tapwire parses HTTP.
+
+pub mod http1;
+pub mod record;
+
+/// Generated gRPC types for package `tapwire.v1`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tapwire.v1");
+}
+
+pub use record::{RecordError, RequestRecord};
