@@ -3,7 +3,12 @@
 //! [`Reassembler`], and pushes every completed request into the [`RecordQueue`], which never
 //! blocks. Production traffic is only ever observed, never touched.
 
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use tapwire_shared::RequestRecord;
 
@@ -13,8 +18,11 @@ use crate::packet::{self, LinkType};
 use crate::reassembly::Reassembler;
 use crate::transport::RecordQueue;
 
-/// How long a read waits for packets before housekeeping gets a turn.
-const READ_TIMEOUT_MS: i32 = 50;
+/// The kernel hands over a block of packets when it fills or after this long: the most a
+/// captured packet waits before the listener sees it.
+const BLOCK_TIMEOUT_MS: i32 = 20;
+/// Longest sleep waiting for packets, so housekeeping and shutdown always get a turn.
+const POLL_TIMEOUT_MS: u16 = 100;
 /// How often idle flows are evicted and kernel drop counts refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -45,6 +53,8 @@ pub enum CaptureError {
     },
     #[error("capture failed: {0}")]
     Read(#[from] pcap::Error),
+    #[error("waiting for packets failed: {0}")]
+    Poll(nix::errno::Errno),
 }
 
 /// The BPF program: client->server TCP segments on the service's ports only.
@@ -73,10 +83,14 @@ impl LiveCapture {
             .promisc(false)
             .snaplen(config.snaplen)
             .buffer_size(config.buffer_bytes)
-            .timeout(READ_TIMEOUT_MS)
-            // Deliver each packet as it arrives instead of when a kernel block fills or times out.
-            .immediate_mode(true)
+            // TPACKET_V3 packs packets into shared blocks; immediate mode would fall back to
+            // fixed snaplen-sized frames, so the same buffer would hold only a few dozen packets.
+            .immediate_mode(false)
+            .timeout(BLOCK_TIMEOUT_MS)
             .open()
+            .map_err(open_error)?
+            // Waiting is done by our own poll(), which (unlike libpcap's) always times out.
+            .setnonblock()
             .map_err(open_error)?;
         let filter = bpf_filter(&config.ports);
         handle
@@ -95,19 +109,13 @@ impl LiveCapture {
         Ok(LiveCapture { handle, link })
     }
 
-    /// A handle that makes [`LiveCapture::run`] return, callable from any thread. (libpcap's
-    /// read timeout cannot be relied on for that: on Linux an idle read may never time out.)
-    pub fn stop_handle(&mut self) -> pcap::BreakLoop {
-        self.handle.breakloop_handle()
-    }
-
-    /// Captures until stopped through [`LiveCapture::stop_handle`], then processes what the
-    /// kernel already holds and returns.
+    /// Captures until `stop` is set, then processes what the kernel already holds and returns.
     pub fn run(
         self,
         reassembler: Reassembler,
         queue: RecordQueue,
         metrics: ListenerMetrics,
+        stop: Arc<AtomicBool>,
     ) -> Result<(), CaptureError> {
         let mut pipeline = PacketPipeline {
             link: self.link,
@@ -118,23 +126,37 @@ impl LiveCapture {
         };
         let mut handle = self.handle;
         let mut last_housekeeping = Instant::now();
+        let mut stopping_since: Option<Instant> = None;
         loop {
-            match handle.next_packet() {
-                Ok(frame) => pipeline.process(&frame),
-                Err(pcap::Error::TimeoutExpired) => {}
-                // pcap_breakloop was called: stop reading live traffic.
-                Err(pcap::Error::NoMorePackets) => break,
-                Err(error) => return Err(CaptureError::Read(error)),
+            loop {
+                match handle.next_packet() {
+                    Ok(frame) => pipeline.process(&frame),
+                    // Non-blocking: nothing more to read right now.
+                    Err(pcap::Error::TimeoutExpired) => break,
+                    Err(error) => return Err(CaptureError::Read(error)),
+                }
             }
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 last_housekeeping = Instant::now();
                 pipeline.housekeeping(&mut handle);
             }
-        }
-        // Requests the kernel already captured belong to this run: process them too.
-        let mut handle = handle.setnonblock()?;
-        while let Ok(frame) = handle.next_packet() {
-            pipeline.process(&frame);
+            // Once stopping, give the kernel time to hand over its last partly filled block:
+            // requests it captured before the stop belong to this run.
+            match stopping_since {
+                Some(since)
+                    if since.elapsed() > Duration::from_millis(3 * BLOCK_TIMEOUT_MS as u64) =>
+                {
+                    break;
+                }
+                Some(_) => {}
+                None if stop.load(Ordering::Relaxed) => stopping_since = Some(Instant::now()),
+                None => {}
+            }
+            let mut readable = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut readable, PollTimeout::from(POLL_TIMEOUT_MS)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(errno) => return Err(CaptureError::Poll(errno)),
+            }
         }
         pipeline.housekeeping(&mut handle);
         Ok(())

@@ -32,7 +32,7 @@ pub struct ListenerConfig {
 
     /// Kernel capture buffer size. A bigger buffer rides out longer bursts before the kernel
     /// drops packets (reported as tapwire_listener_pcap_dropped_packets).
-    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES", help_heading = "Capture",
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Capture",
           value_parser = clap::value_parser!(i32).range(65_536..))]
     pub pcap_buffer_bytes: i32,
 

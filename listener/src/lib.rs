@@ -19,6 +19,7 @@ pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -41,8 +42,8 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         );
     }
 
-    let mut live = capture::LiveCapture::open(&config.capture())?;
-    let stop_capture = live.stop_handle();
+    let live = capture::LiveCapture::open(&config.capture())?;
+    let stop = Arc::new(AtomicBool::new(false));
     let (queue, records) = transport::record_queue(
         config.queue_records as usize,
         config.queue_bytes,
@@ -51,11 +52,11 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
     let (capture_done, mut capture_result) = tokio::sync::oneshot::channel();
     let capture_thread = {
         let reassembler = reassembly::Reassembler::new(config.reassembly());
-        let metrics = metrics.clone();
+        let (metrics, stop) = (metrics.clone(), Arc::clone(&stop));
         std::thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
-                let result = live.run(reassembler, queue, metrics);
+                let result = live.run(reassembler, queue, metrics, stop);
                 let _ = capture_done.send(result);
             })
             .context("cannot start the capture thread")?
@@ -70,7 +71,7 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         () = shutdown => None,
         result = &mut capture_result => Some(result),
     };
-    stop_capture.breakloop();
+    stop.store(true, Ordering::Relaxed);
     let capture_outcome = match capture_failure {
         Some(result) => result,
         None => capture_result.await,

@@ -1,0 +1,204 @@
+//! Running tapwire's binaries as child processes: finding them, waiting for the log line that
+//! says they are ready (never a sleep), stopping them with SIGTERM, and reading their CPU time
+//! and peak memory from /proc.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// Where `cargo build` put the workspace binaries: `$TAPWIRE_BIN_DIR`, or the directory of the
+/// running executable (or its parent, for test executables under `deps/`).
+pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("TAPWIRE_BIN_DIR") {
+        candidates.push(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        candidates.push(dir.to_path_buf());
+        if let Some(parent) = dir.parent() {
+            candidates.push(parent.to_path_buf());
+        }
+    }
+    candidates
+        .iter()
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .with_context(|| {
+            format!("binary {name} not found in {candidates:?}: build it first (`make test` runs `cargo build --bins`)")
+        })
+}
+
+/// The `addr=IP:PORT` field of a log line.
+pub fn addr_in(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .and_then(|addr| addr.parse().ok())
+}
+
+/// CPU time and peak memory of a process, from /proc.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceUsage {
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+struct Log {
+    lines: Mutex<Vec<String>>,
+    /// Lines seen so far, and whether stderr has closed (the process is exiting).
+    progress: watch::Sender<(usize, bool)>,
+}
+
+/// A tapwire binary running as a child process, its stderr collected line by line.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: Arc<Log>,
+}
+
+impl Process {
+    pub fn spawn(binary: &str, args: &[String]) -> anyhow::Result<Process> {
+        let path = binary_path(binary)?;
+        let mut child = Command::new(&path)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Never leave a capture running behind a failed test.
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        let (progress, _) = watch::channel((0, false));
+        let log = Arc::new(Log {
+            lines: Mutex::new(Vec::new()),
+            progress,
+        });
+        let reader_log = Arc::clone(&log);
+        tokio::spawn(async move {
+            let mut stderr = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                let mut lines = reader_log.lines.lock().expect("log lock");
+                lines.push(line);
+                let count = lines.len();
+                drop(lines);
+                reader_log.progress.send_replace((count, false));
+            }
+            reader_log
+                .progress
+                .send_modify(|(_, closed)| *closed = true);
+        });
+        Ok(Process {
+            name: binary.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// The process id, while the process runs.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .id()
+            .with_context(|| format!("{} has exited", self.name))
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.log.lines.lock().expect("log lock").join("\n")
+    }
+
+    /// Waits for a log line containing `needle`; fails if the process exits or time runs out.
+    pub async fn wait_for_line(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let mut progress = self.log.progress.subscribe();
+        let mut checked = 0;
+        let wait = async {
+            loop {
+                let (count, closed) = *progress.borrow_and_update();
+                {
+                    let lines = self.log.lines.lock().expect("log lock");
+                    if let Some(line) = lines[checked..count].iter().find(|l| l.contains(needle)) {
+                        return Ok(line.clone());
+                    }
+                }
+                checked = count;
+                if closed {
+                    bail!("{} exited before logging {needle:?}", self.name);
+                }
+                if progress.changed().await.is_err() {
+                    bail!("{} log reader stopped", self.name);
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result.with_context(|| format!("{} log:\n{}", self.name, self.log())),
+            Err(_) => bail!(
+                "{} did not log {needle:?} within {timeout:?}; log:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+
+    /// Reads /proc while the process runs. CPU time is in clock ticks of 1/100 s (USER_HZ).
+    pub fn resource_usage(&self) -> anyhow::Result<ResourceUsage> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let after_name = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let peak_kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .context("no VmHWM in /proc status")?;
+        Ok(ResourceUsage {
+            cpu_seconds: ticks as f64 / 100.0,
+            peak_rss_bytes: peak_kib * 1024,
+        })
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit (SIGKILL after `grace`).
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        kill(Pid::from_raw(self.pid()? as i32), Signal::SIGTERM)?;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                self.child.kill().await?;
+                bail!(
+                    "{} ignored SIGTERM for {grace:?}; killed. log:\n{}",
+                    self.name,
+                    self.log()
+                )
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => bail!(
+                "{} still running after {timeout:?}; log:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! A small HTTP/1.1 server (hyper) that answers every request with 200 and can record what it
+//! received, so tests can compare what production saw with what each target saw.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The header every generated request carries: its sequence number in the run.
+pub const SEQUENCE_HEADER: &str = "x-tapwire-seq";
+
+/// One request as a server received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedRequest {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+struct State {
+    served: AtomicU64,
+    served_watch: watch::Sender<u64>,
+    record: bool,
+    /// Requests by their sequence header, every copy kept so duplicates are visible.
+    received: Mutex<HashMap<u64, Vec<ReceivedRequest>>>,
+}
+
+/// A running server on 127.0.0.1; it stops when the runtime does.
+#[derive(Clone)]
+pub struct RecordingServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl RecordingServer {
+    /// Starts a server on a free loopback port. With `record`, every request is kept in memory.
+    pub async fn start(record: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (served_watch, _) = watch::channel(0);
+        let state = Arc::new(State {
+            served: AtomicU64::new(0),
+            served_watch,
+            record,
+            received: Mutex::new(HashMap::new()),
+        });
+        let accept_state = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = Arc::clone(&accept_state);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(RecordingServer { addr, state })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.state.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `count` requests were served, or `timeout` passes; returns the
+    /// count reached.
+    pub async fn wait_for_served(&self, count: u64, timeout: std::time::Duration) -> u64 {
+        let mut served = self.state.served_watch.subscribe();
+        let _ = tokio::time::timeout(timeout, served.wait_for(|&n| n >= count)).await;
+        self.served()
+    }
+
+    /// Every recorded request, by sequence number.
+    pub fn received(&self) -> HashMap<u64, Vec<ReceivedRequest>> {
+        self.state.received.lock().expect("recording lock").clone()
+    }
+}
+
+async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    if state.record {
+        let sequence = parts
+            .headers
+            .get(SEQUENCE_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse().ok());
+        if let Some(sequence) = sequence {
+            let received = ReceivedRequest {
+                method: parts.method.clone(),
+                path_and_query: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
+                headers: parts.headers.clone(),
+                body,
+            };
+            let mut map = state.received.lock().expect("recording lock");
+            map.entry(sequence).or_default().push(received);
+        }
+    }
+    let served = state.served.fetch_add(1, Ordering::Relaxed) + 1;
+    state.served_watch.send_replace(served);
+    Response::new(Full::new(Bytes::from_static(b"ok\n")))
+}
