@@ -183,10 +183,7 @@ impl PacketPipeline {
                 return;
             }
         };
-        let now_ns = timeval_ns(
-            i64::from(frame.header.ts.tv_sec),
-            i64::from(frame.header.ts.tv_usec),
-        );
+        let now_ns = timeval_ns(frame.header.ts.tv_sec, frame.header.ts.tv_usec);
         let (queue, metrics, next_record_id) =
             (&self.queue, &self.metrics, &mut self.next_record_id);
         self.reassembler

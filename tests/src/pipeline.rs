@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::process::{Process, ResourceUsage, addr_in};
-use crate::scrape::{Snapshot, scrape};
 use crate::servers::RecordingServer;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -131,41 +130,59 @@ impl Pipeline {
         self.listener.resource_usage()
     }
 
-    /// Stops the listener (SIGTERM: it drains everything to the replayer and logs its final
-    /// accounting), takes the replayer's counts, stops the replayer, and reports.
+    /// Stops the listener (SIGTERM: it drains everything to the replayer), then the replayer
+    /// (it drains its target queues), and reports from the final accounting both log at exit:
+    /// nothing is still in flight, so the counts are exact.
     pub async fn finish(mut self, sent_to_production: u64) -> anyhow::Result<Report> {
         let grace = Duration::from_secs(15);
-        let status = self.listener.terminate(grace).await?;
-        anyhow::ensure!(
-            status.success(),
-            "listener exited with {status}:\n{}",
-            self.listener.log()
-        );
-        let summary = self
-            .listener
-            .wait_for_line("listener stopped", grace)
-            .await?;
-        let listener = ListenerSummary::parse(&summary)?;
-        let replayer = scrape(self.replayer_metrics).await?;
-        let report = Report::new(&self, sent_to_production, &listener, &replayer);
-        let status = self.replayer.terminate(grace).await?;
-        anyhow::ensure!(
-            status.success(),
-            "replayer exited with {status}:\n{}",
-            self.replayer.log()
-        );
-        Ok(report)
+        let listener = stop_and_summarise(&mut self.listener, "listener stopped", grace).await?;
+        let replayer = stop_and_summarise(&mut self.replayer, "replayer stopped", grace).await?;
+        let mut targets = Vec::new();
+        for server in &self.targets {
+            let url = server.url();
+            let line = self
+                .replayer
+                .wait_for_line(&format!("target totals target={url} "), grace)
+                .await?;
+            targets.push(TargetReport::new(
+                url,
+                &SummaryLine::parse(&line)?,
+                server.served(),
+            ));
+        }
+        Ok(Report {
+            sent_to_production,
+            served_by_production: self.production.served(),
+            captured: listener.get("captured"),
+            streamed: listener.get("sent"),
+            listener_dropped: listener.with_prefix("dropped_"),
+            kernel_dropped_packets: listener.get("pcap_kernel_drops"),
+            received_by_replayer: replayer.get("received"),
+            rejected_by_replayer: replayer.with_prefix("rejected_"),
+            targets,
+        })
     }
 }
 
-/// The listener's final accounting, from the `listener stopped summary=...` line it logs at exit.
+/// SIGTERM, a clean exit, and the summary line the process logged on its way out.
+async fn stop_and_summarise(
+    process: &mut Process,
+    final_line: &str,
+    grace: Duration,
+) -> anyhow::Result<SummaryLine> {
+    let status = process.terminate(grace).await?;
+    anyhow::ensure!(status.success(), "exited with {status}:\n{}", process.log());
+    SummaryLine::parse(&process.wait_for_line(final_line, grace).await?)
+}
+
+/// The `summary=key=N key=N ...` accounting that tapwire's binaries log when they stop.
 #[derive(Debug, Clone, Default)]
-pub struct ListenerSummary {
+pub struct SummaryLine {
     counts: BTreeMap<String, u64>,
 }
 
-impl ListenerSummary {
-    pub fn parse(line: &str) -> anyhow::Result<ListenerSummary> {
+impl SummaryLine {
+    pub fn parse(line: &str) -> anyhow::Result<SummaryLine> {
         let fields = line
             .split_once("summary=")
             .with_context(|| format!("no summary in {line:?}"))?
@@ -177,18 +194,18 @@ impl ListenerSummary {
                 Some((key.to_owned(), value.parse().ok()?))
             })
             .collect();
-        Ok(ListenerSummary { counts })
+        Ok(SummaryLine { counts })
     }
 
     pub fn get(&self, key: &str) -> u64 {
         self.counts.get(key).copied().unwrap_or(0)
     }
 
-    /// Drop counts by reason (`dropped_<reason>=N` fields).
-    pub fn dropped(&self) -> BTreeMap<String, u64> {
+    /// The `<prefix><name>=N` fields, by name: e.g. drops by reason with `dropped_`.
+    pub fn with_prefix(&self, prefix: &str) -> BTreeMap<String, u64> {
         self.counts
             .iter()
-            .filter_map(|(key, &count)| Some((key.strip_prefix("dropped_")?.to_owned(), count)))
+            .filter_map(|(key, &count)| Some((key.strip_prefix(prefix)?.to_owned(), count)))
             .collect()
     }
 }
@@ -210,6 +227,20 @@ pub struct TargetReport {
     pub served: u64,
 }
 
+impl TargetReport {
+    /// From the replayer's `target totals` line and the target server's own count.
+    pub fn new(url: String, totals: &SummaryLine, served: u64) -> TargetReport {
+        TargetReport {
+            url,
+            sent: totals.get("sent"),
+            responses: totals.get("responses"),
+            responses_by_status: totals.with_prefix("status_"),
+            dropped: totals.with_prefix("dropped_"),
+            served,
+        }
+    }
+}
+
 /// Every count from production to each target.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -225,53 +256,6 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(
-        pipeline: &Pipeline,
-        sent_to_production: u64,
-        listener: &ListenerSummary,
-        replayer: &Snapshot,
-    ) -> Report {
-        let targets = pipeline
-            .targets
-            .iter()
-            .map(|server| {
-                let url = server.url();
-                let filter = [("target", url.as_str())];
-                TargetReport {
-                    sent: replayer.sum("tapwire_replayer_requests_sent_total", &filter),
-                    responses: replayer.sum("tapwire_replayer_responses_total", &filter),
-                    responses_by_status: replayer.by_label(
-                        "tapwire_replayer_responses_total",
-                        "status",
-                        &filter,
-                    ),
-                    dropped: replayer.by_label(
-                        "tapwire_replayer_requests_dropped_total",
-                        "reason",
-                        &filter,
-                    ),
-                    served: server.served(),
-                    url,
-                }
-            })
-            .collect();
-        Report {
-            sent_to_production,
-            served_by_production: pipeline.production.served(),
-            captured: listener.get("captured"),
-            streamed: listener.get("sent"),
-            listener_dropped: listener.dropped(),
-            kernel_dropped_packets: listener.get("pcap_kernel_drops"),
-            received_by_replayer: replayer.sum("tapwire_replayer_records_received_total", &[]),
-            rejected_by_replayer: replayer.by_label(
-                "tapwire_replayer_records_rejected_total",
-                "reason",
-                &[],
-            ),
-            targets,
-        }
-    }
-
     /// True when every request served by production reached every target, with nothing dropped.
     pub fn is_complete(&self) -> bool {
         let expected = self.sent_to_production;

@@ -1,0 +1,28 @@
+# tapwire: the two commands a user needs are `make demo` and `make test`.
+# Both install missing system packages first (scripts/ensure-deps.sh).
+
+CARGO ?= cargo
+
+.PHONY: demo test lint bench deps
+
+## demo: the whole pipeline on loopback with built-in servers (needs root for capture).
+demo: deps
+	$(CARGO) build --release --bins
+	target/release/tapwire-demo
+
+## test: unit tests and end-to-end tests with live capture on loopback (needs root).
+test: deps
+	$(CARGO) build --bins
+	$(CARGO) test --workspace
+
+## lint: formatting and clippy, as CI runs them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: fixed-rate pipeline benchmark (see bench/pipeline.sh for options).
+bench:
+	bench/pipeline.sh
+
+deps:
+	@scripts/ensure-deps.sh

@@ -1,0 +1,373 @@
+//! End-to-end behaviour of the real binaries: live libpcap capture on loopback, real gRPC over
+//! TCP, real HTTP servers as production and staging targets. Needs root (live capture) and the
+//! binaries built (`make test` does both).
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use http::header;
+use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, SummaryLine};
+use tapwire_testkit::process::binary_path;
+use tapwire_testkit::scrape::scrape;
+use tapwire_testkit::servers::{ReceivedRequest, RecordingServer};
+use tapwire_testkit::traffic::{self, FixedRate, RequestShape};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headers that legitimately differ between production and a target.
+fn comparable_headers(request: &ReceivedRequest) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::HOST && *name != header::CONNECTION)
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    headers.sort();
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_reaches_every_target_exactly_once_and_intact() {
+    let pipeline = Pipeline::start(PipelineOptions::default()).await.unwrap();
+    let total = 1000;
+    let load = traffic::send_mix(pipeline.production.addr(), total, 8).await;
+    assert_eq!(
+        load.ok, total,
+        "production must answer every request: {load:?}"
+    );
+    assert!(pipeline.wait_for_targets(total, REPLAY_TIMEOUT).await);
+
+    let production = pipeline.production.received();
+    let targets: Vec<_> = pipeline
+        .targets
+        .iter()
+        .map(|t| (t.addr(), t.received()))
+        .collect();
+    let report = pipeline.finish(total).await.unwrap();
+    assert!(report.is_complete(), "accounting:\n{}", report.table());
+
+    for (target_addr, received) in &targets {
+        assert_eq!(received.len() as u64, total);
+        for sequence in 0..total {
+            let original = &production[&sequence][0];
+            let copies = &received[&sequence];
+            assert_eq!(
+                copies.len(),
+                1,
+                "request {sequence} replayed {} times",
+                copies.len()
+            );
+            let copy = &copies[0];
+            assert_eq!(copy.method, original.method, "request {sequence}");
+            assert_eq!(
+                copy.path_and_query, original.path_and_query,
+                "request {sequence}"
+            );
+            assert_eq!(copy.body, original.body, "request {sequence} body");
+            assert_eq!(
+                comparable_headers(copy),
+                comparable_headers(original),
+                "request {sequence} headers"
+            );
+            // Host is rewritten to the target by default.
+            assert_eq!(
+                copy.headers[header::HOST].to_str().unwrap(),
+                target_addr.to_string()
+            );
+            if RequestShape::of(sequence) == RequestShape::ChunkedPost {
+                assert_eq!(copy.headers[header::TRANSFER_ENCODING], "chunked");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_host_sends_the_captured_host_header_to_the_target() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        replayer_args: vec!["--keep-host".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let load = traffic::send_mix(pipeline.production.addr(), 20, 2).await;
+    assert_eq!(load.ok, 20);
+    assert!(pipeline.wait_for_targets(20, REPLAY_TIMEOUT).await);
+    let production_host = pipeline.production.addr().to_string();
+    let received = pipeline.targets[0].received();
+    assert_eq!(received.len(), 20);
+    for copies in received.values() {
+        assert_eq!(
+            copies[0].headers[header::HOST].to_str().unwrap(),
+            production_host
+        );
+    }
+    let report = pipeline.finish(20).await.unwrap();
+    assert!(report.is_complete(), "{}", report.table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_http_stream_is_counted_and_other_connections_flow_on() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let production = pipeline.production.addr();
+    // A TLS ClientHello-like byte stream on the HTTP port, kept open while real traffic flows.
+    let mut garbage = TcpStream::connect(production).await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 definitely not http\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server rejects it and closes; reading to the end waits for that.
+    garbage.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let load = traffic::send_mix(production, 200, 4).await;
+    assert_eq!(load.ok, 200);
+    assert!(pipeline.wait_for_targets(200, REPLAY_TIMEOUT).await);
+    let report = pipeline.finish(200).await.unwrap();
+    assert_eq!(report.captured, 200, "{}", report.table());
+    assert_eq!(report.targets[0].responses, 200, "{}", report.table());
+    assert_eq!(
+        report.listener_dropped.get("malformed_http"),
+        Some(&1),
+        "{}",
+        report.table()
+    );
+}
+
+/// A loopback port with nothing listening on it.
+async fn closed_port() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_target_does_not_slow_the_live_one() {
+    let dead = closed_port().await;
+    let mut pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        replayer_args: vec!["--target".into(), format!("http://{dead}")],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let total = 300;
+    let load = traffic::send_mix(pipeline.production.addr(), total, 4).await;
+    assert_eq!(load.ok, total);
+    assert!(pipeline.wait_for_targets(total, REPLAY_TIMEOUT).await);
+    let grace = Duration::from_secs(15);
+    pipeline.listener.terminate(grace).await.unwrap();
+    pipeline.replayer.terminate(grace).await.unwrap();
+    let totals = |url: String| {
+        let replayer = &pipeline.replayer;
+        async move {
+            let line = replayer
+                .wait_for_line(&format!("target totals target={url} "), grace)
+                .await
+                .unwrap();
+            SummaryLine::parse(&line).unwrap()
+        }
+    };
+    let live = totals(pipeline.targets[0].url()).await;
+    assert_eq!(live.get("responses"), total);
+    assert_eq!(live.with_prefix("dropped_"), Default::default());
+    let dead = totals(format!("http://{dead}")).await;
+    assert_eq!(dead.get("responses"), 0);
+    assert_eq!(
+        dead.with_prefix("dropped_").get("connect_error"),
+        Some(&total)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_are_dropped_and_counted() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        replayer_args: vec!["--rate".into(), "100".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let total = 600;
+    let load = traffic::fixed_rate(
+        pipeline.production.addr(),
+        FixedRate {
+            rate: None,
+            total,
+            connections: 4,
+            body_bytes: 0,
+        },
+    )
+    .await;
+    assert_eq!(load.ok, total);
+    let report = pipeline.finish(total).await.unwrap();
+    let target = &report.targets[0];
+    let rate_limited = target.dropped.get("rate_limited").copied().unwrap_or(0);
+    assert!(rate_limited > 0, "{}", report.table());
+    assert!(target.responses < total, "{}", report.table());
+    assert_eq!(target.responses + rate_limited, total, "{}", report.table());
+    assert_eq!(target.served, target.responses);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_keeps_capturing_and_accounts_for_everything_while_the_replayer_is_down() {
+    let mut pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        listener_args: vec!["--drain-timeout".into(), "1s".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    // SIGTERM makes the replayer end the listener's stream; the listener must notice and retry.
+    pipeline
+        .replayer
+        .terminate(Duration::from_secs(10))
+        .await
+        .unwrap();
+    pipeline
+        .listener
+        .wait_for_line("replayer link down", REPLAY_TIMEOUT)
+        .await
+        .unwrap();
+    let total = 100;
+    let load = traffic::send_mix(pipeline.production.addr(), total, 2).await;
+    assert_eq!(
+        load.ok, total,
+        "production is unaffected by the dead replayer"
+    );
+    pipeline
+        .listener
+        .terminate(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let line = pipeline
+        .listener
+        .wait_for_line("listener stopped", REPLAY_TIMEOUT)
+        .await
+        .unwrap();
+    let summary = SummaryLine::parse(&line).unwrap();
+    assert_eq!(summary.get("captured"), total, "{line}");
+    assert_eq!(summary.get("sent"), 0, "{line}");
+    // Queued when the drain deadline passed: counted, not lost silently.
+    assert_eq!(summary.get("dropped"), total, "{line}");
+    assert_eq!(
+        summary.with_prefix("dropped_").get("shutdown"),
+        Some(&total),
+        "{line}"
+    );
+}
+
+fn run_binary(name: &str, args: &[&str]) -> Output {
+    std::process::Command::new(binary_path(name).unwrap())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn invalid_flags_are_refused_with_exit_code_2_and_a_clear_message() {
+    let cases: [(&str, &[&str], &str); 5] = [
+        (
+            "tapwire-listener",
+            &["--replayer", "http://127.0.0.1:7070"],
+            "--port",
+        ),
+        (
+            "tapwire-listener",
+            &["--port", "0", "--replayer", "http://127.0.0.1:7070"],
+            "--port",
+        ),
+        (
+            "tapwire-listener",
+            &["--port", "80", "--replayer", "127.0.0.1:7070"],
+            "http://host:port",
+        ),
+        (
+            "tapwire-replayer",
+            &["--target", "https://staging:443"],
+            "https targets are not supported",
+        ),
+        (
+            "tapwire-replayer",
+            &["--target", "http://staging:80", "--rate", "0"],
+            "--rate",
+        ),
+    ];
+    for (binary, args, expected) in cases {
+        let output = run_binary(binary, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{binary} {args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{binary} {args:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoints_expose_the_documented_series() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let load = traffic::send_mix(pipeline.production.addr(), 10, 1).await;
+    assert_eq!(load.ok, 10);
+    assert!(pipeline.wait_for_targets(10, REPLAY_TIMEOUT).await);
+    let listener = scrape(pipeline.listener_metrics).await.unwrap();
+    let replayer = scrape(pipeline.replayer_metrics).await.unwrap();
+    assert_eq!(
+        listener.sum("tapwire_listener_requests_captured_total", &[]),
+        10
+    );
+    for name in [
+        "tapwire_listener_records_sent_total",
+        "tapwire_listener_records_dropped_total",
+        "tapwire_listener_pcap_dropped_packets",
+    ] {
+        assert!(
+            listener.series.iter().any(|s| s.name == name),
+            "missing {name}"
+        );
+    }
+    let target = pipeline.targets[0].url();
+    assert_eq!(
+        replayer.sum("tapwire_replayer_records_received_total", &[]),
+        10
+    );
+    assert_eq!(
+        replayer.sum(
+            "tapwire_replayer_responses_total",
+            &[("target", &target), ("status", "2xx")]
+        ),
+        10
+    );
+    assert!(
+        replayer
+            .series
+            .iter()
+            .any(|s| s.name == "tapwire_replayer_requests_dropped_total"
+                && s.labels.get("reason").map(String::as_str) == Some("target_queue_full"))
+    );
+    let report = pipeline.finish(10).await.unwrap();
+    assert!(report.is_complete(), "{}", report.table());
+}
+
+#[tokio::test]
+async fn a_recording_server_counts_what_it_serves() {
+    let server = RecordingServer::start(true).await.unwrap();
+    let load = traffic::send_mix(server.addr(), 25, 3).await;
+    assert_eq!(load.ok, 25);
+    assert_eq!(server.served(), 25);
+    assert_eq!(server.received().len(), 25);
+}
