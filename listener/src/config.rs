@@ -13,6 +13,8 @@ use crate::transport::LinkConfig;
 
 /// Request bytes per gRPC batch; well under the replayer's message size limit.
 const BATCH_BYTES: usize = 4 << 20;
+/// HTTP/2 flow-control window on the replayer link.
+const LINK_WINDOW_BYTES: u32 = 8 << 20;
 /// Largest --max-request-bytes: a record must fit in one gRPC message (the replayer takes 64 MiB).
 const MAX_REQUEST_BYTES_LIMIT: u64 = 48 << 20;
 
@@ -135,6 +137,10 @@ impl ListenerConfig {
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
+            // One long-lived stream carries everything: h2's 64 KiB default window would cap it
+            // at one window per round trip.
+            .initial_stream_window_size(LINK_WINDOW_BYTES)
+            .initial_connection_window_size(LINK_WINDOW_BYTES)
             .keep_alive_timeout(Duration::from_secs(5));
         LinkConfig {
             replayer,

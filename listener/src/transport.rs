@@ -19,10 +19,11 @@ use crate::metrics::{DropReason, ListenerMetrics};
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// A queued record and its claim on the queue's byte budget, released when it is sent.
+/// A queued record and its claim on the byte budget, held until the replayer acknowledges it:
+/// bytes waiting in gRPC buffers count as much as bytes waiting in the queue.
 pub struct QueuedRecord {
     record: RequestRecord,
-    _bytes: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
 }
 
 /// The sending half, owned by the capture thread.
@@ -60,7 +61,7 @@ impl RecordQueue {
         };
         let queued = QueuedRecord {
             record,
-            _bytes: permit,
+            bytes: permit,
         };
         if self.sender.try_send(queued).is_err() {
             self.metrics.dropped(DropReason::QueueFull).inc();
@@ -91,18 +92,26 @@ enum LinkError {
     Closed,
 }
 
+/// A batch sent and not yet acknowledged.
+struct UnackedBatch {
+    sequence: u64,
+    records: u64,
+    /// The batch's share of the byte budget, released on acknowledgement.
+    _bytes: OwnedSemaphorePermit,
+}
+
 /// Batches sent on one stream and not yet acknowledged.
 #[derive(Default)]
 struct Unacked {
-    /// (batch sequence, record count), oldest first.
-    batches: VecDeque<(u64, u64)>,
+    /// Oldest first.
+    batches: VecDeque<UnackedBatch>,
     /// The stream worked for a while, so the next reconnect need not back off far.
     acknowledged_any: bool,
 }
 
 impl Unacked {
     fn records(&self) -> u64 {
-        self.batches.iter().map(|(_, count)| count).sum()
+        self.batches.iter().map(|batch| batch.records).sum()
     }
 }
 
@@ -168,28 +177,39 @@ async fn run_stream(
                 };
                 next_sequence += 1;
                 let count = records.len() as u64;
+                let mut records = records.into_iter();
+                let Some(first) = records.next() else {
+                    continue;
+                };
+                let mut permit = first.bytes;
+                let mut wire = vec![proto::RequestRecord::from(first.record)];
+                for queued in records {
+                    permit.merge(queued.bytes);
+                    wire.push(proto::RequestRecord::from(queued.record));
+                }
                 let batch = proto::RecordBatch {
                     sequence: next_sequence,
                     listener_id: config.listener_id.clone(),
-                    records: records
-                        .into_iter()
-                        .map(|queued| proto::RequestRecord::from(queued.record))
-                        .collect(),
+                    records: wire,
                 };
-                unacked.batches.push_back((next_sequence, count));
+                unacked.batches.push_back(UnackedBatch {
+                    sequence: next_sequence,
+                    records: count,
+                    _bytes: permit,
+                });
                 if sender.send(batch).await.is_err() {
                     return Err(LinkError::Closed);
                 }
             }
             ack = acks.message() => match ack? {
                 Some(ack) => {
-                    while let Some(&(sequence, count)) = unacked.batches.front() {
-                        if sequence > ack.sequence {
+                    while let Some(batch) = unacked.batches.front() {
+                        if batch.sequence > ack.sequence {
                             break;
                         }
+                        metrics.records_sent.inc_by(batch.records);
                         unacked.batches.pop_front();
                         unacked.acknowledged_any = true;
-                        metrics.records_sent.inc_by(count);
                     }
                 }
                 None => return Err(LinkError::Closed),

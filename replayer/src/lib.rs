@@ -27,6 +27,8 @@ use metrics::ReplayerMetrics;
 
 /// Largest gRPC message accepted: a batch, or one large request alone.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// HTTP/2 flow-control window per listener stream.
+const LINK_WINDOW_BYTES: u32 = 8 << 20;
 
 /// Serves listeners until `shutdown` resolves, then ends their streams, lets targets finish
 /// what is queued (up to the drain timeout), and logs the final accounting.
@@ -49,6 +51,10 @@ pub async fn run(config: ReplayerConfig, shutdown: impl Future<Output = ()>) -> 
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Each listener sends everything on one stream: h2's 64 KiB default window would cap
+        // it at one window per round trip.
+        .initial_stream_window_size(LINK_WINDOW_BYTES)
+        .initial_connection_window_size(LINK_WINDOW_BYTES)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             shutdown.await;
