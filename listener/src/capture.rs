@@ -1,21 +1,21 @@
-//! Live capture with libpcap: opens the interface with a BPF filter for the service's ports, then
-//! runs the capture loop on its own thread. The loop decodes each frame, hands the segment to the
-//! [`Reassembler`], and pushes every completed request into the [`RecordQueue`], which never
-//! blocks. Production traffic is only ever observed, never touched.
+//! Packet sources and the capture loop. A [`PacketSource`] is a live interface (libpcap with
+//! TPACKET_V3, non-blocking, woken by our own `poll`) or a pcap/pcapng file; both go through
+//! exactly the same path: decode, reassemble, cut, queue. The loop runs on its own thread and
+//! never blocks on the replayer link. Production traffic is only ever observed, never touched.
 
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use tapwire_shared::RequestRecord;
 
 use crate::http::CutEvent;
 use crate::metrics::ListenerMetrics;
-use crate::packet::{self, LinkType};
-use crate::reassembly::Reassembler;
+use crate::packet::{self, FlowKey, LinkType};
+use crate::reassembly::{FlowObserver, Reassembler};
 use crate::transport::RecordQueue;
 
 /// The kernel hands over a block of packets when it fills or after this long: the most a
@@ -23,10 +23,10 @@ use crate::transport::RecordQueue;
 const BLOCK_TIMEOUT_MS: i32 = 20;
 /// Longest sleep waiting for packets, so housekeeping and shutdown always get a turn.
 const POLL_TIMEOUT_MS: u16 = 100;
-/// How often idle flows are evicted and kernel drop counts refreshed.
+/// How often holes and idle flows are expired and gauges refreshed (in capture time).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Where and what to capture.
+/// Where and what to capture live.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub interface: String,
@@ -44,11 +44,13 @@ pub enum CaptureError {
         interface: String,
         source: pcap::Error,
     },
+    #[error("cannot read capture file {path}: {source}")]
+    OpenFile { path: String, source: pcap::Error },
     #[error("cannot install capture filter {filter:?}: {source}")]
     Filter { filter: String, source: pcap::Error },
-    #[error("interface {interface:?} has link type {linktype:?}, which tapwire cannot decode")]
+    #[error("{source_name} has link type {linktype:?}, which tapwire cannot decode")]
     UnsupportedLinkType {
-        interface: String,
+        source_name: String,
         linktype: pcap::Linktype,
     },
     #[error("capture failed: {0}")]
@@ -66,14 +68,20 @@ pub fn bpf_filter(ports: &[u16]) -> String {
     format!("tcp and ({})", ports.join(" or "))
 }
 
-/// An open, filtered capture handle.
-pub struct LiveCapture {
-    handle: pcap::Capture<pcap::Active>,
+/// An open, filtered source of captured frames.
+pub struct PacketSource {
+    input: Input,
     link: LinkType,
 }
 
-impl LiveCapture {
-    pub fn open(config: &CaptureConfig) -> Result<Self, CaptureError> {
+enum Input {
+    Live(pcap::Capture<pcap::Active>),
+    File(pcap::Capture<pcap::Offline>),
+}
+
+impl PacketSource {
+    /// Opens a live interface.
+    pub fn open_live(config: &CaptureConfig) -> Result<Self, CaptureError> {
         let open_error = |source| CaptureError::Open {
             interface: config.interface.clone(),
             source,
@@ -92,24 +100,30 @@ impl LiveCapture {
             // Waiting is done by our own poll(), which (unlike libpcap's) always times out.
             .setnonblock()
             .map_err(open_error)?;
-        let filter = bpf_filter(&config.ports);
-        handle
-            .filter(&filter, true)
-            .map_err(|source| CaptureError::Filter {
-                filter: filter.clone(),
-                source,
-            })?;
-        let linktype = handle.get_datalink();
-        let link =
-            LinkType::from_pcap(linktype).ok_or_else(|| CaptureError::UnsupportedLinkType {
-                interface: config.interface.clone(),
-                linktype,
-            })?;
-        tracing::info!(interface = %config.interface, %filter, ?link, "capture started");
-        Ok(LiveCapture { handle, link })
+        let link = install_filter(&mut handle, &config.ports, &config.interface)?;
+        tracing::info!(interface = %config.interface, filter = %bpf_filter(&config.ports), ?link, "capture started");
+        Ok(PacketSource {
+            input: Input::Live(handle),
+            link,
+        })
     }
 
-    /// Captures until `stop` is set, then processes what the kernel already holds and returns.
+    /// Opens a pcap or pcapng file (from tcpdump or Wireshark).
+    pub fn open_file(path: &Path, ports: &[u16]) -> Result<Self, CaptureError> {
+        let mut handle =
+            pcap::Capture::from_file(path).map_err(|source| CaptureError::OpenFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let link = install_filter(&mut handle, ports, &path.display().to_string())?;
+        tracing::info!(file = %path.display(), filter = %bpf_filter(ports), ?link, "capture started");
+        Ok(PacketSource {
+            input: Input::File(handle),
+            link,
+        })
+    }
+
+    /// Captures until `stop` is set (live) or the file ends, then closes every flow and returns.
     pub fn run(
         self,
         reassembler: Reassembler,
@@ -120,17 +134,97 @@ impl LiveCapture {
         let mut pipeline = PacketPipeline {
             link: self.link,
             reassembler,
-            queue,
-            metrics,
-            next_record_id: 0,
+            sink: RecordSink {
+                queue,
+                metrics,
+                next_record_id: 0,
+            },
+            last_packet_ns: 0,
         };
-        let mut handle = self.handle;
+        match self.input {
+            Input::Live(handle) => pipeline.run_live(handle, &stop),
+            Input::File(handle) => pipeline.run_file(handle),
+        }
+    }
+}
+
+fn install_filter<T: pcap::Activated + ?Sized>(
+    handle: &mut pcap::Capture<T>,
+    ports: &[u16],
+    source_name: &str,
+) -> Result<LinkType, CaptureError> {
+    let filter = bpf_filter(ports);
+    handle
+        .filter(&filter, true)
+        .map_err(|source| CaptureError::Filter {
+            filter: filter.clone(),
+            source,
+        })?;
+    let linktype = handle.get_datalink();
+    LinkType::from_pcap(linktype).ok_or_else(|| CaptureError::UnsupportedLinkType {
+        source_name: source_name.to_owned(),
+        linktype,
+    })
+}
+
+/// Turns reassembly's events into records on the queue and counts.
+struct RecordSink {
+    queue: RecordQueue,
+    metrics: ListenerMetrics,
+    next_record_id: u64,
+}
+
+impl FlowObserver for RecordSink {
+    fn event(&mut self, flow: FlowKey, event: CutEvent) {
+        match event {
+            CutEvent::Request {
+                bytes,
+                started_at_ns,
+            } => {
+                self.metrics.requests_captured.inc();
+                self.next_record_id += 1;
+                self.queue.push(RequestRecord {
+                    id: self.next_record_id,
+                    captured_at_ns: started_at_ns,
+                    client: flow.client,
+                    server: flow.server,
+                    request: bytes,
+                });
+            }
+            CutEvent::Dropped(reason) => {
+                self.metrics.dropped(reason).inc();
+            }
+            CutEvent::Switched(switch) => {
+                self.metrics.switched(switch).inc();
+            }
+        }
+    }
+
+    fn flow_shed(&mut self) {
+        self.metrics.flows_shed.inc();
+    }
+}
+
+/// Everything one captured frame passes through, owned by the capture thread.
+struct PacketPipeline {
+    link: LinkType,
+    reassembler: Reassembler,
+    sink: RecordSink,
+    last_packet_ns: u64,
+}
+
+impl PacketPipeline {
+    fn run_live(
+        &mut self,
+        mut handle: pcap::Capture<pcap::Active>,
+        stop: &AtomicBool,
+    ) -> Result<(), CaptureError> {
         let mut last_housekeeping = Instant::now();
         let mut stopping_since: Option<Instant> = None;
         loop {
             loop {
                 match handle.next_packet() {
-                    Ok(frame) => pipeline.process(&frame),
+                    Ok(frame) => self.process(&frame),
                     // Non-blocking: nothing more to read right now.
                     Err(pcap::Error::TimeoutExpired) => break,
                     Err(error) => return Err(CaptureError::Read(error)),
@@ -138,7 +232,9 @@ impl LiveCapture {
             }
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 last_housekeeping = Instant::now();
-                pipeline.housekeeping(&mut handle);
+                // Packet timestamps come from the wall clock, so idleness is judged against it.
+                self.housekeeping(wall_clock_ns());
+                record_kernel_drops(&mut handle, &self.sink.metrics);
             }
             // Once stopping, give the kernel time to hand over its last partly filled block:
             // requests it captured before the stop belong to this run.
@@ -158,65 +254,64 @@ impl LiveCapture {
                 Err(errno) => return Err(CaptureError::Poll(errno)),
             }
         }
-        pipeline.housekeeping(&mut handle);
+        record_kernel_drops(&mut handle, &self.sink.metrics);
+        self.close_all();
         Ok(())
     }
-}
 
-/// Everything one captured frame passes through, owned by the capture thread.
-struct PacketPipeline {
-    link: LinkType,
-    reassembler: Reassembler,
-    queue: RecordQueue,
-    metrics: ListenerMetrics,
-    next_record_id: u64,
-}
+    fn run_file(&mut self, mut handle: pcap::Capture<pcap::Offline>) -> Result<(), CaptureError> {
+        let mut last_housekeeping_ns = 0;
+        loop {
+            match handle.next_packet() {
+                Ok(frame) => self.process(&frame),
+                Err(pcap::Error::NoMorePackets) => break,
+                Err(error) => return Err(CaptureError::Read(error)),
+            }
+            // A file carries its own clock: expire holes and idle flows by packet time.
+            let interval = HOUSEKEEPING_INTERVAL.as_nanos() as u64;
+            if self.last_packet_ns.saturating_sub(last_housekeeping_ns) >= interval {
+                last_housekeeping_ns = self.last_packet_ns;
+                self.housekeeping(self.last_packet_ns);
+            }
+        }
+        self.close_all();
+        Ok(())
+    }
 
-impl PacketPipeline {
     fn process(&mut self, frame: &pcap::Packet<'_>) {
-        self.metrics.packets_captured.inc();
+        self.sink.metrics.packets_captured.inc();
         let segment = match packet::decode(self.link, frame.data) {
             Ok(segment) => segment,
             Err(error) => {
-                self.metrics.packets_malformed.inc();
+                self.sink.metrics.packets_malformed.inc();
                 tracing::debug!(%error, "skipped frame");
                 return;
             }
         };
         let now_ns = timeval_ns(frame.header.ts.tv_sec, frame.header.ts.tv_usec);
-        let (queue, metrics, next_record_id) =
-            (&self.queue, &self.metrics, &mut self.next_record_id);
-        self.reassembler
-            .ingest(&segment, now_ns, &mut |flow, event| match event {
-                CutEvent::Request {
-                    bytes,
-                    started_at_ns,
-                } => {
-                    metrics.requests_captured.inc();
-                    *next_record_id += 1;
-                    queue.push(RequestRecord {
-                        id: *next_record_id,
-                        captured_at_ns: started_at_ns,
-                        client: flow.client,
-                        server: flow.server,
-                        request: bytes,
-                    });
-                }
-                CutEvent::Dropped(reason) => {
-                    metrics.dropped(reason).inc();
-                }
-            });
+        self.last_packet_ns = self.last_packet_ns.max(now_ns);
+        self.reassembler.ingest(&segment, now_ns, &mut self.sink);
     }
 
-    fn housekeeping(&mut self, handle: &mut pcap::Capture<pcap::Active>) {
-        let idle_flows = self.reassembler.evict_idle(wall_clock_ns());
-        if idle_flows > 0 {
-            tracing::debug!(idle_flows, "evicted idle flows");
-        }
-        self.metrics
+    fn housekeeping(&mut self, now_ns: u64) {
+        self.reassembler.expire(now_ns, &mut self.sink);
+        self.update_gauges();
+    }
+
+    /// End of capture: whatever is held behind holes is still cut, the holes counted.
+    fn close_all(&mut self) {
+        self.reassembler.finish(&mut self.sink);
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let metrics = &self.sink.metrics;
+        metrics
             .flows_active
             .set(self.reassembler.active_flows() as i64);
-        record_kernel_drops(handle, &self.metrics);
+        metrics
+            .buffered_bytes
+            .set(self.reassembler.buffered_bytes() as i64);
     }
 }
 

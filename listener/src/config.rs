@@ -2,6 +2,7 @@
 //! validated and printed before anything runs.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -32,6 +33,11 @@ pub struct ListenerConfig {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
+    /// Read a pcap or pcapng file (tcpdump, Wireshark) instead of capturing live; it goes
+    /// through exactly the same reassembly and cutting. The listener exits when the file ends.
+    #[arg(long, value_name = "FILE", help_heading = "Capture")]
+    pub input_pcap: Option<PathBuf>,
+
     /// Kernel capture buffer size. A bigger buffer rides out longer bursts before the kernel
     /// drops packets (reported as tapwire_listener_pcap_dropped_packets).
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Capture",
@@ -48,6 +54,22 @@ pub struct ListenerConfig {
     /// missing bytes are declared lost (reason `capture_gap`).
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", help_heading = "Reassembly")]
     pub max_out_of_order_bytes: usize,
+
+    /// How long a missing segment may be waited for before its bytes are declared lost. Only
+    /// the request it falls in is dropped (reason `capture_gap`); the connection goes on.
+    #[arg(long, default_value = "1s", value_name = "DURATION", help_heading = "Reassembly",
+          value_parser = humantime::parse_duration)]
+    pub gap_timeout: Duration,
+
+    /// Bytes held across all connections for incomplete requests and out-of-order segments.
+    /// Past it the connections holding most are shed (partial requests counted as `flow_shed`).
+    #[arg(long, default_value_t = 24 << 20, value_name = "BYTES", help_heading = "Reassembly")]
+    pub max_buffered_bytes: usize,
+
+    /// Connections tracked at once. Past it the least recently active are shed.
+    #[arg(long, default_value_t = 65_536, value_name = "FLOWS", help_heading = "Reassembly",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_flows: u64,
 
     /// Forget a connection after this long without packets.
     #[arg(long, default_value = "60s", value_name = "DURATION", help_heading = "Reassembly",
@@ -122,7 +144,10 @@ impl ListenerConfig {
         ReassemblyLimits {
             max_request_bytes: self.max_request_bytes as usize,
             max_out_of_order_bytes: self.max_out_of_order_bytes,
+            gap_timeout_ns: self.gap_timeout.as_nanos() as u64,
             flow_idle_timeout_ns: self.flow_idle_timeout.as_nanos() as u64,
+            max_buffered_bytes: self.max_buffered_bytes,
+            max_flows: self.max_flows as usize,
         }
     }
 

@@ -3,7 +3,7 @@
 //! request is being waited for, and when to give up on a flow.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tapwire_shared::http1::{self, BodyFraming, ChunkedScanner};
+use tapwire_shared::http1::{self, BodyFraming, ChunkedScanner, ProtocolSwitch, RequestLineSearch};
 
 use crate::metrics::DropReason;
 
@@ -14,22 +14,32 @@ pub enum CutEvent {
     Request { bytes: Bytes, started_at_ns: u64 },
     /// A request (or the rest of the flow) was given up, for this reason.
     Dropped(DropReason),
+    /// The connection switched protocols after a request; its remaining bytes are not HTTP/1.x
+    /// and are skipped.
+    Switched(ProtocolSwitch),
 }
 
 #[derive(Debug)]
 enum Phase {
     /// Waiting for a complete request head.
     Head,
+    /// Position in the stream unknown (after a gap, or a connection already open at start):
+    /// skipping to the next request line.
+    Resync,
     /// Head parsed; the request ends at this many buffered bytes.
-    Sized { request_len: usize },
+    Sized {
+        request_len: usize,
+        switch: Option<ProtocolSwitch>,
+    },
     /// Head parsed; walking a chunked body that starts after `head_len` bytes.
     Chunked {
         head_len: usize,
         scanner: ChunkedScanner,
+        switch: Option<ProtocolSwitch>,
     },
-    /// Skipping the rest of an oversized body without buffering it.
+    /// Skipping the rest of a request that is already given up, without buffering it.
     Discarding { remaining: u64 },
-    /// The stream is not HTTP/1.x; everything after is ignored.
+    /// The stream is not HTTP/1.x (or no longer is); everything after is ignored.
     Broken,
 }
 
@@ -40,15 +50,27 @@ pub struct RequestCutter {
     phase: Phase,
     started_at_ns: u64,
     max_request_bytes: usize,
+    /// A protocol switch to report right after the request that caused it.
+    switched: Option<ProtocolSwitch>,
 }
 
 impl RequestCutter {
+    /// A cutter for a connection seen from its start.
     pub fn new(max_request_bytes: usize) -> Self {
         RequestCutter {
             buffer: BytesMut::new(),
             phase: Phase::Head,
             started_at_ns: 0,
             max_request_bytes,
+            switched: None,
+        }
+    }
+
+    /// A cutter for a connection first seen mid-stream: it starts at the next request line.
+    pub fn resynchronising(max_request_bytes: usize) -> Self {
+        RequestCutter {
+            phase: Phase::Resync,
+            ..RequestCutter::new(max_request_bytes)
         }
     }
 
@@ -61,12 +83,35 @@ impl RequestCutter {
         matches!(self.phase, Phase::Broken)
     }
 
-    /// Marks the flow as no longer usable (bytes went missing); the partial request is dropped.
-    pub fn break_flow(&mut self, reason: DropReason, on_event: &mut impl FnMut(CutEvent)) {
-        if !self.is_broken() {
-            on_event(CutEvent::Dropped(reason));
-            self.enter_broken();
+    /// `missing` bytes of the stream will never arrive. Only the request they fall in is lost:
+    /// when its length is known the cutter skips exactly to the next request, otherwise it
+    /// resynchronises at the next request line.
+    pub fn skip_gap(&mut self, missing: u64, on_event: &mut impl FnMut(CutEvent)) {
+        let buffered = self.buffer.len() as u64;
+        match &mut self.phase {
+            Phase::Broken | Phase::Resync => return,
+            // The gap falls inside a request already given up: nothing more is lost.
+            Phase::Discarding { remaining } if missing < *remaining => {
+                *remaining -= missing;
+                return;
+            }
+            // The gap ends inside the current request's known length: skip to its end.
+            Phase::Sized { request_len, .. } if buffered + missing < *request_len as u64 => {
+                let remaining = *request_len as u64 - buffered - missing;
+                self.buffer = BytesMut::new();
+                self.phase = Phase::Discarding { remaining };
+            }
+            _ => {
+                self.buffer = BytesMut::new();
+                self.phase = Phase::Resync;
+            }
         }
+        on_event(CutEvent::Dropped(DropReason::CaptureGap));
+    }
+
+    /// True if bytes are held for a request that is not complete yet.
+    pub fn has_partial_request(&self) -> bool {
+        !self.buffer.is_empty() && !matches!(self.phase, Phase::Resync | Phase::Broken)
     }
 
     /// Appends in-order stream bytes captured at `now_ns` and emits every request they complete.
@@ -93,6 +138,9 @@ impl RequestCutter {
         self.buffer.extend_from_slice(data);
         while let Some(event) = self.cut_next() {
             on_event(event);
+            if let Some(switch) = self.switched.take() {
+                on_event(CutEvent::Switched(switch));
+            }
             // Bytes left over belong to the next (pipelined) request.
             self.started_at_ns = now_ns;
         }
@@ -102,12 +150,24 @@ impl RequestCutter {
     fn cut_next(&mut self) -> Option<CutEvent> {
         loop {
             match &mut self.phase {
+                Phase::Resync => match http1::find_request_line(&self.buffer) {
+                    RequestLineSearch::Found(start) => {
+                        self.buffer.advance(start);
+                        self.phase = Phase::Head;
+                    }
+                    RequestLineSearch::NotYet { discard } => {
+                        self.buffer.advance(discard);
+                        return None;
+                    }
+                },
                 Phase::Head => match http1::parse_request_head(&self.buffer) {
                     Ok(None) => return None,
                     Ok(Some(head)) => {
+                        let switch = head.switch;
                         self.phase = match head.framing {
                             BodyFraming::Empty => Phase::Sized {
                                 request_len: head.len,
+                                switch,
                             },
                             BodyFraming::Length(body_len) => {
                                 let request_len = (head.len as u64).saturating_add(body_len);
@@ -116,11 +176,13 @@ impl RequestCutter {
                                 }
                                 Phase::Sized {
                                     request_len: request_len as usize,
+                                    switch,
                                 }
                             }
                             BodyFraming::Chunked => Phase::Chunked {
                                 head_len: head.len,
                                 scanner: ChunkedScanner::default(),
+                                switch,
                             },
                         }
                     }
@@ -129,20 +191,28 @@ impl RequestCutter {
                         return Some(CutEvent::Dropped(DropReason::MalformedHttp));
                     }
                 },
-                Phase::Sized { request_len } => {
-                    let request_len = *request_len;
+                Phase::Sized {
+                    request_len,
+                    switch,
+                } => {
+                    let (request_len, switch) = (*request_len, *switch);
                     if self.buffer.len() < request_len {
                         return None;
                     }
-                    return Some(self.emit(request_len));
+                    return Some(self.emit(request_len, switch));
                 }
-                Phase::Chunked { head_len, scanner } => {
-                    let head_len = *head_len;
+                Phase::Chunked {
+                    head_len,
+                    scanner,
+                    switch,
+                } => {
+                    let (head_len, switch) = (*head_len, *switch);
                     match scanner.advance(&self.buffer[head_len..], |_| {}) {
-                        Ok(Some(body_len)) => return Some(self.emit(head_len + body_len)),
+                        Ok(Some(body_len)) => return Some(self.emit(head_len + body_len, switch)),
                         Ok(None) if self.buffer.len() > self.max_request_bytes => {
-                            // Without a known length the rest of the body cannot be skipped.
-                            self.enter_broken();
+                            // Without a known length, skipping means finding the next request.
+                            self.buffer = BytesMut::new();
+                            self.phase = Phase::Resync;
                             return Some(CutEvent::Dropped(DropReason::TooLarge));
                         }
                         Ok(None) => return None,
@@ -157,10 +227,18 @@ impl RequestCutter {
         }
     }
 
-    fn emit(&mut self, request_len: usize) -> CutEvent {
-        self.phase = Phase::Head;
+    /// Emits the complete request; a protocol switch ends HTTP on this connection after it.
+    fn emit(&mut self, request_len: usize, switch: Option<ProtocolSwitch>) -> CutEvent {
+        let bytes = self.buffer.split_to(request_len).freeze();
+        match switch {
+            Some(switch) => {
+                self.enter_broken();
+                self.switched = Some(switch);
+            }
+            None => self.phase = Phase::Head,
+        }
         CutEvent::Request {
-            bytes: self.buffer.split_to(request_len).freeze(),
+            bytes,
             started_at_ns: self.started_at_ns,
         }
     }
@@ -207,7 +285,7 @@ mod tests {
             .iter()
             .filter_map(|event| match event {
                 CutEvent::Request { bytes, .. } => Some(bytes.as_ref()),
-                CutEvent::Dropped(_) => None,
+                CutEvent::Dropped(_) | CutEvent::Switched(_) => None,
             })
             .collect()
     }
@@ -303,5 +381,70 @@ mod tests {
         }
         assert_eq!(events, [CutEvent::Dropped(DropReason::TooLarge)]);
         assert_eq!(cutter.buffered_bytes(), 0);
+        // The next request line after the oversized body is picked up again.
+        cutter.push(b"0\r\n\r\n", 2, &mut |e| events.push(e));
+        cutter.push(GET, 3, &mut |e| events.push(e));
+        assert_eq!(requests(&events), [GET]);
+    }
+
+    #[test]
+    fn gap_inside_a_sized_body_costs_only_that_request() {
+        let mut cutter = RequestCutter::new(MAX);
+        let mut events = Vec::new();
+        // POST's body is 5 bytes; 3 of them never arrive.
+        cutter.push(&POST[..POST.len() - 5], 0, &mut |e| events.push(e));
+        cutter.skip_gap(3, &mut |e| events.push(e));
+        cutter.push(&[&POST[POST.len() - 2..], GET].concat(), 1, &mut |e| {
+            events.push(e)
+        });
+        assert_eq!(events[0], CutEvent::Dropped(DropReason::CaptureGap));
+        assert_eq!(requests(&events), [GET]);
+    }
+
+    #[test]
+    fn gap_in_a_head_resynchronises_at_the_next_request_line() {
+        let mut cutter = RequestCutter::new(MAX);
+        let mut events = Vec::new();
+        cutter.push(&CHUNKED[..10], 0, &mut |e| events.push(e));
+        cutter.skip_gap(20, &mut |e| events.push(e));
+        cutter.push(&[&CHUNKED[30..], POST].concat(), 1, &mut |e| events.push(e));
+        assert_eq!(events[0], CutEvent::Dropped(DropReason::CaptureGap));
+        assert_eq!(requests(&events), [POST]);
+    }
+
+    #[test]
+    fn gap_inside_a_discarded_request_loses_nothing_more() {
+        let mut cutter = RequestCutter::new(64);
+        let mut events = Vec::new();
+        cutter.push(
+            b"POST /big HTTP/1.1\r\nContent-Length: 100\r\n\r\n",
+            0,
+            &mut |e| events.push(e),
+        );
+        cutter.skip_gap(50, &mut |e| events.push(e));
+        cutter.push(&[[b'x'; 50].as_slice(), GET].concat(), 1, &mut |e| {
+            events.push(e)
+        });
+        assert_eq!(events[0], CutEvent::Dropped(DropReason::TooLarge));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(requests(&events), [GET]);
+    }
+
+    #[test]
+    fn connection_seen_mid_request_starts_at_the_next_request() {
+        let mut cutter = RequestCutter::resynchronising(MAX);
+        let mut events = Vec::new();
+        cutter.push(&[&POST[20..], GET].concat(), 0, &mut |e| events.push(e));
+        assert_eq!(requests(&events), [GET]);
+        assert_eq!(events.len(), 1, "{events:?}");
+    }
+
+    #[test]
+    fn upgrade_request_is_kept_and_the_rest_of_the_flow_skipped() {
+        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let events = cut_all(&[upgrade, b"\x81\x85binary websocket frames", GET]);
+        assert_eq!(requests(&events), [upgrade.as_slice()]);
+        assert_eq!(events[1], CutEvent::Switched(ProtocolSwitch::Upgrade));
+        assert_eq!(events.len(), 2);
     }
 }

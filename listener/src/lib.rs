@@ -42,7 +42,10 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         );
     }
 
-    let live = capture::LiveCapture::open(&config.capture())?;
+    let source = match &config.input_pcap {
+        Some(path) => capture::PacketSource::open_file(path, &config.ports)?,
+        None => capture::PacketSource::open_live(&config.capture())?,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let (queue, records) = transport::record_queue(
         config.queue_records as usize,
@@ -56,7 +59,7 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         std::thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
-                let result = live.run(reassembler, queue, metrics, stop);
+                let result = source.run(reassembler, queue, metrics, stop);
                 let _ = capture_done.send(result);
             })
             .context("cannot start the capture thread")?
@@ -67,12 +70,13 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         metrics.clone(),
     ));
 
-    let capture_failure = tokio::select! {
+    // A file source ends by itself; a live one runs until shutdown (or fails).
+    let capture_ended = tokio::select! {
         () = shutdown => None,
         result = &mut capture_result => Some(result),
     };
     stop.store(true, Ordering::Relaxed);
-    let capture_outcome = match capture_failure {
+    let capture_outcome = match capture_ended {
         Some(result) => result,
         None => capture_result.await,
     };

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tapwire_shared::http1::ProtocolSwitch;
 
 /// Why a captured request (or the rest of a flow) did not reach the replayer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,8 +20,10 @@ pub enum DropReason {
     MalformedHttp,
     /// The request exceeded `--max-request-bytes`.
     TooLarge,
-    /// Bytes of the flow never arrived (kernel drop or out-of-order buffer overflow).
+    /// Bytes of the flow never arrived (kernel drop, or a hole that did not fill in time).
     CaptureGap,
+    /// The flow was shed to keep memory or the number of flows under its limit.
+    FlowShed,
     /// Sent to a replayer that disconnected before acknowledging it.
     ReplayerDisconnected,
     /// Still queued or unacknowledged when the shutdown deadline passed.
@@ -28,11 +31,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::QueueFull,
         DropReason::MalformedHttp,
         DropReason::TooLarge,
         DropReason::CaptureGap,
+        DropReason::FlowShed,
         DropReason::ReplayerDisconnected,
         DropReason::Shutdown,
     ];
@@ -43,6 +47,7 @@ impl DropReason {
             DropReason::MalformedHttp => "malformed_http",
             DropReason::TooLarge => "too_large",
             DropReason::CaptureGap => "capture_gap",
+            DropReason::FlowShed => "flow_shed",
             DropReason::ReplayerDisconnected => "replayer_disconnected",
             DropReason::Shutdown => "shutdown",
         }
@@ -60,6 +65,18 @@ struct ReasonLabel {
     reason: DropReason,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SwitchLabel {
+    reason: &'static str,
+}
+
+fn switch_name(switch: ProtocolSwitch) -> &'static str {
+    match switch {
+        ProtocolSwitch::Upgrade => "upgrade",
+        ProtocolSwitch::Connect => "connect",
+    }
+}
+
 /// Handles to every listener metric. Cloning shares the underlying counters.
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
@@ -72,6 +89,12 @@ pub struct ListenerMetrics {
     /// Kernel-side drops reported by libpcap (cumulative).
     pub pcap_dropped_packets: Gauge,
     pub flows_active: Gauge,
+    /// Flows dropped to stay under --max-buffered-bytes or --max-flows.
+    pub flows_shed: Counter,
+    /// Bytes held for incomplete requests and out-of-order segments.
+    pub buffered_bytes: Gauge,
+    /// Flows that left HTTP/1.x (websocket upgrade, CONNECT tunnel).
+    switched: [Counter; 2],
     /// One counter per reason, resolved up front so the hot path never looks labels up.
     dropped: [Counter; DropReason::ALL.len()],
 }
@@ -83,6 +106,12 @@ impl ListenerMetrics {
         let dropped_family = Family::<ReasonLabel, Counter>::default();
         let dropped = DropReason::ALL
             .map(|reason| dropped_family.get_or_create_owned(&ReasonLabel { reason }));
+        let switched_family = Family::<SwitchLabel, Counter>::default();
+        let switched = [ProtocolSwitch::Upgrade, ProtocolSwitch::Connect].map(|switch| {
+            switched_family.get_or_create_owned(&SwitchLabel {
+                reason: switch_name(switch),
+            })
+        });
         let metrics = ListenerMetrics {
             packets_captured: Counter::default(),
             packets_malformed: Counter::default(),
@@ -90,6 +119,9 @@ impl ListenerMetrics {
             records_sent: Counter::default(),
             pcap_dropped_packets: Gauge::default(),
             flows_active: Gauge::default(),
+            flows_shed: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            switched,
             dropped,
         };
         registry.register(
@@ -127,11 +159,33 @@ impl ListenerMetrics {
             "TCP flows being reassembled",
             metrics.flows_active.clone(),
         );
+        registry.register(
+            "flows_shed",
+            "Flows dropped to stay under the memory or flow-count limit",
+            metrics.flows_shed.clone(),
+        );
+        registry.register(
+            "buffered_bytes",
+            "Bytes held for incomplete requests and out-of-order segments",
+            metrics.buffered_bytes.clone(),
+        );
+        registry.register(
+            "flows_switched",
+            "Connections that left HTTP/1.x after a request (upgrade, connect); the rest of each is skipped",
+            switched_family,
+        );
         metrics
     }
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
         &self.dropped[reason as usize]
+    }
+
+    pub fn switched(&self, switch: ProtocolSwitch) -> &Counter {
+        &self.switched[match switch {
+            ProtocolSwitch::Upgrade => 0,
+            ProtocolSwitch::Connect => 1,
+        }]
     }
 
     pub fn dropped_total(&self) -> u64 {
@@ -154,11 +208,18 @@ impl ListenerMetrics {
         }
         let _ = write!(
             line,
-            " packets={} packets_malformed={} pcap_kernel_drops={}",
+            " packets={} packets_malformed={} pcap_kernel_drops={} flows_shed={}",
             self.packets_captured.get(),
             self.packets_malformed.get(),
-            self.pcap_dropped_packets.get()
+            self.pcap_dropped_packets.get(),
+            self.flows_shed.get()
         );
+        for switch in [ProtocolSwitch::Upgrade, ProtocolSwitch::Connect] {
+            let count = self.switched(switch).get();
+            if count > 0 {
+                let _ = write!(line, " switched_{}={count}", switch_name(switch));
+            }
+        }
         line
     }
 }

@@ -1,7 +1,10 @@
 //! TCP reassembly. For each client->server flow it restores sequence order: retransmitted bytes
 //! are trimmed, out-of-order segments wait in a bounded per-flow buffer, and the ordered bytes go
-//! to the flow's [`RequestCutter`]. Flows end on FIN, RST or idleness. Sequence numbers wrap, so
-//! positions are compared by signed 32-bit distance and stored as 64-bit stream offsets.
+//! to the flow's [`RequestCutter`]. A hole that does not fill in time (a packet the kernel never
+//! delivered to us) is skipped, costing only the request it falls in. Flows end on FIN, RST or
+//! idleness; total buffered bytes and the number of flows are capped, and flows shed to stay
+//! under the caps are counted. Sequence numbers wrap, so positions are compared by signed 32-bit
+//! distance and stored as 64-bit stream offsets.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,8 +21,28 @@ pub struct ReassemblyLimits {
     pub max_request_bytes: usize,
     /// Out-of-order bytes held per flow while waiting for a hole to fill.
     pub max_out_of_order_bytes: usize,
+    /// How long a hole may stay open before its bytes are declared lost.
+    pub gap_timeout_ns: u64,
     /// A flow with no packets for this long is forgotten.
     pub flow_idle_timeout_ns: u64,
+    /// Bytes buffered across all flows; past it the largest flows are shed.
+    pub max_buffered_bytes: usize,
+    /// Flows tracked at once; past it the least recently active are shed.
+    pub max_flows: usize,
+}
+
+/// What reassembly reports besides cut requests.
+pub trait FlowObserver {
+    fn event(&mut self, flow: FlowKey, event: CutEvent);
+    /// A flow was dropped to respect a limit.
+    fn flow_shed(&mut self);
+}
+
+impl<F: FnMut(FlowKey, CutEvent)> FlowObserver for F {
+    fn event(&mut self, flow: FlowKey, event: CutEvent) {
+        self(flow, event)
+    }
+    fn flow_shed(&mut self) {}
 }
 
 /// Every flow being reassembled, and the limits they share.
@@ -27,17 +50,21 @@ pub struct ReassemblyLimits {
 pub struct Reassembler {
     limits: ReassemblyLimits,
     flows: HashMap<FlowKey, Flow>,
+    /// Sum of every flow's buffered bytes.
+    buffered_bytes: usize,
 }
 
 #[derive(Debug)]
 struct Flow {
     /// Sequence number of the next byte the cutter expects.
     next_seq: u32,
-    /// Stream offset of `next_seq`: bytes delivered so far.
+    /// Stream offset of `next_seq`: bytes delivered (or skipped) so far.
     delivered: u64,
     /// Segments ahead of `next_seq`, by stream offset.
     out_of_order: BTreeMap<u64, Bytes>,
     out_of_order_bytes: usize,
+    /// When the oldest still-open hole was first seen.
+    hole_since_ns: Option<u64>,
     /// Sequence number just past the client's FIN, once seen.
     fin_seq: Option<u32>,
     last_seen_ns: u64,
@@ -49,6 +76,7 @@ impl Reassembler {
         Reassembler {
             limits,
             flows: HashMap::new(),
+            buffered_bytes: 0,
         }
     }
 
@@ -56,74 +84,175 @@ impl Reassembler {
         self.flows.len()
     }
 
-    /// Takes one captured segment; emits the requests (and drops) it completes.
-    pub fn ingest(
-        &mut self,
-        segment: &Segment<'_>,
-        now_ns: u64,
-        on_event: &mut impl FnMut(FlowKey, CutEvent),
-    ) {
+    /// Bytes held across all flows (partial requests and out-of-order segments).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
+    /// Takes one captured segment; reports the requests (and drops) it completes.
+    pub fn ingest(&mut self, segment: &Segment<'_>, now_ns: u64, observer: &mut impl FlowObserver) {
         let key = segment.flow;
+        let mut emit = |event| observer.event(key, event);
         if segment.rst {
-            // The connection is gone; a partial request in it was never complete.
-            self.flows.remove(&key);
+            // The connection is gone, but what it sent before the reset still counts.
+            if let Some(mut flow) = self.flows.remove(&key) {
+                self.buffered_bytes -= flow.buffered();
+                flow.close(&mut emit);
+            }
             return;
         }
         let mut seq = segment.seq;
         if segment.syn {
             // A new connection, possibly reusing the 4-tuple of an old one.
             seq = seq.wrapping_add(1);
-            self.flows.insert(key, Flow::new(seq, now_ns, &self.limits));
-        }
-        let flow = match self.flows.get_mut(&key) {
-            Some(flow) => flow,
+            if let Some(mut old) = self.flows.remove(&key) {
+                self.buffered_bytes -= old.buffered();
+                old.close(&mut emit);
+            }
+            self.make_room_for_a_flow(observer);
+            let cutter = RequestCutter::new(self.limits.max_request_bytes);
+            self.flows.insert(key, Flow::new(seq, now_ns, cutter));
+        } else if !self.flows.contains_key(&key) {
             // Bare ACKs of a connection we never saw carry nothing to resynchronise on.
-            None if segment.payload.is_empty() => return,
-            // Connection already open when capture started: start at this segment.
-            None => self
-                .flows
-                .entry(key)
-                .or_insert_with(|| Flow::new(seq, now_ns, &self.limits)),
+            if segment.payload.is_empty() {
+                return;
+            }
+            // A connection already open when capture started: pick it up at a request line.
+            self.make_room_for_a_flow(observer);
+            let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
+            self.flows.insert(key, Flow::new(seq, now_ns, cutter));
+        }
+        let limits = self.limits;
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
         };
+        let mut emit = |event| observer.event(key, event);
+        let before = flow.buffered();
         flow.last_seen_ns = now_ns;
-        let mut emit = |event| on_event(key, event);
         if !segment.payload.is_empty() {
-            flow.accept(seq, segment.payload, now_ns, &self.limits, &mut emit);
+            flow.accept(seq, segment.payload, now_ns, &limits, &mut emit);
         }
         if segment.fin {
             flow.fin_seq = Some(seq.wrapping_add(segment.payload.len() as u32));
         }
-        if flow.is_finished() {
-            self.flows.remove(&key);
+        flow.expire_hole(now_ns, &limits, &mut emit);
+        let after = flow.buffered();
+        let finished = flow.is_finished();
+        self.buffered_bytes = self.buffered_bytes + after - before;
+        if finished {
+            self.remove(key, observer);
+        }
+        if self.buffered_bytes > self.limits.max_buffered_bytes {
+            self.shed_largest(observer);
         }
     }
 
-    /// Forgets flows idle for longer than the limit; returns how many.
-    pub fn evict_idle(&mut self, now_ns: u64) -> usize {
-        let before = self.flows.len();
-        let timeout = self.limits.flow_idle_timeout_ns;
-        self.flows
-            .retain(|_, flow| now_ns.saturating_sub(flow.last_seen_ns) < timeout);
-        before - self.flows.len()
+    /// Time-based work: holes that waited too long are skipped, idle flows forgotten.
+    pub fn expire(&mut self, now_ns: u64, observer: &mut impl FlowObserver) {
+        let limits = self.limits;
+        let mut idle = Vec::new();
+        for (&key, flow) in &mut self.flows {
+            let before = flow.buffered();
+            flow.expire_hole(now_ns, &limits, &mut |event| observer.event(key, event));
+            self.buffered_bytes = self.buffered_bytes + flow.buffered() - before;
+            if now_ns.saturating_sub(flow.last_seen_ns) >= limits.flow_idle_timeout_ns {
+                idle.push(key);
+            }
+        }
+        for key in idle {
+            self.remove(key, observer);
+        }
+    }
+
+    /// Closes every flow, e.g. at the end of a capture file.
+    pub fn finish(&mut self, observer: &mut impl FlowObserver) {
+        let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
+        for key in keys {
+            self.remove(key, observer);
+        }
+    }
+
+    fn remove(&mut self, key: FlowKey, observer: &mut impl FlowObserver) {
+        if let Some(mut flow) = self.flows.remove(&key) {
+            self.buffered_bytes -= flow.buffered();
+            flow.close(&mut |event| observer.event(key, event));
+        }
+    }
+
+    /// Sheds the flows holding the most bytes until a tenth of the budget is free again.
+    fn shed_largest(&mut self, observer: &mut impl FlowObserver) {
+        let target = self.limits.max_buffered_bytes - self.limits.max_buffered_bytes / 10;
+        let mut by_size: Vec<(usize, FlowKey)> = self
+            .flows
+            .iter()
+            .map(|(key, flow)| (flow.buffered(), *key))
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (_, key) in by_size {
+            if self.buffered_bytes <= target {
+                break;
+            }
+            self.shed(key, observer);
+        }
+    }
+
+    /// At the flow limit, sheds the least recently active eighth of the flows, so the cost of
+    /// finding them is paid once per many new flows.
+    fn make_room_for_a_flow(&mut self, observer: &mut impl FlowObserver) {
+        if self.flows.len() < self.limits.max_flows {
+            return;
+        }
+        let mut by_age: Vec<(u64, FlowKey)> = self
+            .flows
+            .iter()
+            .map(|(key, flow)| (flow.last_seen_ns, *key))
+            .collect();
+        let shed = (self.limits.max_flows / 8).clamp(1, by_age.len());
+        by_age.select_nth_unstable_by_key(shed - 1, |(last_seen, _)| *last_seen);
+        for (_, key) in by_age.into_iter().take(shed) {
+            self.shed(key, observer);
+        }
+    }
+
+    fn shed(&mut self, key: FlowKey, observer: &mut impl FlowObserver) {
+        if let Some(flow) = self.flows.remove(&key) {
+            self.buffered_bytes -= flow.buffered();
+            observer.flow_shed();
+            if flow.cutter.has_partial_request() || flow.out_of_order_bytes > 0 {
+                observer.event(key, CutEvent::Dropped(DropReason::FlowShed));
+            }
+        }
     }
 }
 
 impl Flow {
-    fn new(next_seq: u32, now_ns: u64, limits: &ReassemblyLimits) -> Self {
+    fn new(next_seq: u32, now_ns: u64, cutter: RequestCutter) -> Self {
         Flow {
             next_seq,
             delivered: 0,
             out_of_order: BTreeMap::new(),
             out_of_order_bytes: 0,
+            hole_since_ns: None,
             fin_seq: None,
             last_seen_ns: now_ns,
-            cutter: RequestCutter::new(limits.max_request_bytes),
+            cutter,
         }
+    }
+
+    fn buffered(&self) -> usize {
+        self.cutter.buffered_bytes() + self.out_of_order_bytes
     }
 
     fn is_finished(&self) -> bool {
         self.fin_seq.is_some_and(|fin| fin == self.next_seq)
             || (self.fin_seq.is_some() && self.cutter.is_broken())
+    }
+
+    /// Ends the flow: bytes held behind a hole are still cut, the hole counted as a gap.
+    fn close(&mut self, on_event: &mut impl FnMut(CutEvent)) {
+        while !self.out_of_order.is_empty() {
+            self.skip_hole(self.last_seen_ns, on_event);
+        }
     }
 
     fn accept(
@@ -139,7 +268,7 @@ impl Flow {
         }
         let distance = seq.wrapping_sub(self.next_seq) as i32;
         if distance > 0 {
-            self.hold(distance as u64, payload, limits, on_event);
+            self.hold(distance as u64, payload, now_ns, limits, on_event);
             return;
         }
         // Bytes before `next_seq` were delivered already (retransmission or overlap).
@@ -155,16 +284,10 @@ impl Flow {
         &mut self,
         ahead: u64,
         payload: &[u8],
+        now_ns: u64,
         limits: &ReassemblyLimits,
         on_event: &mut impl FnMut(CutEvent),
     ) {
-        if self.out_of_order_bytes + payload.len() > limits.max_out_of_order_bytes {
-            // The hole is not filling: the bytes in it are lost for good.
-            self.out_of_order = BTreeMap::new();
-            self.out_of_order_bytes = 0;
-            self.cutter.break_flow(DropReason::CaptureGap, on_event);
-            return;
-        }
         let offset = self.delivered + ahead;
         let longer = self
             .out_of_order
@@ -176,14 +299,49 @@ impl Flow {
                 self.out_of_order_bytes -= replaced.len();
             }
             self.out_of_order_bytes += payload.len();
+            self.hole_since_ns.get_or_insert(now_ns);
         }
+        // The hole is not filling while this much piles up behind it: its bytes are lost.
+        while self.out_of_order_bytes > limits.max_out_of_order_bytes {
+            self.skip_hole(now_ns, on_event);
+        }
+    }
+
+    fn expire_hole(
+        &mut self,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        on_event: &mut impl FnMut(CutEvent),
+    ) {
+        while self
+            .hole_since_ns
+            .is_some_and(|since| now_ns.saturating_sub(since) >= limits.gap_timeout_ns)
+        {
+            self.skip_hole(now_ns, on_event);
+        }
+    }
+
+    /// Gives up on the bytes before the first held segment and carries on from there.
+    fn skip_hole(&mut self, now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
+        let Some((&offset, _)) = self.out_of_order.first_key_value() else {
+            self.hole_since_ns = None;
+            return;
+        };
+        let missing = offset.saturating_sub(self.delivered);
+        self.cutter.skip_gap(missing, on_event);
+        self.delivered += missing;
+        self.next_seq = self.next_seq.wrapping_add(missing as u32);
+        self.hole_since_ns = None;
+        self.release_held(now_ns, on_event);
     }
 
     /// Delivers held segments that the stream has now reached.
     fn release_held(&mut self, now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
         while let Some(entry) = self.out_of_order.first_entry() {
             if *entry.key() > self.delivered {
-                break;
+                // A later hole remains; its clock starts now.
+                self.hole_since_ns = Some(now_ns);
+                return;
             }
             let already_delivered = (self.delivered - *entry.key()) as usize;
             let held = entry.remove();
@@ -192,6 +350,7 @@ impl Flow {
                 self.deliver(&held[already_delivered..], now_ns, on_event);
             }
         }
+        self.hole_since_ns = None;
     }
 
     fn deliver(&mut self, bytes: &[u8], now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
@@ -208,7 +367,10 @@ mod tests {
     const LIMITS: ReassemblyLimits = ReassemblyLimits {
         max_request_bytes: 1 << 20,
         max_out_of_order_bytes: 4096,
+        gap_timeout_ns: 100,
         flow_idle_timeout_ns: 1_000,
+        max_buffered_bytes: 1 << 20,
+        max_flows: 1000,
     };
 
     fn key() -> FlowKey {
@@ -250,7 +412,7 @@ mod tests {
             .iter()
             .filter_map(|event| match event {
                 CutEvent::Request { bytes, .. } => Some(bytes.to_vec()),
-                CutEvent::Dropped(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -312,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn hole_that_never_fills_is_a_capture_gap() {
+    fn hole_with_too_much_behind_it_is_a_capture_gap() {
         let mut reassembler = Reassembler::new(LIMITS);
         let filler = vec![b'x'; 3000];
         let events = run(
@@ -320,6 +482,8 @@ mod tests {
             &[syn(0), segment(1000, &filler), segment(4000, &filler)],
         );
         assert_eq!(events, [CutEvent::Dropped(DropReason::CaptureGap)]);
+        // Held bytes plus, while resynchronising, at most one unfinished 8 KiB line.
+        assert!(reassembler.buffered_bytes() <= LIMITS.max_out_of_order_bytes + 8 * 1024);
     }
 
     #[test]
@@ -346,8 +510,115 @@ mod tests {
     fn idle_flows_are_evicted() {
         let mut reassembler = Reassembler::new(LIMITS);
         run(&mut reassembler, &[syn(0), segment(1, &REQUEST[..10])]);
-        assert_eq!(reassembler.evict_idle(500), 0);
-        assert_eq!(reassembler.evict_idle(5_000), 1);
+        reassembler.expire(500, &mut |_, _| {});
+        assert_eq!(reassembler.active_flows(), 1);
+        reassembler.expire(5_000, &mut |_, _| {});
         assert_eq!(reassembler.active_flows(), 0);
+        assert_eq!(reassembler.buffered_bytes(), 0);
+    }
+
+    fn segment_of(key: FlowKey, seq: u32, payload: &[u8]) -> Segment<'_> {
+        Segment {
+            flow: key,
+            ..segment(seq, payload)
+        }
+    }
+
+    fn key_for(port: u16) -> FlowKey {
+        FlowKey {
+            client: format!("10.0.0.1:{port}").parse().unwrap(),
+            ..key()
+        }
+    }
+
+    #[test]
+    fn lost_segment_costs_only_its_request_once_the_gap_times_out() {
+        let get = b"GET /next HTTP/1.1\r\n\r\n";
+        let mut reassembler = Reassembler::new(LIMITS);
+        let mut events = Vec::new();
+        let lost_len = 10;
+        let after = 1 + REQUEST.len() as u32;
+        for (at, segment) in [
+            (0, syn(0)),
+            // REQUEST[..10] never arrives.
+            (1, segment(1 + lost_len, &REQUEST[lost_len as usize..])),
+            (2, segment(after, get)),
+        ] {
+            reassembler.ingest(&segment, at, &mut |_, e| events.push(e));
+        }
+        assert!(
+            events.is_empty(),
+            "nothing is decided before the gap timeout"
+        );
+        reassembler.expire(500, &mut |_, e| events.push(e));
+        assert_eq!(events[0], CutEvent::Dropped(DropReason::CaptureGap));
+        assert_eq!(request_bytes(&events), [get.to_vec()]);
+    }
+
+    #[test]
+    fn reset_still_delivers_what_arrived_behind_a_hole() {
+        let get = b"GET /next HTTP/1.1\r\n\r\n";
+        let mut reassembler = Reassembler::new(LIMITS);
+        let rst = Segment {
+            rst: true,
+            ..segment(500, b"")
+        };
+        let events = run(&mut reassembler, &[syn(0), segment(30, get), rst]);
+        assert_eq!(events[0], CutEvent::Dropped(DropReason::CaptureGap));
+        assert_eq!(request_bytes(&events), [get.to_vec()]);
+        assert_eq!(reassembler.active_flows(), 0);
+    }
+
+    #[test]
+    fn past_the_memory_budget_the_largest_flows_are_shed_and_counted() {
+        let limits = ReassemblyLimits {
+            max_buffered_bytes: 10_000,
+            ..LIMITS
+        };
+        let mut reassembler = Reassembler::new(limits);
+        let mut events = Vec::new();
+        let partial = [
+            b"POST /slow HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".as_slice(),
+            &[b'x'; 3000],
+        ]
+        .concat();
+        for port in 0..5 {
+            let key = key_for(40_000 + port);
+            let syn = Segment {
+                syn: true,
+                ..segment_of(key, 0, b"")
+            };
+            reassembler.ingest(&syn, 0, &mut |_, e| events.push(e));
+            reassembler.ingest(&segment_of(key, 1, &partial), 0, &mut |_, e| events.push(e));
+            assert!(reassembler.buffered_bytes() <= 10_000);
+        }
+        let shed = events
+            .iter()
+            .filter(|e| **e == CutEvent::Dropped(DropReason::FlowShed))
+            .count();
+        assert!(shed >= 2, "{events:?}");
+        assert_eq!(reassembler.active_flows(), 5 - shed);
+    }
+
+    #[test]
+    fn past_the_flow_limit_the_least_recently_active_flows_are_shed() {
+        let limits = ReassemblyLimits {
+            max_flows: 16,
+            ..LIMITS
+        };
+        let mut reassembler = Reassembler::new(limits);
+        for port in 0..100u16 {
+            let key = key_for(30_000 + port);
+            let syn = Segment {
+                syn: true,
+                ..segment_of(key, 0, b"")
+            };
+            reassembler.ingest(&syn, u64::from(port), &mut |_, _| {});
+            assert!(reassembler.active_flows() <= 16);
+        }
+        // The newest flow survived.
+        let newest = segment_of(key_for(30_099), 1, REQUEST);
+        let events = run(&mut reassembler, &[newest]);
+        assert_eq!(request_bytes(&events), [REQUEST]);
     }
 }

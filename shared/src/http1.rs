@@ -47,6 +47,17 @@ pub struct RequestHead {
     /// Bytes from the start of the request line to the end of the blank line after the headers.
     pub len: usize,
     pub framing: BodyFraming,
+    /// After this request the connection may stop being HTTP/1.x.
+    pub switch: Option<ProtocolSwitch>,
+}
+
+/// Why a connection may leave HTTP/1.x after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolSwitch {
+    /// `Upgrade:` header (websocket, h2c).
+    Upgrade,
+    /// `CONNECT` method: the connection becomes a tunnel.
+    Connect,
 }
 
 /// Parses a request head at the start of `buf`; `Ok(None)` means the head is not complete yet.
@@ -57,11 +68,85 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
         httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
-        httparse::Status::Complete(len) => Ok(Some(RequestHead {
-            len,
-            framing: body_framing(request.headers)?,
-        })),
+        httparse::Status::Complete(len) => {
+            let switch = if request.method == Some("CONNECT") {
+                Some(ProtocolSwitch::Connect)
+            } else if request
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            {
+                Some(ProtocolSwitch::Upgrade)
+            } else {
+                None
+            };
+            Ok(Some(RequestHead {
+                len,
+                framing: body_framing(request.headers)?,
+                switch,
+            }))
+        }
     }
+}
+
+/// Methods a resynchronising cutter accepts as the start of a request line.
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
+/// Longest request line a resynchronising cutter waits for.
+const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+
+/// Where a request line starts in bytes that began at an unknown point of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestLineSearch {
+    /// A request line starts at this offset.
+    Found(usize),
+    /// None yet; bytes before this offset can never start one and may be discarded.
+    NotYet { discard: usize },
+}
+
+/// Finds the first request line (`METHOD target HTTP/1.x`) in bytes that began at an unknown
+/// point of a stream, as after a gap or mid-connection. The request line may follow the previous
+/// request's body on the same line (bodies rarely end in a newline), so a line qualifies by its
+/// end: the HTTP version, one target, and a method token right before it.
+pub fn find_request_line(buf: &[u8]) -> RequestLineSearch {
+    let mut line_start = 0;
+    while let Some(length) = buf[line_start..].iter().position(|&b| b == b'\n') {
+        let line = &buf[line_start..line_start + length];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(offset) = request_line_offset(line) {
+            return RequestLineSearch::Found(line_start + offset);
+        }
+        line_start += length + 1;
+    }
+    // The unfinished last line may still become a request line; it cannot be longer than this.
+    let discard = line_start.max(buf.len().saturating_sub(MAX_REQUEST_LINE_BYTES));
+    RequestLineSearch::NotYet { discard }
+}
+
+/// Where the request line inside `line` starts, if `line` ends with one.
+fn request_line_offset(line: &[u8]) -> Option<usize> {
+    let rest = line
+        .strip_suffix(b" HTTP/1.1")
+        .or_else(|| line.strip_suffix(b" HTTP/1.0"))?;
+    let last_space = rest.iter().rposition(|&b| b == b' ')?;
+    let target = &rest[last_space + 1..];
+    if target.is_empty() || !target.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    let up_to_method = &rest[..=last_space];
+    METHODS
+        .iter()
+        .find(|method| up_to_method.ends_with(method))
+        .map(|method| up_to_method.len() - method.len())
 }
 
 fn body_framing(headers: &[httparse::Header<'_>]) -> Result<BodyFraming, HttpError> {
@@ -295,8 +380,53 @@ mod tests {
             head,
             Some(RequestHead {
                 len: request.len(),
-                framing: BodyFraming::Empty
+                framing: BodyFraming::Empty,
+                switch: None,
             })
+        );
+    }
+
+    #[test]
+    fn upgrade_and_connect_are_flagged() {
+        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let connect = b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n";
+        let switch = |raw: &[u8]| parse_request_head(raw).unwrap().unwrap().switch;
+        assert_eq!(switch(upgrade), Some(ProtocolSwitch::Upgrade));
+        assert_eq!(switch(connect), Some(ProtocolSwitch::Connect));
+    }
+
+    #[test]
+    fn request_line_is_found_after_arbitrary_bytes() {
+        let stream = b"dy bytes\r\nmore\nPOST /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let post = stream.windows(4).position(|w| w == b"POST").unwrap();
+        assert_eq!(find_request_line(stream), RequestLineSearch::Found(post));
+        assert_eq!(
+            find_request_line(b"GET /a HTTP/1.1\r\n"),
+            RequestLineSearch::Found(0)
+        );
+        // The previous body did not end in a newline.
+        assert_eq!(
+            find_request_line(b"x\r\nhelloGET /a HTTP/1.1\r\n"),
+            RequestLineSearch::Found(8)
+        );
+    }
+
+    #[test]
+    fn partial_request_line_is_kept_and_junk_discarded() {
+        assert_eq!(
+            find_request_line(b"junk\r\nPOS"),
+            RequestLineSearch::NotYet { discard: 6 }
+        );
+        assert_eq!(
+            find_request_line(b"junk\r\nGET /not-finished"),
+            RequestLineSearch::NotYet { discard: 6 }
+        );
+        let not_a_request_line = b"body text GET / HTTP/1.1 in the middle\r\n";
+        assert_eq!(
+            find_request_line(&[not_a_request_line.as_slice(), b"xx"].concat()),
+            RequestLineSearch::NotYet {
+                discard: not_a_request_line.len()
+            }
         );
     }
 
