@@ -187,7 +187,7 @@ impl Reassembler {
             .iter()
             .map(|(key, flow)| (flow.buffered(), *key))
             .collect();
-        by_size.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        by_size.sort_unstable_by_key(|(size, _)| std::cmp::Reverse(*size));
         for (_, key) in by_size {
             if self.buffered_bytes <= target {
                 break;
