@@ -59,13 +59,18 @@ pub enum CaptureError {
     Poll(nix::errno::Errno),
 }
 
-/// The BPF program: client->server TCP segments on the service's ports only.
-pub fn bpf_filter(ports: &[u16]) -> String {
+/// The BPF program: client->server TCP segments on the service's ports only. On Ethernet the
+/// same test is repeated behind an 802.1Q tag, which shifts every offset after it.
+pub fn bpf_filter(ports: &[u16], link: LinkType) -> String {
     let ports: Vec<String> = ports
         .iter()
         .map(|port| format!("dst port {port}"))
         .collect();
-    format!("tcp and ({})", ports.join(" or "))
+    let untagged = format!("tcp and ({})", ports.join(" or "));
+    match link {
+        LinkType::Ethernet => format!("({untagged}) or (vlan and {untagged})"),
+        _ => untagged,
+    }
 }
 
 /// An open, filtered source of captured frames.
@@ -101,7 +106,7 @@ impl PacketSource {
             .setnonblock()
             .map_err(open_error)?;
         let link = install_filter(&mut handle, &config.ports, &config.interface)?;
-        tracing::info!(interface = %config.interface, filter = %bpf_filter(&config.ports), ?link, "capture started");
+        tracing::info!(interface = %config.interface, filter = %bpf_filter(&config.ports, link), ?link, "capture started");
         Ok(PacketSource {
             input: Input::Live(handle),
             link,
@@ -116,7 +121,7 @@ impl PacketSource {
                 source,
             })?;
         let link = install_filter(&mut handle, ports, &path.display().to_string())?;
-        tracing::info!(file = %path.display(), filter = %bpf_filter(ports), ?link, "capture started");
+        tracing::info!(file = %path.display(), filter = %bpf_filter(ports, link), ?link, "capture started");
         Ok(PacketSource {
             input: Input::File(handle),
             link,
@@ -153,18 +158,19 @@ fn install_filter<T: pcap::Activated + ?Sized>(
     ports: &[u16],
     source_name: &str,
 ) -> Result<LinkType, CaptureError> {
-    let filter = bpf_filter(ports);
+    let linktype = handle.get_datalink();
+    let link = LinkType::from_pcap(linktype).ok_or_else(|| CaptureError::UnsupportedLinkType {
+        source_name: source_name.to_owned(),
+        linktype,
+    })?;
+    let filter = bpf_filter(ports, link);
     handle
         .filter(&filter, true)
         .map_err(|source| CaptureError::Filter {
             filter: filter.clone(),
             source,
         })?;
-    let linktype = handle.get_datalink();
-    LinkType::from_pcap(linktype).ok_or_else(|| CaptureError::UnsupportedLinkType {
-        source_name: source_name.to_owned(),
-        linktype,
-    })
+    Ok(link)
 }
 
 /// Turns reassembly's events into records on the queue and counts.

@@ -26,6 +26,12 @@ pub struct QueuedRecord {
     bytes: OwnedSemaphorePermit,
 }
 
+impl QueuedRecord {
+    pub fn into_record(self) -> RequestRecord {
+        self.record
+    }
+}
+
 /// The sending half, owned by the capture thread.
 pub struct RecordQueue {
     sender: mpsc::Sender<QueuedRecord>,

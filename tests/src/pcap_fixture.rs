@@ -1,0 +1,205 @@
+//! Writing pcap files of crafted TCP segments: exact, repeatable capture scenarios (reordering,
+//! duplicates, overlaps, missing segments, VLAN, IPv6, cooked capture) for the listener's
+//! `--input-pcap`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use anyhow::Context;
+use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, VlanId};
+
+/// How frames are framed below IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixtureLink {
+    Ethernet,
+    /// Ethernet with an 802.1Q tag.
+    EthernetVlan(u16),
+    /// Linux cooked capture v1 (interface `any`, older libpcap).
+    LinuxSll,
+    /// Linux cooked capture v2 (interface `any`, libpcap 1.10+).
+    LinuxSll2,
+}
+
+/// One TCP segment from a client to a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub seq: u32,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub payload: Vec<u8>,
+}
+
+/// A client connection: hands out its segments by stream offset.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// Initial sequence number: the SYN's; data starts at `isn + 1`.
+    pub isn: u32,
+}
+
+impl Connection {
+    pub fn new(client: &str, server: &str, isn: u32) -> Connection {
+        Connection {
+            client: client.parse().expect("client address"),
+            server: server.parse().expect("server address"),
+            isn,
+        }
+    }
+
+    fn segment(&self, offset: usize, payload: &[u8]) -> Segment {
+        Segment {
+            client: self.client,
+            server: self.server,
+            seq: self.isn.wrapping_add(1).wrapping_add(offset as u32),
+            syn: false,
+            fin: false,
+            rst: false,
+            payload: payload.to_vec(),
+        }
+    }
+
+    pub fn syn(&self) -> Segment {
+        Segment {
+            seq: self.isn,
+            syn: true,
+            ..self.segment(0, b"")
+        }
+    }
+
+    /// Data starting at stream offset `offset`.
+    pub fn data(&self, offset: usize, payload: &[u8]) -> Segment {
+        self.segment(offset, payload)
+    }
+
+    /// FIN after `offset` bytes of stream.
+    pub fn fin(&self, offset: usize) -> Segment {
+        Segment {
+            fin: true,
+            ..self.segment(offset, b"")
+        }
+    }
+
+    pub fn rst(&self, offset: usize) -> Segment {
+        Segment {
+            rst: true,
+            ..self.segment(offset, b"")
+        }
+    }
+
+    /// `stream` cut into consecutive segments of at most `mss` bytes, from offset `start`.
+    pub fn split(&self, start: usize, stream: &[u8], mss: usize) -> Vec<Segment> {
+        stream
+            .chunks(mss)
+            .enumerate()
+            .map(|(i, chunk)| self.data(start + i * mss, chunk))
+            .collect()
+    }
+}
+
+fn ip_headers(source: IpAddr, destination: IpAddr) -> anyhow::Result<IpHeaders> {
+    Ok(match (source, destination) {
+        (IpAddr::V4(source), IpAddr::V4(destination)) => IpHeaders::Ipv4(
+            Ipv4Header::new(0, 64, IpNumber::TCP, source.octets(), destination.octets())?,
+            Default::default(),
+        ),
+        (IpAddr::V6(source), IpAddr::V6(destination)) => IpHeaders::Ipv6(
+            Ipv6Header {
+                next_header: IpNumber::TCP,
+                hop_limit: 64,
+                source: source.octets(),
+                destination: destination.octets(),
+                ..Default::default()
+            },
+            Default::default(),
+        ),
+        _ => anyhow::bail!("client and server must both be IPv4 or both IPv6"),
+    })
+}
+
+/// The frame for `segment`, framed for `link`.
+pub fn frame(link: FixtureLink, segment: &Segment) -> anyhow::Result<Vec<u8>> {
+    let ip = ip_headers(segment.client.ip(), segment.server.ip())?;
+    let (client_mac, server_mac) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let builder = match link {
+        FixtureLink::Ethernet => PacketBuilder::ethernet2(client_mac, server_mac).ip(ip),
+        FixtureLink::EthernetVlan(id) => PacketBuilder::ethernet2(client_mac, server_mac)
+            .single_vlan(VlanId::try_new(id)?)
+            .ip(ip),
+        FixtureLink::LinuxSll | FixtureLink::LinuxSll2 => PacketBuilder::ip(ip),
+    };
+    let mut tcp = builder.tcp(
+        segment.client.port(),
+        segment.server.port(),
+        segment.seq,
+        65535,
+    );
+    if segment.syn {
+        tcp = tcp.syn();
+    }
+    if segment.fin {
+        tcp = tcp.fin();
+    }
+    if segment.rst {
+        tcp = tcp.rst();
+    }
+    if !segment.payload.is_empty() {
+        tcp = tcp.psh();
+    }
+    let mut frame = cooked_header(link, segment.client.ip());
+    tcp.write(&mut frame, &segment.payload)
+        .context("building frame")?;
+    Ok(frame)
+}
+
+/// The Linux cooked-capture header for an IP packet, or nothing for Ethernet.
+fn cooked_header(link: FixtureLink, ip: IpAddr) -> Vec<u8> {
+    let ethertype: u16 = if ip.is_ipv4() { 0x0800 } else { 0x86dd };
+    match link {
+        FixtureLink::Ethernet | FixtureLink::EthernetVlan(_) => Vec::new(),
+        FixtureLink::LinuxSll => {
+            // Packet type, ARPHRD type, address length, 8-byte address, protocol.
+            let mut header = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+            header.extend_from_slice(&ethertype.to_be_bytes());
+            header
+        }
+        FixtureLink::LinuxSll2 => {
+            // Protocol, reserved, interface index, ARPHRD type, packet type, address length,
+            // 8-byte address.
+            let mut header = ethertype.to_be_bytes().to_vec();
+            header.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 1, 0, 6]);
+            header.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0, 0]);
+            header
+        }
+    }
+}
+
+/// Writes `segments`, in the given order, as a pcap file; one millisecond apart.
+pub fn write_pcap(path: &Path, link: FixtureLink, segments: &[Segment]) -> anyhow::Result<()> {
+    let linktype = match link {
+        FixtureLink::Ethernet | FixtureLink::EthernetVlan(_) => pcap::Linktype::ETHERNET,
+        FixtureLink::LinuxSll => pcap::Linktype::LINUX_SLL,
+        FixtureLink::LinuxSll2 => pcap::Linktype::LINUX_SLL2,
+    };
+    let mut file = pcap::Capture::dead(linktype)?
+        .savefile(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    for (i, segment) in segments.iter().enumerate() {
+        let data = frame(link, segment)?;
+        let micros = 1_000 * i as i64;
+        let header = pcap::PacketHeader {
+            ts: libc::timeval {
+                tv_sec: 1_750_000_000 + micros / 1_000_000,
+                tv_usec: micros % 1_000_000,
+            },
+            caplen: data.len() as u32,
+            len: data.len() as u32,
+        };
+        file.write(&pcap::Packet::new(&header, &data));
+    }
+    file.flush()?;
+    Ok(())
+}
