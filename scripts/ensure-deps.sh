@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages tapwire needs to build and test: libpcap's headers (the pcap crate
-# links against libpcap). As root on Debian/Ubuntu it installs them with apt-get; otherwise it
-# prints the exact command and fails.
+# links against libpcap) and the network tools the end-to-end tests use. As root on Debian or
+# Ubuntu it installs them with apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 
 missing=()
@@ -11,6 +11,11 @@ fi
 if ! command -v pkg-config >/dev/null; then
   missing+=(pkg-config)
 fi
+# The end-to-end tests build network namespaces (ip), turn off segmentation offloads so segments
+# really are MTU-sized (ethtool), and upload with a real client (curl).
+for tool in ip:iproute2 ethtool:ethtool curl:curl; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

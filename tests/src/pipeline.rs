@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +17,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
+    /// Interface the listener captures on.
+    pub interface: String,
+    /// Address production listens on; must be reachable through `interface`.
+    pub production_ip: IpAddr,
     pub targets: usize,
     /// Record every request at production and targets (for content checks; costs memory).
     pub record: bool,
@@ -27,6 +31,8 @@ pub struct PipelineOptions {
 impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
+            interface: "lo".into(),
+            production_ip: IpAddr::from([127, 0, 0, 1]),
             targets: 2,
             record: true,
             listener_args: Vec::new(),
@@ -61,7 +67,7 @@ impl Pipeline {
     /// Starts everything and returns once the listener is capturing and linked to the replayer.
     pub async fn start(options: PipelineOptions) -> anyhow::Result<Pipeline> {
         require_root()?;
-        let production = RecordingServer::start(options.record).await?;
+        let production = RecordingServer::start_on(options.production_ip, options.record).await?;
         let mut targets = Vec::new();
         for _ in 0..options.targets {
             targets.push(RecordingServer::start(options.record).await?);
@@ -83,7 +89,7 @@ impl Pipeline {
 
         let mut listener_args = vec![
             "--interface".into(),
-            "lo".into(),
+            options.interface.clone(),
             "--port".into(),
             production.addr().port().to_string(),
             "--replayer".into(),
@@ -157,6 +163,7 @@ impl Pipeline {
             streamed: listener.get("sent"),
             listener_dropped: listener.with_prefix("dropped_"),
             kernel_dropped_packets: listener.get("pcap_kernel_drops"),
+            packets_captured: listener.get("packets"),
             received_by_replayer: replayer.get("received"),
             rejected_by_replayer: replayer.with_prefix("rejected_"),
             targets,
@@ -250,6 +257,8 @@ pub struct Report {
     pub streamed: u64,
     pub listener_dropped: BTreeMap<String, u64>,
     pub kernel_dropped_packets: u64,
+    /// TCP packets the listener read (client to server).
+    pub packets_captured: u64,
     pub received_by_replayer: u64,
     pub rejected_by_replayer: BTreeMap<String, u64>,
     pub targets: Vec<TargetReport>,

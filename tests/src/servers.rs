@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +46,12 @@ pub struct RecordingServer {
 impl RecordingServer {
     /// Starts a server on a free loopback port. With `record`, every request is kept in memory.
     pub async fn start(record: bool) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(IpAddr::from([127, 0, 0, 1]), record).await
+    }
+
+    /// Starts a server on a free port of `ip` (an address of this host).
+    pub async fn start_on(ip: IpAddr, record: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
         let (served_watch, _) = watch::channel(0);
         let state = Arc::new(State {

@@ -32,7 +32,7 @@ pub enum RequestShape {
     FreshPost,
     /// Body sent with chunked transfer coding, in several chunks.
     ChunkedPost,
-    /// A 256 KiB body: many TCP segments even on loopback.
+    /// A body of 64 KiB to 1 MiB: many TCP segments even on loopback.
     LargePost,
 }
 
@@ -75,7 +75,10 @@ pub fn mix_request(addr: SocketAddr, sequence: u64) -> Request<Body> {
             Method::PUT,
             full(body_for(sequence, 10 + (sequence as usize) % 500)),
         ),
-        RequestShape::LargePost => (Method::POST, full(body_for(sequence, 256 * 1024))),
+        RequestShape::LargePost => (
+            Method::POST,
+            full(body_for(sequence, large_body_len(sequence))),
+        ),
         RequestShape::ChunkedPost => {
             let body = body_for(sequence, 3000);
             let chunks: Vec<Result<Frame<Bytes>, Infallible>> = [0..1000, 1000..1001, 1001..3000]
@@ -103,6 +106,11 @@ pub fn mix_request(addr: SocketAddr, sequence: u64) -> Request<Body> {
         builder = builder.header(header::CONNECTION, "close");
     }
     builder.body(body).expect("mix requests are valid")
+}
+
+/// Between 64 KiB and 1 MiB, varying with the sequence number.
+fn large_body_len(sequence: u64) -> usize {
+    (64 << 10) + (sequence as usize * 7919) % (960 << 10)
 }
 
 fn method_has_body(shape: RequestShape) -> bool {

@@ -58,7 +58,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         pipeline.listener_metrics
     );
     println!(
-        "\nsending {} requests over {} connections (GET and POST, keep-alive and fresh connections, chunked and 256 KiB bodies)...",
+        "\nsending {} requests over {} connections (GET and POST, keep-alive and fresh connections, chunked bodies and bodies of 64 KiB to 1 MiB)...",
         args.requests, args.connections
     );
     let load = traffic::send_mix(pipeline.production.addr(), args.requests, args.connections).await;
