@@ -371,3 +371,49 @@ async fn a_recording_server_counts_what_it_serves() {
     assert_eq!(server.served(), 25);
     assert_eq!(server.received().len(), 25);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pcap_file_is_replayed_like_live_traffic() {
+    use tapwire_testkit::pcap_fixture::{Connection, FixtureLink, write_pcap};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capture.pcap");
+    let requests: Vec<Vec<u8>> = (0..3u64)
+        .map(|sequence| {
+            let body = traffic::body_for(sequence, 5000);
+            let head = format!(
+                "POST /from-file/{sequence} HTTP/1.1\r\nHost: prod\r\n{}: {sequence}\r\nContent-Length: {}\r\n\r\n",
+                tapwire_testkit::servers::SEQUENCE_HEADER,
+                body.len()
+            );
+            [head.as_bytes(), &body].concat()
+        })
+        .collect();
+    let connection = Connection::new("10.7.0.1:41000", "10.7.0.2:8080", 77);
+    let mut segments = vec![connection.syn()];
+    segments.extend(connection.split(0, &requests.concat(), 1448));
+    write_pcap(&path, FixtureLink::Ethernet, &segments).unwrap();
+
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        listener_args: vec![
+            "--input-pcap".into(),
+            path.display().to_string(),
+            "--port".into(),
+            "8080".into(),
+        ],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    assert!(pipeline.wait_for_targets(3, REPLAY_TIMEOUT).await);
+    let received = pipeline.targets[0].received();
+    let report = pipeline.finish(0).await.unwrap();
+    assert_eq!(report.captured, 3, "{}", report.table());
+    assert_eq!(report.streamed, 3, "{}", report.table());
+    assert_eq!(report.targets[0].responses, 3, "{}", report.table());
+    for sequence in 0..3u64 {
+        let copy = &received[&sequence][0];
+        assert_eq!(copy.path_and_query, format!("/from-file/{sequence}"));
+        assert_eq!(copy.body, traffic::body_for(sequence, 5000));
+    }
+}

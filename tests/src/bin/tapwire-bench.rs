@@ -27,6 +27,9 @@ struct Args {
     /// 0 sends GETs; otherwise POSTs with a body of this many bytes.
     #[arg(long, default_value_t = 0)]
     body_bytes: usize,
+    /// Extra flag for tapwire-listener (repeatable), e.g. `--listener-arg=--queue-bytes=8388608`.
+    #[arg(long = "listener-arg", allow_hyphen_values = true)]
+    listener_args: Vec<String>,
 }
 
 #[tokio::main]
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         let pipeline = Pipeline::start(PipelineOptions {
             targets: 1,
             record: false,
+            listener_args: args.listener_args.clone(),
             ..PipelineOptions::default()
         })
         .await?;
