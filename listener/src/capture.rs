@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use tapwire_shared::RequestRecord;
+use tapwire_shared::{RequestRecord, ResponseRecord};
 
-use crate::http::CutEvent;
 use crate::metrics::ListenerMetrics;
 use crate::packet::{self, FlowKey, LinkType};
-use crate::reassembly::{FlowObserver, Reassembler};
+use crate::reassembly::{Direction, FlowEvent, FlowObserver, Reassembler};
 use crate::transport::RecordQueue;
 
 /// The kernel hands over a block of packets when it fills or after this long: the most a
@@ -31,6 +30,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 pub struct CaptureConfig {
     pub interface: String,
     pub ports: Vec<u16>,
+    /// Capture server-to-client segments too.
+    pub track_responses: bool,
     pub snaplen: i32,
     pub buffer_bytes: i32,
 }
@@ -59,12 +60,14 @@ pub enum CaptureError {
     Poll(nix::errno::Errno),
 }
 
-/// The BPF program: client->server TCP segments on the service's ports only. On Ethernet the
-/// same test is repeated behind an 802.1Q tag, which shifts every offset after it.
-pub fn bpf_filter(ports: &[u16], link: LinkType) -> String {
+/// The BPF program: TCP segments to the service's ports (and from them, when responses are
+/// tracked). On Ethernet the same test is repeated behind an 802.1Q tag, which shifts every
+/// offset after it.
+pub fn bpf_filter(ports: &[u16], track_responses: bool, link: LinkType) -> String {
+    let direction = if track_responses { "" } else { "dst " };
     let ports: Vec<String> = ports
         .iter()
-        .map(|port| format!("dst port {port}"))
+        .map(|port| format!("{direction}port {port}"))
         .collect();
     let untagged = format!("tcp and ({})", ports.join(" or "));
     match link {
@@ -77,6 +80,7 @@ pub fn bpf_filter(ports: &[u16], link: LinkType) -> String {
 pub struct PacketSource {
     input: Input,
     link: LinkType,
+    ports: Vec<u16>,
 }
 
 enum Input {
@@ -105,26 +109,34 @@ impl PacketSource {
             // Waiting is done by our own poll(), which (unlike libpcap's) always times out.
             .setnonblock()
             .map_err(open_error)?;
-        let link = install_filter(&mut handle, &config.ports, &config.interface)?;
-        tracing::info!(interface = %config.interface, filter = %bpf_filter(&config.ports, link), ?link, "capture started");
+        let filter = |link| bpf_filter(&config.ports, config.track_responses, link);
+        let link = install_filter(&mut handle, filter, &config.interface)?;
+        tracing::info!(interface = %config.interface, filter = %filter(link), ?link, "capture started");
         Ok(PacketSource {
             input: Input::Live(handle),
             link,
+            ports: config.ports.clone(),
         })
     }
 
     /// Opens a pcap or pcapng file (from tcpdump or Wireshark).
-    pub fn open_file(path: &Path, ports: &[u16]) -> Result<Self, CaptureError> {
+    pub fn open_file(
+        path: &Path,
+        ports: &[u16],
+        track_responses: bool,
+    ) -> Result<Self, CaptureError> {
         let mut handle =
             pcap::Capture::from_file(path).map_err(|source| CaptureError::OpenFile {
                 path: path.display().to_string(),
                 source,
             })?;
-        let link = install_filter(&mut handle, ports, &path.display().to_string())?;
-        tracing::info!(file = %path.display(), filter = %bpf_filter(ports, link), ?link, "capture started");
+        let filter = |link| bpf_filter(ports, track_responses, link);
+        let link = install_filter(&mut handle, filter, &path.display().to_string())?;
+        tracing::info!(file = %path.display(), filter = %filter(link), ?link, "capture started");
         Ok(PacketSource {
             input: Input::File(handle),
             link,
+            ports: ports.to_vec(),
         })
     }
 
@@ -138,12 +150,9 @@ impl PacketSource {
     ) -> Result<(), CaptureError> {
         let mut pipeline = PacketPipeline {
             link: self.link,
+            ports: self.ports,
             reassembler,
-            sink: RecordSink {
-                queue,
-                metrics,
-                next_record_id: 0,
-            },
+            sink: RecordSink { queue, metrics },
             last_packet_ns: 0,
         };
         match self.input {
@@ -155,7 +164,7 @@ impl PacketSource {
 
 fn install_filter<T: pcap::Activated + ?Sized>(
     handle: &mut pcap::Capture<T>,
-    ports: &[u16],
+    filter_for: impl Fn(LinkType) -> String,
     source_name: &str,
 ) -> Result<LinkType, CaptureError> {
     let linktype = handle.get_datalink();
@@ -163,7 +172,7 @@ fn install_filter<T: pcap::Activated + ?Sized>(
         source_name: source_name.to_owned(),
         linktype,
     })?;
-    let filter = bpf_filter(ports, link);
+    let filter = filter_for(link);
     handle
         .filter(&filter, true)
         .map_err(|source| CaptureError::Filter {
@@ -177,30 +186,46 @@ fn install_filter<T: pcap::Activated + ?Sized>(
 struct RecordSink {
     queue: RecordQueue,
     metrics: ListenerMetrics,
-    next_record_id: u64,
 }
 
 impl FlowObserver for RecordSink {
-    fn event(&mut self, flow: FlowKey, event: CutEvent) {
+    fn event(&mut self, flow: FlowKey, event: FlowEvent) {
         match event {
-            CutEvent::Request {
+            FlowEvent::Request {
+                id,
                 bytes,
                 started_at_ns,
             } => {
                 self.metrics.requests_captured.inc();
-                self.next_record_id += 1;
-                self.queue.push(RequestRecord {
-                    id: self.next_record_id,
+                self.queue.push_request(RequestRecord {
+                    id,
                     captured_at_ns: started_at_ns,
                     client: flow.client,
                     server: flow.server,
                     request: bytes,
                 });
             }
-            CutEvent::Dropped(reason) => {
+            FlowEvent::Response {
+                request_id,
+                bytes,
+                started_at_ns,
+                latency_ns,
+            } => {
+                self.metrics.responses_captured.inc();
+                self.queue.push_response(ResponseRecord {
+                    request_id,
+                    captured_at_ns: started_at_ns,
+                    latency_ns,
+                    response: bytes,
+                });
+            }
+            FlowEvent::Dropped(reason) => {
                 self.metrics.dropped(reason).inc();
             }
-            CutEvent::Switched(switch) => {
+            FlowEvent::ResponseDropped(reason) => {
+                self.metrics.response_dropped(reason).inc();
+            }
+            FlowEvent::Switched(switch) => {
                 self.metrics.switched(switch).inc();
             }
         }
@@ -214,6 +239,8 @@ impl FlowObserver for RecordSink {
 /// Everything one captured frame passes through, owned by the capture thread.
 struct PacketPipeline {
     link: LinkType,
+    /// The service's ports: segments to them are requests, from them responses.
+    ports: Vec<u16>,
     reassembler: Reassembler,
     sink: RecordSink,
     last_packet_ns: u64,
@@ -286,7 +313,7 @@ impl PacketPipeline {
 
     fn process(&mut self, frame: &pcap::Packet<'_>) {
         self.sink.metrics.packets_captured.inc();
-        let segment = match packet::decode(self.link, frame.data) {
+        let mut segment = match packet::decode(self.link, frame.data) {
             Ok(segment) => segment,
             Err(error) => {
                 self.sink.metrics.packets_malformed.inc();
@@ -296,7 +323,18 @@ impl PacketPipeline {
         };
         let now_ns = timeval_ns(frame.header.ts.tv_sec, frame.header.ts.tv_usec);
         self.last_packet_ns = self.last_packet_ns.max(now_ns);
-        self.reassembler.ingest(&segment, now_ns, &mut self.sink);
+        let direction = if self.ports.contains(&segment.flow.server.port()) {
+            Direction::Request
+        } else {
+            // From the service's port: a response. Flows are keyed client first.
+            segment.flow = FlowKey {
+                client: segment.flow.server,
+                server: segment.flow.client,
+            };
+            Direction::Response
+        };
+        self.reassembler
+            .ingest_directed(&segment, direction, now_ns, &mut self.sink);
     }
 
     fn housekeeping(&mut self, now_ns: u64) {

@@ -34,6 +34,11 @@ pub struct ListenerConfig {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
+    /// Also capture the service's responses, pair each with its request (same id) and record
+    /// production's latency, so staging's answers can be compared with production's.
+    #[arg(long, help_heading = "Capture")]
+    pub track_responses: bool,
+
     /// Read a pcap or pcapng file (tcpdump, Wireshark) instead of capturing live; it goes
     /// through exactly the same reassembly and cutting. The listener exits when the file ends.
     #[arg(long, value_name = "FILE", help_heading = "Capture")]
@@ -135,6 +140,7 @@ impl ListenerConfig {
         CaptureConfig {
             interface: self.interface.clone(),
             ports: self.ports.clone(),
+            track_responses: self.track_responses,
             // Loopback and GRO deliver segments far above the MTU; never truncate them.
             snaplen: 262_144,
             buffer_bytes: self.pcap_buffer_bytes,

@@ -1,11 +1,29 @@
-//! Cutting one client->server byte stream into complete HTTP/1.x requests. The grammar lives in
-//! `tapwire_shared::http1`; this module owns the per-flow state: buffered bytes, which part of a
-//! request is being waited for, and when to give up on a flow.
+//! Cutting a connection's ordered byte streams into complete HTTP/1.x messages: requests from
+//! the client ([`RequestCutter`]) and, with `--track-responses`, responses from the server
+//! ([`ResponseCutter`]). The grammar lives in `tapwire_shared::http1`; this module owns the
+//! per-flow state: buffered bytes, which part of a message is awaited, when to give up.
+
+use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tapwire_shared::http1::{self, BodyFraming, ChunkedScanner, ProtocolSwitch, RequestLineSearch};
 
 use crate::metrics::DropReason;
+
+/// A cutter of one direction of a connection, as the reassembler drives it.
+pub trait Cutter {
+    type Event;
+    /// Appends in-order stream bytes captured at `now_ns`; emits every message they complete.
+    fn push<F: FnMut(Self::Event)>(&mut self, data: &[u8], now_ns: u64, on_event: &mut F);
+    /// `missing` bytes of the stream will never arrive.
+    fn skip_gap<F: FnMut(Self::Event)>(&mut self, missing: u64, on_event: &mut F);
+    /// The sender closed its side (FIN or RST): a close-delimited message ends here.
+    fn close<F: FnMut(Self::Event)>(&mut self, now_ns: u64, on_event: &mut F);
+    fn is_broken(&self) -> bool;
+    fn buffered_bytes(&self) -> usize;
+    /// Bytes are held for a message that is not complete yet.
+    fn has_partial_message(&self) -> bool;
+}
 
 /// What the cutter produces for the reassembler to act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -165,7 +183,8 @@ impl RequestCutter {
                     Ok(Some(head)) => {
                         let switch = head.switch;
                         self.phase = match head.framing {
-                            BodyFraming::Empty => Phase::Sized {
+                            // A request body is never delimited by the close.
+                            BodyFraming::Empty | BodyFraming::UntilClose => Phase::Sized {
                                 request_len: head.len,
                                 switch,
                             },
@@ -262,6 +281,269 @@ impl RequestCutter {
         self.phase = Phase::Broken;
         // Free the memory now: a broken flow can live until FIN or idle eviction.
         self.buffer = BytesMut::new();
+    }
+}
+
+impl Cutter for RequestCutter {
+    type Event = CutEvent;
+
+    fn push<F: FnMut(CutEvent)>(&mut self, data: &[u8], now_ns: u64, on_event: &mut F) {
+        RequestCutter::push(self, data, now_ns, on_event)
+    }
+    fn skip_gap<F: FnMut(CutEvent)>(&mut self, missing: u64, on_event: &mut F) {
+        RequestCutter::skip_gap(self, missing, on_event)
+    }
+    /// A request always carries its own length, so a close ends nothing.
+    fn close<F: FnMut(CutEvent)>(&mut self, _now_ns: u64, _on_event: &mut F) {}
+    fn is_broken(&self) -> bool {
+        RequestCutter::is_broken(self)
+    }
+    fn buffered_bytes(&self) -> usize {
+        RequestCutter::buffered_bytes(self)
+    }
+    fn has_partial_message(&self) -> bool {
+        self.has_partial_request()
+    }
+}
+
+/// What the response cutter produces.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseEvent {
+    /// A complete final response, with the capture times of its first and last bytes.
+    Response {
+        bytes: Bytes,
+        started_at_ns: u64,
+        completed_at_ns: u64,
+    },
+    /// A response was given up (or all further ones: the stream is then broken).
+    Dropped(DropReason),
+}
+
+#[derive(Debug)]
+enum ResponsePhase {
+    Head,
+    Sized {
+        response_len: usize,
+        switches: bool,
+    },
+    Chunked {
+        head_len: usize,
+        scanner: ChunkedScanner,
+    },
+    UntilClose,
+    Discarding {
+        remaining: u64,
+    },
+    Broken,
+}
+
+/// Per-flow cutter of the server's responses. It must be told, in order, which requests were
+/// HEAD ([`ResponseCutter::expect`]), since their responses carry no body.
+#[derive(Debug)]
+pub struct ResponseCutter {
+    buffer: BytesMut,
+    phase: ResponsePhase,
+    started_at_ns: u64,
+    max_bytes: usize,
+    /// For each request still unanswered, oldest first: was it HEAD?
+    answers_head: VecDeque<bool>,
+}
+
+/// Requests remembered per connection while their responses are awaited.
+const MAX_UNANSWERED: usize = 4096;
+
+impl ResponseCutter {
+    pub fn new(max_bytes: usize) -> Self {
+        ResponseCutter {
+            buffer: BytesMut::new(),
+            phase: ResponsePhase::Head,
+            started_at_ns: 0,
+            max_bytes,
+            answers_head: VecDeque::new(),
+        }
+    }
+
+    /// A cutter that tracks nothing: for connections whose responses cannot be paired
+    /// (first seen mid-stream).
+    pub fn broken(max_bytes: usize) -> Self {
+        ResponseCutter {
+            phase: ResponsePhase::Broken,
+            ..ResponseCutter::new(max_bytes)
+        }
+    }
+
+    /// A request was captured; its response comes after those of earlier requests.
+    pub fn expect(&mut self, request: &[u8]) {
+        if self.answers_head.len() < MAX_UNANSWERED {
+            self.answers_head.push_back(request.starts_with(b"HEAD "));
+        }
+    }
+
+    fn cut_next(&mut self, now_ns: u64) -> Option<ResponseEvent> {
+        loop {
+            match &mut self.phase {
+                ResponsePhase::Head => {
+                    let answers_head = self.answers_head.front().copied().unwrap_or(false);
+                    let head = match http1::parse_response_head(&self.buffer, answers_head) {
+                        Ok(None) => return None,
+                        Ok(Some(head)) => head,
+                        Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
+                    };
+                    if head.is_interim() {
+                        // `100 Continue` and friends: the final response follows.
+                        self.buffer.advance(head.len);
+                        if self.buffer.is_empty() {
+                            return None;
+                        }
+                        continue;
+                    }
+                    self.answers_head.pop_front();
+                    let switches = head.status == 101;
+                    self.phase = match head.framing {
+                        BodyFraming::Empty => ResponsePhase::Sized {
+                            response_len: head.len,
+                            switches,
+                        },
+                        BodyFraming::Length(body) => {
+                            let response_len = (head.len as u64).saturating_add(body);
+                            if response_len > self.max_bytes as u64 {
+                                return Some(self.discard(response_len));
+                            }
+                            ResponsePhase::Sized {
+                                response_len: response_len as usize,
+                                switches,
+                            }
+                        }
+                        BodyFraming::Chunked => ResponsePhase::Chunked {
+                            head_len: head.len,
+                            scanner: ChunkedScanner::default(),
+                        },
+                        BodyFraming::UntilClose => ResponsePhase::UntilClose,
+                    };
+                }
+                ResponsePhase::Sized {
+                    response_len,
+                    switches,
+                } => {
+                    let (response_len, switches) = (*response_len, *switches);
+                    if self.buffer.len() < response_len {
+                        return None;
+                    }
+                    let event = self.emit(response_len, now_ns);
+                    if switches {
+                        // 101 Switching Protocols: what follows is not HTTP/1.x.
+                        self.phase = ResponsePhase::Broken;
+                        self.buffer = BytesMut::new();
+                    }
+                    return Some(event);
+                }
+                ResponsePhase::Chunked { head_len, scanner } => {
+                    let head_len = *head_len;
+                    match scanner.advance(&self.buffer[head_len..], |_| {}) {
+                        Ok(Some(body_len)) => return Some(self.emit(head_len + body_len, now_ns)),
+                        Ok(None) if self.buffer.len() > self.max_bytes => {
+                            return Some(self.enter_broken(DropReason::TooLarge));
+                        }
+                        Ok(None) => return None,
+                        Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
+                    }
+                }
+                ResponsePhase::UntilClose if self.buffer.len() > self.max_bytes => {
+                    return Some(self.enter_broken(DropReason::TooLarge));
+                }
+                ResponsePhase::UntilClose
+                | ResponsePhase::Discarding { .. }
+                | ResponsePhase::Broken => return None,
+            }
+        }
+    }
+
+    fn emit(&mut self, response_len: usize, now_ns: u64) -> ResponseEvent {
+        self.phase = ResponsePhase::Head;
+        ResponseEvent::Response {
+            bytes: self.buffer.split_to(response_len).freeze(),
+            started_at_ns: self.started_at_ns,
+            completed_at_ns: now_ns,
+        }
+    }
+
+    fn discard(&mut self, response_len: u64) -> ResponseEvent {
+        let buffered = self.buffer.len() as u64;
+        if buffered >= response_len {
+            self.buffer.advance(response_len as usize);
+            self.phase = ResponsePhase::Head;
+        } else {
+            self.buffer = BytesMut::new();
+            self.phase = ResponsePhase::Discarding {
+                remaining: response_len - buffered,
+            };
+        }
+        ResponseEvent::Dropped(DropReason::TooLarge)
+    }
+
+    /// Responses are paired with requests by order; once bytes are lost that order is unknown,
+    /// so the rest of this connection's responses are not tracked.
+    fn enter_broken(&mut self, reason: DropReason) -> ResponseEvent {
+        self.phase = ResponsePhase::Broken;
+        self.buffer = BytesMut::new();
+        self.answers_head.clear();
+        ResponseEvent::Dropped(reason)
+    }
+}
+
+impl Cutter for ResponseCutter {
+    type Event = ResponseEvent;
+
+    fn push<F: FnMut(ResponseEvent)>(&mut self, mut data: &[u8], now_ns: u64, on_event: &mut F) {
+        match &mut self.phase {
+            ResponsePhase::Broken => return,
+            ResponsePhase::Discarding { remaining } => {
+                let skipped = (*remaining).min(data.len() as u64);
+                *remaining -= skipped;
+                data = &data[skipped as usize..];
+                if *remaining > 0 {
+                    return;
+                }
+                self.phase = ResponsePhase::Head;
+            }
+            _ => {}
+        }
+        if data.is_empty() {
+            return;
+        }
+        if self.buffer.is_empty() {
+            self.started_at_ns = now_ns;
+        }
+        self.buffer.extend_from_slice(data);
+        while let Some(event) = self.cut_next(now_ns) {
+            on_event(event);
+            self.started_at_ns = now_ns;
+        }
+    }
+
+    fn skip_gap<F: FnMut(ResponseEvent)>(&mut self, _missing: u64, on_event: &mut F) {
+        if !matches!(self.phase, ResponsePhase::Broken) {
+            on_event(self.enter_broken(DropReason::CaptureGap));
+        }
+    }
+
+    fn close<F: FnMut(ResponseEvent)>(&mut self, now_ns: u64, on_event: &mut F) {
+        if matches!(self.phase, ResponsePhase::UntilClose) {
+            let len = self.buffer.len();
+            on_event(self.emit(len, now_ns));
+        }
+    }
+
+    fn is_broken(&self) -> bool {
+        matches!(self.phase, ResponsePhase::Broken)
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn has_partial_message(&self) -> bool {
+        !self.buffer.is_empty() && !self.is_broken()
     }
 }
 
@@ -446,5 +728,101 @@ mod tests {
         assert_eq!(requests(&events), [upgrade.as_slice()]);
         assert_eq!(events[1], CutEvent::Switched(ProtocolSwitch::Upgrade));
         assert_eq!(events.len(), 2);
+    }
+
+    fn responses(cutter: &mut ResponseCutter, chunks: &[&[u8]]) -> Vec<ResponseEvent> {
+        let mut events = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            Cutter::push(cutter, chunk, 10 * i as u64, &mut |e| events.push(e));
+        }
+        events
+    }
+
+    fn response_bytes(events: &[ResponseEvent]) -> Vec<&[u8]> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ResponseEvent::Response { bytes, .. } => Some(bytes.as_ref()),
+                ResponseEvent::Dropped(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn responses_to_head_and_204_have_no_body_even_with_content_length() {
+        let mut cutter = ResponseCutter::new(MAX);
+        cutter.expect(b"HEAD / HTTP/1.1\r\n\r\n");
+        cutter.expect(b"GET / HTTP/1.1\r\n\r\n");
+        cutter.expect(b"GET / HTTP/1.1\r\n\r\n");
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+        let no_content = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let stream = [head.as_slice(), no_content, sized].concat();
+        let events = responses(&mut cutter, &[&stream]);
+        assert_eq!(
+            response_bytes(&events),
+            [head.as_slice(), no_content, sized]
+        );
+    }
+
+    #[test]
+    fn interim_100_continue_is_skipped_and_the_final_response_kept() {
+        let mut cutter = ResponseCutter::new(MAX);
+        cutter.expect(b"POST / HTTP/1.1\r\n");
+        let final_response = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let events = responses(
+            &mut cutter,
+            &[b"HTTP/1.1 100 Continue\r\n\r\n", final_response],
+        );
+        assert_eq!(response_bytes(&events), [final_response.as_slice()]);
+    }
+
+    #[test]
+    fn close_delimited_response_ends_at_close() {
+        let mut cutter = ResponseCutter::new(MAX);
+        cutter.expect(b"GET / HTTP/1.0\r\n");
+        let mut events = responses(&mut cutter, &[b"HTTP/1.0 200 OK\r\n\r\nall of ", b"this"]);
+        assert!(events.is_empty());
+        Cutter::close(&mut cutter, 99, &mut |e| events.push(e));
+        assert_eq!(
+            events,
+            [ResponseEvent::Response {
+                bytes: Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\nall of this"),
+                started_at_ns: 0,
+                completed_at_ns: 99
+            }]
+        );
+    }
+
+    #[test]
+    fn chunked_response_split_anywhere_is_cut_whole() {
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n";
+        for split in 1..chunked.len() {
+            let mut cutter = ResponseCutter::new(MAX);
+            cutter.expect(b"GET / HTTP/1.1\r\n");
+            let events = responses(&mut cutter, &[&chunked[..split], &chunked[split..]]);
+            assert_eq!(
+                response_bytes(&events),
+                [chunked.as_slice()],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gap_in_responses_stops_response_tracking_for_the_connection() {
+        let mut cutter = ResponseCutter::new(MAX);
+        cutter.expect(b"GET / HTTP/1.1\r\n");
+        let mut events = Vec::new();
+        Cutter::skip_gap(&mut cutter, 10, &mut |e| events.push(e));
+        Cutter::push(
+            &mut cutter,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            1,
+            &mut |e| events.push(e),
+        );
+        assert_eq!(events, [ResponseEvent::Dropped(DropReason::CaptureGap)]);
+        assert!(Cutter::is_broken(&cutter));
     }
 }

@@ -43,7 +43,9 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
     }
 
     let source = match &config.input_pcap {
-        Some(path) => capture::PacketSource::open_file(path, &config.ports)?,
+        Some(path) => {
+            capture::PacketSource::open_file(path, &config.ports, config.track_responses)?
+        }
         None => capture::PacketSource::open_live(&config.capture())?,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -54,7 +56,10 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
     );
     let (capture_done, mut capture_result) = tokio::sync::oneshot::channel();
     let capture_thread = {
-        let reassembler = reassembly::Reassembler::new(config.reassembly());
+        let mut reassembler = reassembly::Reassembler::new(config.reassembly());
+        if config.track_responses {
+            reassembler = reassembler.tracking_responses();
+        }
         let (metrics, stop) = (metrics.clone(), Arc::clone(&stop));
         std::thread::Builder::new()
             .name("capture".into())
@@ -96,6 +101,13 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         .get()
         .saturating_sub(metrics.records_sent.get() + metrics.dropped_total());
     metrics.dropped(DropReason::Shutdown).inc_by(unsent);
+    let unsent_responses = metrics
+        .responses_captured
+        .get()
+        .saturating_sub(metrics.responses_sent.get() + metrics.responses_dropped_total());
+    metrics
+        .response_dropped(DropReason::Shutdown)
+        .inc_by(unsent_responses);
     tracing::info!(summary = %metrics.summary(), "listener stopped");
 
     match capture_outcome {

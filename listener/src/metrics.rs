@@ -24,6 +24,8 @@ pub enum DropReason {
     CaptureGap,
     /// The flow was shed to keep memory or the number of flows under its limit.
     FlowShed,
+    /// Responses only: a response to a request that was not captured.
+    Unpaired,
     /// Sent to a replayer that disconnected before acknowledging it.
     ReplayerDisconnected,
     /// Still queued or unacknowledged when the shutdown deadline passed.
@@ -31,12 +33,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::QueueFull,
         DropReason::MalformedHttp,
         DropReason::TooLarge,
         DropReason::CaptureGap,
         DropReason::FlowShed,
+        DropReason::Unpaired,
         DropReason::ReplayerDisconnected,
         DropReason::Shutdown,
     ];
@@ -48,6 +51,7 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::CaptureGap => "capture_gap",
             DropReason::FlowShed => "flow_shed",
+            DropReason::Unpaired => "unpaired",
             DropReason::ReplayerDisconnected => "replayer_disconnected",
             DropReason::Shutdown => "shutdown",
         }
@@ -95,6 +99,10 @@ pub struct ListenerMetrics {
     pub buffered_bytes: Gauge,
     /// Flows that left HTTP/1.x (websocket upgrade, CONNECT tunnel).
     switched: [Counter; 2],
+    /// With --track-responses: complete responses paired with a captured request.
+    pub responses_captured: Counter,
+    pub responses_sent: Counter,
+    responses_dropped: [Counter; DropReason::ALL.len()],
     /// One counter per reason, resolved up front so the hot path never looks labels up.
     dropped: [Counter; DropReason::ALL.len()],
 }
@@ -106,6 +114,9 @@ impl ListenerMetrics {
         let dropped_family = Family::<ReasonLabel, Counter>::default();
         let dropped = DropReason::ALL
             .map(|reason| dropped_family.get_or_create_owned(&ReasonLabel { reason }));
+        let responses_dropped_family = Family::<ReasonLabel, Counter>::default();
+        let responses_dropped = DropReason::ALL
+            .map(|reason| responses_dropped_family.get_or_create_owned(&ReasonLabel { reason }));
         let switched_family = Family::<SwitchLabel, Counter>::default();
         let switched = [ProtocolSwitch::Upgrade, ProtocolSwitch::Connect].map(|switch| {
             switched_family.get_or_create_owned(&SwitchLabel {
@@ -122,6 +133,9 @@ impl ListenerMetrics {
             flows_shed: Counter::default(),
             buffered_bytes: Gauge::default(),
             switched,
+            responses_captured: Counter::default(),
+            responses_sent: Counter::default(),
+            responses_dropped,
             dropped,
         };
         registry.register(
@@ -170,6 +184,21 @@ impl ListenerMetrics {
             metrics.buffered_bytes.clone(),
         );
         registry.register(
+            "responses_captured",
+            "Production responses paired with a captured request (--track-responses)",
+            metrics.responses_captured.clone(),
+        );
+        registry.register(
+            "responses_sent",
+            "Responses acknowledged by a replayer",
+            metrics.responses_sent.clone(),
+        );
+        registry.register(
+            "responses_dropped",
+            "Responses that did not reach a replayer, by reason",
+            responses_dropped_family,
+        );
+        registry.register(
             "flows_switched",
             "Connections that left HTTP/1.x after a request (upgrade, connect); the rest of each is skipped",
             switched_family,
@@ -190,6 +219,14 @@ impl ListenerMetrics {
 
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().map(Counter::get).sum()
+    }
+
+    pub fn response_dropped(&self, reason: DropReason) -> &Counter {
+        &self.responses_dropped[reason as usize]
+    }
+
+    pub fn responses_dropped_total(&self) -> u64 {
+        self.responses_dropped.iter().map(Counter::get).sum()
     }
 
     /// One line for logs: every count that the accounting needs.
@@ -214,6 +251,21 @@ impl ListenerMetrics {
             self.pcap_dropped_packets.get(),
             self.flows_shed.get()
         );
+        if self.responses_captured.get() + self.responses_dropped_total() > 0 {
+            let _ = write!(
+                line,
+                " responses_captured={} responses_sent={} responses_dropped={}",
+                self.responses_captured.get(),
+                self.responses_sent.get(),
+                self.responses_dropped_total()
+            );
+            for reason in DropReason::ALL {
+                let count = self.response_dropped(reason).get();
+                if count > 0 {
+                    let _ = write!(line, " responses_dropped_{}={count}", reason.as_str());
+                }
+            }
+        }
         for switch in [ProtocolSwitch::Upgrade, ProtocolSwitch::Connect] {
             let count = self.switched(switch).get();
             if count > 0 {
@@ -221,5 +273,17 @@ impl ListenerMetrics {
             }
         }
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_indexes_its_own_counter() {
+        for (index, reason) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason:?}");
+        }
     }
 }

@@ -1,25 +1,28 @@
-//! TCP reassembly. For each client->server flow it restores sequence order: retransmitted bytes
-//! are trimmed, out-of-order segments wait in a bounded per-flow buffer, and the ordered bytes go
-//! to the flow's [`RequestCutter`]. A hole that does not fill in time (a packet the kernel never
-//! delivered to us) is skipped, costing only the request it falls in. Flows end on FIN, RST or
-//! idleness; total buffered bytes and the number of flows are capped, and flows shed to stay
-//! under the caps are counted. Sequence numbers wrap, so positions are compared by signed 32-bit
-//! distance and stored as 64-bit stream offsets.
+//! TCP reassembly. Each connection has a request stream (client to server) and, with
+//! `--track-responses`, a response stream. For each stream it restores sequence order:
+//! retransmitted bytes are trimmed, out-of-order segments wait in a bounded buffer, and the
+//! ordered bytes go to the stream's cutter. A hole that does not fill in time (a packet the
+//! kernel never delivered to us) is skipped, costing only the message it falls in. Responses are
+//! paired with requests in order. Connections end on FIN, RST or idleness; total buffered bytes
+//! and the number of connections are capped, and connections shed to stay under the caps are
+//! counted. Sequence numbers wrap, so positions are compared by signed 32-bit distance and
+//! stored as 64-bit stream offsets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
+use tapwire_shared::http1::ProtocolSwitch;
 
-use crate::http::{CutEvent, RequestCutter};
+use crate::http::{CutEvent, Cutter, RequestCutter, ResponseCutter, ResponseEvent};
 use crate::metrics::DropReason;
 use crate::packet::{FlowKey, Segment};
 
 /// Limits that keep reassembly memory bounded.
 #[derive(Debug, Clone, Copy)]
 pub struct ReassemblyLimits {
-    /// Largest request kept; larger ones are dropped as `too_large`.
+    /// Largest request (or response) kept; larger ones are dropped as `too_large`.
     pub max_request_bytes: usize,
-    /// Out-of-order bytes held per flow while waiting for a hole to fill.
+    /// Out-of-order bytes held per stream while waiting for a hole to fill.
     pub max_out_of_order_bytes: usize,
     /// How long a hole may stay open before its bytes are declared lost.
     pub gap_timeout_ns: u64,
@@ -31,31 +34,67 @@ pub struct ReassemblyLimits {
     pub max_flows: usize,
 }
 
-/// What reassembly reports besides cut requests.
+/// What reassembly reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// A complete request; `id` is unique within this reassembler.
+    Request {
+        id: u64,
+        bytes: Bytes,
+        started_at_ns: u64,
+    },
+    /// Production's complete response to request `request_id`.
+    Response {
+        request_id: u64,
+        bytes: Bytes,
+        started_at_ns: u64,
+        latency_ns: u64,
+    },
+    /// A request (or the rest of a flow's requests) was given up.
+    Dropped(DropReason),
+    /// A response was given up.
+    ResponseDropped(DropReason),
+    /// The connection left HTTP/1.x after a request.
+    Switched(ProtocolSwitch),
+}
+
+/// Receives reassembly's events.
 pub trait FlowObserver {
-    fn event(&mut self, flow: FlowKey, event: CutEvent);
+    fn event(&mut self, flow: FlowKey, event: FlowEvent);
     /// A flow was dropped to respect a limit.
     fn flow_shed(&mut self);
 }
 
-impl<F: FnMut(FlowKey, CutEvent)> FlowObserver for F {
-    fn event(&mut self, flow: FlowKey, event: CutEvent) {
+impl<F: FnMut(FlowKey, FlowEvent)> FlowObserver for F {
+    fn event(&mut self, flow: FlowKey, event: FlowEvent) {
         self(flow, event)
     }
     fn flow_shed(&mut self) {}
+}
+
+/// Which way a segment travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server: requests.
+    Request,
+    /// Server to client: responses.
+    Response,
 }
 
 /// Every flow being reassembled, and the limits they share.
 #[derive(Debug)]
 pub struct Reassembler {
     limits: ReassemblyLimits,
+    track_responses: bool,
     flows: HashMap<FlowKey, Flow>,
     /// Sum of every flow's buffered bytes.
     buffered_bytes: usize,
+    next_request_id: u64,
 }
 
+/// One direction of a connection: sequence ordering in front of a cutter.
 #[derive(Debug)]
-struct Flow {
+struct Stream<C> {
     /// Sequence number of the next byte the cutter expects.
     next_seq: u32,
     /// Stream offset of `next_seq`: bytes delivered (or skipped) so far.
@@ -65,85 +104,157 @@ struct Flow {
     out_of_order_bytes: usize,
     /// When the oldest still-open hole was first seen.
     hole_since_ns: Option<u64>,
-    /// Sequence number just past the client's FIN, once seen.
+    /// Sequence number just past the sender's FIN, once seen.
     fin_seq: Option<u32>,
+    cutter: C,
+}
+
+#[derive(Debug)]
+struct Flow {
+    requests: Stream<RequestCutter>,
+    /// Present when responses are tracked and the connection was seen from its SYN-ACK.
+    responses: Option<Stream<ResponseCutter>>,
+    /// Requests awaiting their response, oldest first: (id, first byte time).
+    unanswered: VecDeque<(u64, u64)>,
     last_seen_ns: u64,
-    cutter: RequestCutter,
 }
 
 impl Reassembler {
     pub fn new(limits: ReassemblyLimits) -> Self {
         Reassembler {
             limits,
+            track_responses: false,
             flows: HashMap::new(),
             buffered_bytes: 0,
+            next_request_id: 0,
         }
+    }
+
+    /// Also cut server-to-client streams into responses and pair them with requests.
+    pub fn tracking_responses(mut self) -> Self {
+        self.track_responses = true;
+        self
     }
 
     pub fn active_flows(&self) -> usize {
         self.flows.len()
     }
 
-    /// Bytes held across all flows (partial requests and out-of-order segments).
+    /// Bytes held across all flows (partial messages and out-of-order segments).
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
     }
 
-    /// Takes one captured segment; reports the requests (and drops) it completes.
+    /// Takes one client-to-server segment.
     pub fn ingest(&mut self, segment: &Segment<'_>, now_ns: u64, observer: &mut impl FlowObserver) {
+        self.ingest_directed(segment, Direction::Request, now_ns, observer);
+    }
+
+    /// Takes one segment travelling in `direction`. A response segment's flow key is still
+    /// written client first.
+    pub fn ingest_directed(
+        &mut self,
+        segment: &Segment<'_>,
+        direction: Direction,
+        now_ns: u64,
+        observer: &mut impl FlowObserver,
+    ) {
         let key = segment.flow;
-        let mut emit = |event| observer.event(key, event);
         if segment.rst {
             // The connection is gone, but what it sent before the reset still counts.
-            if let Some(mut flow) = self.flows.remove(&key) {
-                self.buffered_bytes -= flow.buffered();
-                flow.close(&mut emit);
-            }
+            self.remove(key, now_ns, observer);
             return;
         }
-        let mut seq = segment.seq;
-        if segment.syn {
-            // A new connection, possibly reusing the 4-tuple of an old one.
-            seq = seq.wrapping_add(1);
-            if let Some(mut old) = self.flows.remove(&key) {
-                self.buffered_bytes -= old.buffered();
-                old.close(&mut emit);
+        match direction {
+            Direction::Request => self.open_for_request(segment, now_ns, observer),
+            Direction::Response if segment.syn => {
+                if let Some(flow) = self.flows.get_mut(&key)
+                    && self.track_responses
+                {
+                    let cutter = ResponseCutter::new(self.limits.max_request_bytes);
+                    flow.responses = Some(Stream::new(segment.seq.wrapping_add(1), cutter));
+                }
             }
-            self.make_room_for_a_flow(observer);
-            let cutter = RequestCutter::new(self.limits.max_request_bytes);
-            self.flows.insert(key, Flow::new(seq, now_ns, cutter));
-        } else if !self.flows.contains_key(&key) {
-            // Bare ACKs of a connection we never saw carry nothing to resynchronise on.
-            if segment.payload.is_empty() {
-                return;
-            }
-            // A connection already open when capture started: pick it up at a request line.
-            self.make_room_for_a_flow(observer);
-            let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
-            self.flows.insert(key, Flow::new(seq, now_ns, cutter));
+            Direction::Response => {}
         }
         let limits = self.limits;
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
-        let mut emit = |event| observer.event(key, event);
         let before = flow.buffered();
         flow.last_seen_ns = now_ns;
-        if !segment.payload.is_empty() {
-            flow.accept(seq, segment.payload, now_ns, &limits, &mut emit);
+        let next_request_id = &mut self.next_request_id;
+        match direction {
+            Direction::Request => {
+                let seq = if segment.syn {
+                    segment.seq.wrapping_add(1)
+                } else {
+                    segment.seq
+                };
+                let Flow {
+                    requests,
+                    responses,
+                    unanswered,
+                    ..
+                } = flow;
+                let mut on_request = |event| {
+                    handle_request_event(
+                        event,
+                        key,
+                        next_request_id,
+                        responses,
+                        unanswered,
+                        observer,
+                    )
+                };
+                requests.take(seq, segment, now_ns, &limits, &mut on_request);
+            }
+            Direction::Response => {
+                let Flow {
+                    responses,
+                    unanswered,
+                    ..
+                } = flow;
+                if let Some(responses) = responses {
+                    let mut on_response =
+                        |event| handle_response_event(event, key, unanswered, observer);
+                    let seq = segment.seq.wrapping_add(u32::from(segment.syn));
+                    responses.take(seq, segment, now_ns, &limits, &mut on_response);
+                }
+            }
         }
-        if segment.fin {
-            flow.fin_seq = Some(seq.wrapping_add(segment.payload.len() as u32));
-        }
-        flow.expire_hole(now_ns, &limits, &mut emit);
         let after = flow.buffered();
         let finished = flow.is_finished();
         self.buffered_bytes = self.buffered_bytes + after - before;
         if finished {
-            self.remove(key, observer);
+            self.remove(key, now_ns, observer);
         }
         if self.buffered_bytes > self.limits.max_buffered_bytes {
             self.shed_largest(observer);
+        }
+    }
+
+    /// Creates (or re-creates, on port reuse) the flow a client segment belongs to.
+    fn open_for_request(
+        &mut self,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let key = segment.flow;
+        if segment.syn {
+            self.remove(key, now_ns, observer);
+            self.make_room_for_a_flow(observer);
+            let cutter = RequestCutter::new(self.limits.max_request_bytes);
+            let flow = Flow::new(Stream::new(segment.seq.wrapping_add(1), cutter), now_ns);
+            self.flows.insert(key, flow);
+        } else if !self.flows.contains_key(&key) && !segment.payload.is_empty() {
+            // A connection already open when capture started: pick it up at a request line.
+            // (Bare ACKs of such a connection carry nothing to resynchronise on.)
+            self.make_room_for_a_flow(observer);
+            let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
+            self.flows
+                .insert(key, Flow::new(Stream::new(segment.seq, cutter), now_ns));
         }
     }
 
@@ -151,31 +262,66 @@ impl Reassembler {
     pub fn expire(&mut self, now_ns: u64, observer: &mut impl FlowObserver) {
         let limits = self.limits;
         let mut idle = Vec::new();
+        let next_request_id = &mut self.next_request_id;
         for (&key, flow) in &mut self.flows {
             let before = flow.buffered();
-            flow.expire_hole(now_ns, &limits, &mut |event| observer.event(key, event));
+            let Flow {
+                requests,
+                responses,
+                unanswered,
+                ..
+            } = flow;
+            requests.expire_hole(now_ns, &limits, &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            });
+            if let Some(responses) = responses {
+                responses.expire_hole(now_ns, &limits, &mut |event| {
+                    handle_response_event(event, key, unanswered, observer)
+                });
+            }
             self.buffered_bytes = self.buffered_bytes + flow.buffered() - before;
             if now_ns.saturating_sub(flow.last_seen_ns) >= limits.flow_idle_timeout_ns {
                 idle.push(key);
             }
         }
         for key in idle {
-            self.remove(key, observer);
+            self.remove(key, now_ns, observer);
         }
     }
 
     /// Closes every flow, e.g. at the end of a capture file.
     pub fn finish(&mut self, observer: &mut impl FlowObserver) {
-        let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
-        for key in keys {
-            self.remove(key, observer);
+        let keys: Vec<(FlowKey, u64)> = self
+            .flows
+            .iter()
+            .map(|(key, flow)| (*key, flow.last_seen_ns))
+            .collect();
+        for (key, last_seen_ns) in keys {
+            self.remove(key, last_seen_ns, observer);
         }
     }
 
-    fn remove(&mut self, key: FlowKey, observer: &mut impl FlowObserver) {
-        if let Some(mut flow) = self.flows.remove(&key) {
-            self.buffered_bytes -= flow.buffered();
-            flow.close(&mut |event| observer.event(key, event));
+    /// Ends a flow: bytes held behind holes are still cut (the holes counted), and a
+    /// close-delimited response ends.
+    fn remove(&mut self, key: FlowKey, now_ns: u64, observer: &mut impl FlowObserver) {
+        let Some(mut flow) = self.flows.remove(&key) else {
+            return;
+        };
+        self.buffered_bytes -= flow.buffered();
+        let Flow {
+            requests,
+            responses,
+            unanswered,
+            ..
+        } = &mut flow;
+        let next_request_id = &mut self.next_request_id;
+        requests.close(now_ns, &mut |event| {
+            handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+        });
+        if let Some(responses) = responses {
+            responses.close(now_ns, &mut |event| {
+                handle_response_event(event, key, unanswered, observer)
+            });
         }
     }
 
@@ -218,23 +364,112 @@ impl Reassembler {
         if let Some(flow) = self.flows.remove(&key) {
             self.buffered_bytes -= flow.buffered();
             observer.flow_shed();
-            if flow.cutter.has_partial_request() || flow.out_of_order_bytes > 0 {
-                observer.event(key, CutEvent::Dropped(DropReason::FlowShed));
+            if flow.requests.has_partial_message() {
+                observer.event(key, FlowEvent::Dropped(DropReason::FlowShed));
+            }
+            if flow
+                .responses
+                .as_ref()
+                .is_some_and(Stream::has_partial_message)
+            {
+                observer.event(key, FlowEvent::ResponseDropped(DropReason::FlowShed));
             }
         }
     }
 }
 
+/// A request cut from the client's stream: numbered, remembered for pairing, reported.
+fn handle_request_event(
+    event: CutEvent,
+    key: FlowKey,
+    next_request_id: &mut u64,
+    responses: &mut Option<Stream<ResponseCutter>>,
+    unanswered: &mut VecDeque<(u64, u64)>,
+    observer: &mut impl FlowObserver,
+) {
+    let event = match event {
+        CutEvent::Request {
+            bytes,
+            started_at_ns,
+        } => {
+            *next_request_id += 1;
+            let id = *next_request_id;
+            if let Some(responses) = responses.as_mut().filter(|r| !r.cutter.is_broken()) {
+                responses.cutter.expect(&bytes);
+                unanswered.push_back((id, started_at_ns));
+            }
+            FlowEvent::Request {
+                id,
+                bytes,
+                started_at_ns,
+            }
+        }
+        CutEvent::Dropped(reason) => FlowEvent::Dropped(reason),
+        CutEvent::Switched(switch) => FlowEvent::Switched(switch),
+    };
+    observer.event(key, event);
+}
+
+/// A response cut from the server's stream, paired with the oldest unanswered request.
+fn handle_response_event(
+    event: ResponseEvent,
+    key: FlowKey,
+    unanswered: &mut VecDeque<(u64, u64)>,
+    observer: &mut impl FlowObserver,
+) {
+    let event = match event {
+        ResponseEvent::Response {
+            bytes,
+            started_at_ns,
+            completed_at_ns,
+        } => match unanswered.pop_front() {
+            Some((request_id, request_started_ns)) => FlowEvent::Response {
+                request_id,
+                bytes,
+                started_at_ns,
+                latency_ns: completed_at_ns.saturating_sub(request_started_ns),
+            },
+            // A response to a request we did not capture.
+            None => FlowEvent::ResponseDropped(DropReason::Unpaired),
+        },
+        ResponseEvent::Dropped(reason) => {
+            // Pairing by order is lost: forget what was waiting.
+            unanswered.clear();
+            FlowEvent::ResponseDropped(reason)
+        }
+    };
+    observer.event(key, event);
+}
+
 impl Flow {
-    fn new(next_seq: u32, now_ns: u64, cutter: RequestCutter) -> Self {
+    fn new(requests: Stream<RequestCutter>, now_ns: u64) -> Self {
         Flow {
+            requests,
+            responses: None,
+            unanswered: VecDeque::new(),
+            last_seen_ns: now_ns,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.as_ref().map_or(0, Stream::buffered)
+    }
+
+    /// The client is done, and so is the server when its responses are tracked.
+    fn is_finished(&self) -> bool {
+        self.requests.is_finished() && self.responses.as_ref().is_none_or(Stream::is_finished)
+    }
+}
+
+impl<C: Cutter> Stream<C> {
+    fn new(next_seq: u32, cutter: C) -> Self {
+        Stream {
             next_seq,
             delivered: 0,
             out_of_order: BTreeMap::new(),
             out_of_order_bytes: 0,
             hole_since_ns: None,
             fin_seq: None,
-            last_seen_ns: now_ns,
             cutter,
         }
     }
@@ -243,16 +478,42 @@ impl Flow {
         self.cutter.buffered_bytes() + self.out_of_order_bytes
     }
 
+    fn has_partial_message(&self) -> bool {
+        self.cutter.has_partial_message() || self.out_of_order_bytes > 0
+    }
+
     fn is_finished(&self) -> bool {
         self.fin_seq.is_some_and(|fin| fin == self.next_seq)
             || (self.fin_seq.is_some() && self.cutter.is_broken())
     }
 
-    /// Ends the flow: bytes held behind a hole are still cut, the hole counted as a gap.
-    fn close(&mut self, on_event: &mut impl FnMut(CutEvent)) {
-        while !self.out_of_order.is_empty() {
-            self.skip_hole(self.last_seen_ns, on_event);
+    /// Takes one segment of this direction, whose data starts at `seq`.
+    fn take(
+        &mut self,
+        seq: u32,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        on_event: &mut impl FnMut(C::Event),
+    ) {
+        if !segment.payload.is_empty() {
+            self.accept(seq, segment.payload, now_ns, limits, on_event);
         }
+        if segment.fin {
+            self.fin_seq = Some(seq.wrapping_add(segment.payload.len() as u32));
+        }
+        self.expire_hole(now_ns, limits, on_event);
+        if self.fin_seq.is_some_and(|fin| fin == self.next_seq) {
+            self.cutter.close(now_ns, on_event);
+        }
+    }
+
+    /// Ends the stream: bytes held behind a hole are still cut, the hole counted as a gap.
+    fn close(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
+        while !self.out_of_order.is_empty() {
+            self.skip_hole(now_ns, on_event);
+        }
+        self.cutter.close(now_ns, on_event);
     }
 
     fn accept(
@@ -261,7 +522,7 @@ impl Flow {
         payload: &[u8],
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(CutEvent),
+        on_event: &mut impl FnMut(C::Event),
     ) {
         if self.cutter.is_broken() {
             return;
@@ -286,7 +547,7 @@ impl Flow {
         payload: &[u8],
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(CutEvent),
+        on_event: &mut impl FnMut(C::Event),
     ) {
         let offset = self.delivered + ahead;
         let longer = self
@@ -311,7 +572,7 @@ impl Flow {
         &mut self,
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(CutEvent),
+        on_event: &mut impl FnMut(C::Event),
     ) {
         while self
             .hole_since_ns
@@ -322,7 +583,7 @@ impl Flow {
     }
 
     /// Gives up on the bytes before the first held segment and carries on from there.
-    fn skip_hole(&mut self, now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
+    fn skip_hole(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
         let Some((&offset, _)) = self.out_of_order.first_key_value() else {
             self.hole_since_ns = None;
             return;
@@ -336,7 +597,7 @@ impl Flow {
     }
 
     /// Delivers held segments that the stream has now reached.
-    fn release_held(&mut self, now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
+    fn release_held(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
         while let Some(entry) = self.out_of_order.first_entry() {
             if *entry.key() > self.delivered {
                 // A later hole remains; its clock starts now.
@@ -353,7 +614,7 @@ impl Flow {
         self.hole_since_ns = None;
     }
 
-    fn deliver(&mut self, bytes: &[u8], now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
+    fn deliver(&mut self, bytes: &[u8], now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
         self.next_seq = self.next_seq.wrapping_add(bytes.len() as u32);
         self.delivered += bytes.len() as u64;
         self.cutter.push(bytes, now_ns, on_event);
@@ -399,7 +660,7 @@ mod tests {
     }
 
     /// Feeds segments, returning the requests and drops that came out.
-    fn run(reassembler: &mut Reassembler, segments: &[Segment<'_>]) -> Vec<CutEvent> {
+    fn run(reassembler: &mut Reassembler, segments: &[Segment<'_>]) -> Vec<FlowEvent> {
         let mut events = Vec::new();
         for (i, segment) in segments.iter().enumerate() {
             reassembler.ingest(segment, i as u64, &mut |_, event| events.push(event));
@@ -407,11 +668,11 @@ mod tests {
         events
     }
 
-    fn request_bytes(events: &[CutEvent]) -> Vec<Vec<u8>> {
+    fn request_bytes(events: &[FlowEvent]) -> Vec<Vec<u8>> {
         events
             .iter()
             .filter_map(|event| match event {
-                CutEvent::Request { bytes, .. } => Some(bytes.to_vec()),
+                FlowEvent::Request { bytes, .. } => Some(bytes.to_vec()),
                 _ => None,
             })
             .collect()
@@ -481,7 +742,7 @@ mod tests {
             &mut reassembler,
             &[syn(0), segment(1000, &filler), segment(4000, &filler)],
         );
-        assert_eq!(events, [CutEvent::Dropped(DropReason::CaptureGap)]);
+        assert_eq!(events, [FlowEvent::Dropped(DropReason::CaptureGap)]);
         // Held bytes plus, while resynchronising, at most one unfinished 8 KiB line.
         assert!(reassembler.buffered_bytes() <= LIMITS.max_out_of_order_bytes + 8 * 1024);
     }
@@ -551,7 +812,7 @@ mod tests {
             "nothing is decided before the gap timeout"
         );
         reassembler.expire(500, &mut |_, e| events.push(e));
-        assert_eq!(events[0], CutEvent::Dropped(DropReason::CaptureGap));
+        assert_eq!(events[0], FlowEvent::Dropped(DropReason::CaptureGap));
         assert_eq!(request_bytes(&events), [get.to_vec()]);
     }
 
@@ -564,7 +825,7 @@ mod tests {
             ..segment(500, b"")
         };
         let events = run(&mut reassembler, &[syn(0), segment(30, get), rst]);
-        assert_eq!(events[0], CutEvent::Dropped(DropReason::CaptureGap));
+        assert_eq!(events[0], FlowEvent::Dropped(DropReason::CaptureGap));
         assert_eq!(request_bytes(&events), [get.to_vec()]);
         assert_eq!(reassembler.active_flows(), 0);
     }
@@ -594,7 +855,7 @@ mod tests {
         }
         let shed = events
             .iter()
-            .filter(|e| **e == CutEvent::Dropped(DropReason::FlowShed))
+            .filter(|e| **e == FlowEvent::Dropped(DropReason::FlowShed))
             .count();
         assert!(shed >= 2, "{events:?}");
         assert_eq!(reassembler.active_flows(), 5 - shed);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tapwire_shared::RequestRecord;
 use tapwire_shared::proto::{self, replay_client::ReplayClient};
+use tapwire_shared::{RequestRecord, ResponseRecord};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -19,16 +19,32 @@ use crate::metrics::{DropReason, ListenerMetrics};
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// What the capture thread hands to the link.
+#[derive(Debug)]
+pub enum Captured {
+    Request(RequestRecord),
+    Response(ResponseRecord),
+}
+
+impl Captured {
+    fn len(&self) -> usize {
+        match self {
+            Captured::Request(record) => record.request.len(),
+            Captured::Response(record) => record.response.len(),
+        }
+    }
+}
+
 /// A queued record and its claim on the byte budget, held until the replayer acknowledges it:
 /// bytes waiting in gRPC buffers count as much as bytes waiting in the queue.
 pub struct QueuedRecord {
-    record: RequestRecord,
+    item: Captured,
     bytes: OwnedSemaphorePermit,
 }
 
 impl QueuedRecord {
-    pub fn into_record(self) -> RequestRecord {
-        self.record
+    pub fn into_item(self) -> Captured {
+        self.item
     }
 }
 
@@ -58,20 +74,25 @@ pub fn record_queue(
 }
 
 impl RecordQueue {
-    /// Never blocks: capture must keep pace with production, so a full queue drops the record.
-    pub fn push(&self, record: RequestRecord) {
-        let size = u32::try_from(record.request.len()).unwrap_or(u32::MAX);
-        let Ok(permit) = Arc::clone(&self.bytes).try_acquire_many_owned(size) else {
-            self.metrics.dropped(DropReason::QueueFull).inc();
-            return;
-        };
-        let queued = QueuedRecord {
-            record,
-            bytes: permit,
-        };
-        if self.sender.try_send(queued).is_err() {
+    pub fn push_request(&self, record: RequestRecord) {
+        if !self.push(Captured::Request(record)) {
             self.metrics.dropped(DropReason::QueueFull).inc();
         }
+    }
+
+    pub fn push_response(&self, record: ResponseRecord) {
+        if !self.push(Captured::Response(record)) {
+            self.metrics.response_dropped(DropReason::QueueFull).inc();
+        }
+    }
+
+    /// Never blocks: capture must keep pace with production, so a full queue refuses.
+    fn push(&self, item: Captured) -> bool {
+        let size = u32::try_from(item.len()).unwrap_or(u32::MAX);
+        let Ok(bytes) = Arc::clone(&self.bytes).try_acquire_many_owned(size) else {
+            return false;
+        };
+        self.sender.try_send(QueuedRecord { item, bytes }).is_ok()
     }
 }
 
@@ -102,6 +123,7 @@ enum LinkError {
 struct UnackedBatch {
     sequence: u64,
     records: u64,
+    responses: u64,
     /// The batch's share of the byte budget, released on acknowledgement.
     _bytes: OwnedSemaphorePermit,
 }
@@ -119,6 +141,10 @@ impl Unacked {
     fn records(&self) -> u64 {
         self.batches.iter().map(|batch| batch.records).sum()
     }
+
+    fn responses(&self) -> u64 {
+        self.batches.iter().map(|batch| batch.responses).sum()
+    }
 }
 
 /// Streams every queued record to the replayer until the queue is closed and fully acknowledged.
@@ -135,6 +161,9 @@ pub async fn stream_to_replayer(
         metrics
             .dropped(DropReason::ReplayerDisconnected)
             .inc_by(unacked.records());
+        metrics
+            .response_dropped(DropReason::ReplayerDisconnected)
+            .inc_by(unacked.responses());
         let Err(error) = result else {
             return;
         };
@@ -182,25 +211,31 @@ async fn run_stream(
                     continue;
                 };
                 next_sequence += 1;
-                let count = records.len() as u64;
                 let mut records = records.into_iter();
                 let Some(first) = records.next() else {
                     continue;
                 };
                 let mut permit = first.bytes;
-                let mut wire = vec![proto::RequestRecord::from(first.record)];
-                for queued in records {
-                    permit.merge(queued.bytes);
-                    wire.push(proto::RequestRecord::from(queued.record));
-                }
-                let batch = proto::RecordBatch {
+                let mut batch = proto::RecordBatch {
                     sequence: next_sequence,
                     listener_id: config.listener_id.clone(),
-                    records: wire,
+                    ..Default::default()
                 };
+                for (item, bytes) in std::iter::once((first.item, None))
+                    .chain(records.map(|queued| (queued.item, Some(queued.bytes))))
+                {
+                    if let Some(bytes) = bytes {
+                        permit.merge(bytes);
+                    }
+                    match item {
+                        Captured::Request(record) => batch.records.push(record.into()),
+                        Captured::Response(record) => batch.responses.push(record.into()),
+                    }
+                }
                 unacked.batches.push_back(UnackedBatch {
                     sequence: next_sequence,
-                    records: count,
+                    records: batch.records.len() as u64,
+                    responses: batch.responses.len() as u64,
                     _bytes: permit,
                 });
                 if sender.send(batch).await.is_err() {
@@ -214,6 +249,7 @@ async fn run_stream(
                             break;
                         }
                         metrics.records_sent.inc_by(batch.records);
+                        metrics.responses_sent.inc_by(batch.responses);
                         unacked.batches.pop_front();
                         unacked.acknowledged_any = true;
                     }
@@ -232,13 +268,13 @@ async fn next_batch(
     max_bytes: usize,
 ) -> Option<Vec<QueuedRecord>> {
     let first = records.recv().await?;
-    let mut bytes = first.record.request.len();
+    let mut bytes = first.item.len();
     let mut batch = vec![first];
     while batch.len() < max_records && bytes < max_bytes {
         let Ok(queued) = records.try_recv() else {
             break;
         };
-        bytes += queued.record.request.len();
+        bytes += queued.item.len();
         batch.push(queued);
     }
     Some(batch)

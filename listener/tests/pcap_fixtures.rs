@@ -9,9 +9,9 @@ use prometheus_client::registry::Registry;
 use tapwire_listener::capture::PacketSource;
 use tapwire_listener::metrics::{DropReason, ListenerMetrics};
 use tapwire_listener::reassembly::{Reassembler, ReassemblyLimits};
-use tapwire_listener::transport::record_queue;
-use tapwire_shared::RequestRecord;
+use tapwire_listener::transport::{self, record_queue};
 use tapwire_shared::http1::ProtocolSwitch;
+use tapwire_shared::{RequestRecord, ResponseRecord};
 use tapwire_testkit::pcap_fixture::{Connection, FixtureLink, Segment, write_pcap};
 
 const PORT: u16 = 8080;
@@ -26,6 +26,7 @@ const LIMITS: ReassemblyLimits = ReassemblyLimits {
 
 struct Captured {
     records: Vec<RequestRecord>,
+    responses: Vec<ResponseRecord>,
     metrics: ListenerMetrics,
 }
 
@@ -40,22 +41,38 @@ impl Captured {
 }
 
 fn capture(link: FixtureLink, segments: &[Segment]) -> Captured {
+    capture_with(link, segments, false)
+}
+
+fn capture_with(link: FixtureLink, segments: &[Segment], track_responses: bool) -> Captured {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fixture.pcap");
     write_pcap(&path, link, segments).unwrap();
     let metrics = ListenerMetrics::register(&mut Registry::default());
     let (queue, mut queued) = record_queue(1 << 16, 1 << 30, metrics.clone());
-    let source = PacketSource::open_file(&path, &[PORT]).unwrap();
+    let source = PacketSource::open_file(&path, &[PORT], track_responses).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let mut reassembler = Reassembler::new(LIMITS);
+    if track_responses {
+        reassembler = reassembler.tracking_responses();
+    }
     source
-        .run(Reassembler::new(LIMITS), queue, metrics.clone(), stop)
+        .run(reassembler, queue, metrics.clone(), stop)
         .unwrap();
-    let mut records = Vec::new();
-    while let Ok(record) = queued.try_recv() {
-        records.push(record.into_record());
+    let (mut records, mut responses) = (Vec::new(), Vec::new());
+    while let Ok(queued) = queued.try_recv() {
+        match queued.into_item() {
+            transport::Captured::Request(record) => records.push(record),
+            transport::Captured::Response(response) => responses.push(response),
+        }
     }
     assert_eq!(metrics.requests_captured.get(), records.len() as u64);
-    Captured { records, metrics }
+    assert_eq!(metrics.responses_captured.get(), responses.len() as u64);
+    Captured {
+        records,
+        responses,
+        metrics,
+    }
 }
 
 fn connection() -> Connection {
@@ -259,4 +276,103 @@ fn a_reset_still_yields_what_arrived_and_ends_the_flow() {
     assert_eq!(captured.requests(), [GET, CHUNKED]);
     assert_eq!(captured.dropped(DropReason::CaptureGap), 1);
     assert_eq!(captured.metrics.flows_active.get(), 0);
+}
+
+#[test]
+fn responses_are_paired_with_their_requests_and_timed() {
+    let c = connection();
+    let head: &[u8] = b"HEAD /one HTTP/1.1\r\nHost: prod\r\n\r\n";
+    let expect_head: &[u8] =
+        b"POST /two HTTP/1.1\r\nHost: prod\r\nExpect: 100-continue\r\nContent-Length: 26\r\n\r\n";
+    let expect_body: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    // A HEAD response announces a length but carries no body.
+    let head_ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+    let proceed: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let created: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+    let chunked_ok: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let mut sent = 0;
+    let mut answered = 0;
+    let mut client = |payload: &[u8]| {
+        let segment = c.data(sent, payload);
+        sent += payload.len();
+        segment
+    };
+    let mut server = |payload: &[u8]| {
+        let segment = c.response(answered, payload);
+        answered += payload.len();
+        segment
+    };
+    let segments = vec![
+        c.syn(),
+        c.syn_ack(),
+        client(GET),
+        server(ok),
+        // Pipelined: two requests, then both responses in one segment.
+        client(&[head, GET].concat()),
+        server(&[head_ok, chunked_ok].concat()),
+        client(expect_head),
+        server(proceed),
+        client(expect_body),
+        server(created),
+    ];
+    let captured = capture_with(FixtureLink::Ethernet, &segments, true);
+    assert_eq!(
+        captured.requests(),
+        [GET, head, GET, &[expect_head, expect_body].concat()]
+    );
+    let responses: Vec<&[u8]> = captured
+        .responses
+        .iter()
+        .map(|r| r.response.as_ref())
+        .collect();
+    assert_eq!(responses, [ok, head_ok, chunked_ok, created]);
+    let ids: Vec<u64> = captured.records.iter().map(|r| r.id).collect();
+    let paired: Vec<u64> = captured.responses.iter().map(|r| r.request_id).collect();
+    assert_eq!(paired, ids);
+    // Segments are written 1 ms apart: GET at 2 ms, its response complete at 3 ms; the POST's
+    // head at 6 ms, its final response at 9 ms.
+    assert_eq!(captured.responses[0].latency_ns, 1_000_000);
+    assert_eq!(captured.responses[3].latency_ns, 3_000_000);
+    assert_eq!(captured.metrics.responses_dropped_total(), 0);
+}
+
+#[test]
+fn a_close_delimited_response_ends_with_the_server_fin() {
+    let c = connection();
+    let request: &[u8] = b"GET /old HTTP/1.0\r\n\r\n";
+    let response: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end";
+    let segments = vec![
+        c.syn(),
+        c.syn_ack(),
+        c.data(0, request),
+        c.response(0, response),
+        c.server_fin(response.len()),
+        c.fin(request.len()),
+    ];
+    let captured = capture_with(FixtureLink::Ethernet, &segments, true);
+    assert_eq!(captured.requests(), [request]);
+    assert_eq!(captured.responses.len(), 1);
+    assert_eq!(captured.responses[0].response.as_ref(), response);
+    assert_eq!(captured.metrics.flows_active.get(), 0);
+}
+
+#[test]
+fn without_tracking_responses_are_not_even_captured() {
+    let c = connection();
+    let segments = vec![
+        c.syn(),
+        c.syn_ack(),
+        c.data(0, GET),
+        c.response(0, b"HTTP/1.1 204 No Content\r\n\r\n"),
+    ];
+    let captured = capture(FixtureLink::Ethernet, &segments);
+    assert_eq!(captured.requests(), [GET]);
+    assert!(captured.responses.is_empty());
+    assert_eq!(
+        captured.metrics.packets_captured.get(),
+        2,
+        "the filter keeps client segments only"
+    );
 }

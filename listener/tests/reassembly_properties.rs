@@ -3,9 +3,8 @@
 //! bytes and sequence numbers never panic and never hold more memory than the limit.
 
 use proptest::prelude::*;
-use tapwire_listener::http::CutEvent;
 use tapwire_listener::packet::{FlowKey, Segment};
-use tapwire_listener::reassembly::{Reassembler, ReassemblyLimits};
+use tapwire_listener::reassembly::{FlowEvent, Reassembler, ReassemblyLimits};
 
 const LIMITS: ReassemblyLimits = ReassemblyLimits {
     max_request_bytes: 1 << 20,
@@ -68,11 +67,11 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-fn requests_out(events: &[CutEvent]) -> Vec<Vec<u8>> {
+fn requests_out(events: &[FlowEvent]) -> Vec<Vec<u8>> {
     events
         .iter()
         .filter_map(|event| match event {
-            CutEvent::Request { bytes, .. } => Some(bytes.to_vec()),
+            FlowEvent::Request { bytes, .. } => Some(bytes.to_vec()),
             _ => None,
         })
         .collect()

@@ -65,7 +65,7 @@ impl ReplayRequest {
                     header::HeaderValue::from_static("chunked"),
                 );
             }
-            BodyFraming::Empty | BodyFraming::Length(_) => {
+            BodyFraming::Empty | BodyFraming::Length(_) | BodyFraming::UntilClose => {
                 headers.remove(header::TRANSFER_ENCODING);
             }
         }
@@ -101,6 +101,10 @@ impl FanOut {
             },
             workers,
         )
+    }
+
+    pub fn production_responses(&self, count: u64) {
+        self.metrics.production_responses_received.inc_by(count);
     }
 
     /// Offers one received record to every target.

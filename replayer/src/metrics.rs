@@ -111,6 +111,8 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 #[derive(Debug, Clone)]
 pub struct ReplayerMetrics {
     pub records_received: Counter,
+    /// Production responses from listeners that track them (kept for comparison).
+    pub production_responses_received: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
     sent: Family<TargetLabel, Counter>,
     responses: Family<TargetStatusLabel, Counter>,
@@ -134,6 +136,7 @@ impl ReplayerMetrics {
         let rejected_family = Family::<RejectLabel, Counter>::default();
         let metrics = ReplayerMetrics {
             records_received: Counter::default(),
+            production_responses_received: Counter::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected_family.get_or_create_owned(&RejectLabel { reason })),
             sent: Family::default(),
@@ -148,6 +151,11 @@ impl ReplayerMetrics {
             "records_received",
             "Records received from listeners",
             metrics.records_received.clone(),
+        );
+        registry.register(
+            "production_responses_received",
+            "Production responses received from listeners run with --track-responses",
+            metrics.production_responses_received.clone(),
         );
         registry.register(
             "records_rejected",
@@ -205,7 +213,11 @@ impl ReplayerMetrics {
 
     /// One line for logs: received and rejected records.
     pub fn summary(&self) -> String {
-        let mut line = format!("received={}", self.records_received.get());
+        let mut line = format!(
+            "received={} production_responses={}",
+            self.records_received.get(),
+            self.production_responses_received.get()
+        );
         for reason in RejectReason::ALL {
             let count = self.rejected(reason).get();
             if count > 0 {

@@ -80,6 +80,8 @@ async fn serve_stream(
         for record in batch.records {
             fanout.dispatch(record);
         }
+        // Comparing staging's answers with these is the replayer's next job; count them now.
+        fanout.production_responses(batch.responses.len() as u64);
         let ack = BatchAck {
             sequence: batch.sequence,
             accepted,

@@ -39,6 +39,8 @@ pub enum BodyFraming {
     Length(u64),
     /// Chunked transfer coding; ends with a zero-size chunk and optional trailers.
     Chunked,
+    /// Responses only: the body runs until the server closes the connection.
+    UntilClose,
 }
 
 /// What the cutter needs to know about a complete request head.
@@ -87,6 +89,68 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
             }))
         }
     }
+}
+
+/// What the response cutter needs to know about a complete response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub len: usize,
+    pub status: u16,
+    pub framing: BodyFraming,
+}
+
+impl ResponseHead {
+    /// 1xx other than 101: an interim response (e.g. `100 Continue`); the final one follows.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// Parses a response head at the start of `buf`; `Ok(None)` means it is not complete yet.
+/// `answers_head` says whether the request was HEAD, whose response never has a body.
+pub fn parse_response_head(
+    buf: &[u8],
+    answers_head: bool,
+) -> Result<Option<ResponseHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf).map_err(HttpError::MalformedHead)? {
+        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
+            return Err(HttpError::HeadTooLarge);
+        }
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => {
+            return Err(HttpError::HeadTooLarge);
+        }
+        httparse::Status::Complete(len) => len,
+    };
+    let status = response.code.unwrap_or_default();
+    // RFC 9112 section 6.3: these responses end at their head whatever their headers say.
+    let bodiless = answers_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if bodiless {
+        BodyFraming::Empty
+    } else {
+        match body_framing(response.headers) {
+            Ok(BodyFraming::Empty) if !has_content_length(response.headers) => {
+                BodyFraming::UntilClose
+            }
+            Ok(framing) => framing,
+            // A transfer coding other than chunked is delimited by the close.
+            Err(HttpError::UnsupportedTransferEncoding) => BodyFraming::UntilClose,
+            Err(error) => return Err(error),
+        }
+    };
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        framing,
+    }))
+}
+
+fn has_content_length(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("content-length"))
 }
 
 /// Methods a resynchronising cutter accepts as the start of a request line.
@@ -349,6 +413,7 @@ impl ParsedRequest {
                 }
                 rest.slice(..len)
             }
+            BodyFraming::UntilClose => rest,
             BodyFraming::Chunked => {
                 let mut decoded = BytesMut::new();
                 ChunkedScanner::default()
@@ -428,6 +493,46 @@ mod tests {
                 discard: not_a_request_line.len()
             }
         );
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let framing =
+            |raw: &[u8], head: bool| parse_response_head(raw, head).unwrap().unwrap().framing;
+        let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(framing(sized, false), BodyFraming::Length(5));
+        assert_eq!(framing(sized, true), BodyFraming::Empty, "HEAD");
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                false
+            ),
+            BodyFraming::Empty
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 304 Not Modified\r\n\r\n", false),
+            BodyFraming::Empty
+        );
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\n\r\n", false),
+            BodyFraming::UntilClose
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            BodyFraming::Chunked
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            BodyFraming::Empty
+        );
+        let interim = parse_response_head(b"HTTP/1.1 100 Continue\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(interim.is_interim());
+        assert_eq!(interim.framing, BodyFraming::Empty);
     }
 
     #[test]

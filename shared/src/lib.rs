@@ -1,7 +1,8 @@
 //! The contract between tapwire's two sides. It owns data, not machinery:
 //!
 //! - [`proto`]: the gRPC types and service stubs generated from `proto/tapwire/v1`.
-//! - [`record`]: the [`RequestRecord`] model and its conversions to and from the wire.
+//! - [`record`]: the [`RequestRecord`] and [`ResponseRecord`] models and their conversions to
+//!   and from the wire.
 //! - [`http1`]: the HTTP/1.x grammar: where a request ends (for the listener's cutter) and what it
 //!   says (for the replayer's rebuild). The one place tapwire parses HTTP.
 
@@ -14,4 +15,4 @@ pub mod proto {
     tonic::include_proto!("tapwire.v1");
 }
 
-pub use record::{RecordError, RequestRecord};
+pub use record::{RecordError, RequestRecord, ResponseRecord};

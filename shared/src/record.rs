@@ -19,6 +19,40 @@ pub struct RequestRecord {
     pub request: Bytes,
 }
 
+/// Production's response to a captured request, paired by the request's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRecord {
+    pub request_id: u64,
+    /// Capture time of the response's first byte, nanoseconds since the Unix epoch.
+    pub captured_at_ns: u64,
+    /// From the request's first byte to the response's last byte, as seen on the wire.
+    pub latency_ns: u64,
+    /// Status line, headers and body, byte for byte.
+    pub response: Bytes,
+}
+
+impl From<ResponseRecord> for proto::ResponseRecord {
+    fn from(record: ResponseRecord) -> Self {
+        proto::ResponseRecord {
+            request_id: record.request_id,
+            captured_at_ns: record.captured_at_ns,
+            latency_ns: record.latency_ns,
+            response: record.response,
+        }
+    }
+}
+
+impl From<proto::ResponseRecord> for ResponseRecord {
+    fn from(wire: proto::ResponseRecord) -> Self {
+        ResponseRecord {
+            request_id: wire.request_id,
+            captured_at_ns: wire.captured_at_ns,
+            latency_ns: wire.latency_ns,
+            response: wire.response,
+        }
+    }
+}
+
 /// A wire record that cannot become a [`RequestRecord`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {

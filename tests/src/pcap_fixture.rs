@@ -20,11 +20,13 @@ pub enum FixtureLink {
     LinuxSll2,
 }
 
-/// One TCP segment from a client to a server.
+/// One TCP segment of a client connection, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
     pub client: SocketAddr,
     pub server: SocketAddr,
+    /// Sent by the server (a response segment) rather than the client.
+    pub from_server: bool,
     pub seq: u32,
     pub syn: bool,
     pub fin: bool,
@@ -39,6 +41,8 @@ pub struct Connection {
     pub server: SocketAddr,
     /// Initial sequence number: the SYN's; data starts at `isn + 1`.
     pub isn: u32,
+    /// The server's initial sequence number (its SYN-ACK's).
+    pub server_isn: u32,
 }
 
 impl Connection {
@@ -47,6 +51,7 @@ impl Connection {
             client: client.parse().expect("client address"),
             server: server.parse().expect("server address"),
             isn,
+            server_isn: isn ^ 0x5a5a_5a5a,
         }
     }
 
@@ -54,6 +59,7 @@ impl Connection {
         Segment {
             client: self.client,
             server: self.server,
+            from_server: false,
             seq: self.isn.wrapping_add(1).wrapping_add(offset as u32),
             syn: false,
             fin: false,
@@ -90,6 +96,33 @@ impl Connection {
         }
     }
 
+    /// The server's SYN-ACK.
+    pub fn syn_ack(&self) -> Segment {
+        Segment {
+            from_server: true,
+            seq: self.server_isn,
+            syn: true,
+            ..self.segment(0, b"")
+        }
+    }
+
+    /// Server data (response bytes) starting at offset `offset` of the server's stream.
+    pub fn response(&self, offset: usize, payload: &[u8]) -> Segment {
+        Segment {
+            from_server: true,
+            seq: self.server_isn.wrapping_add(1).wrapping_add(offset as u32),
+            ..self.segment(0, payload)
+        }
+    }
+
+    /// The server's FIN after `offset` bytes of its stream.
+    pub fn server_fin(&self, offset: usize) -> Segment {
+        Segment {
+            fin: true,
+            ..self.response(offset, b"")
+        }
+    }
+
     /// `stream` cut into consecutive segments of at most `mss` bytes, from offset `start`.
     pub fn split(&self, start: usize, stream: &[u8], mss: usize) -> Vec<Segment> {
         stream
@@ -122,7 +155,12 @@ fn ip_headers(source: IpAddr, destination: IpAddr) -> anyhow::Result<IpHeaders> 
 
 /// The frame for `segment`, framed for `link`.
 pub fn frame(link: FixtureLink, segment: &Segment) -> anyhow::Result<Vec<u8>> {
-    let ip = ip_headers(segment.client.ip(), segment.server.ip())?;
+    let (source, destination) = if segment.from_server {
+        (segment.server, segment.client)
+    } else {
+        (segment.client, segment.server)
+    };
+    let ip = ip_headers(source.ip(), destination.ip())?;
     let (client_mac, server_mac) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
     let builder = match link {
         FixtureLink::Ethernet => PacketBuilder::ethernet2(client_mac, server_mac).ip(ip),
@@ -131,12 +169,7 @@ pub fn frame(link: FixtureLink, segment: &Segment) -> anyhow::Result<Vec<u8>> {
             .ip(ip),
         FixtureLink::LinuxSll | FixtureLink::LinuxSll2 => PacketBuilder::ip(ip),
     };
-    let mut tcp = builder.tcp(
-        segment.client.port(),
-        segment.server.port(),
-        segment.seq,
-        65535,
-    );
+    let mut tcp = builder.tcp(source.port(), destination.port(), segment.seq, 65535);
     if segment.syn {
         tcp = tcp.syn();
     }

@@ -417,3 +417,43 @@ async fn a_pcap_file_is_replayed_like_live_traffic() {
         assert_eq!(copy.body, traffic::body_for(sequence, 5000));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_responses_are_paired_and_reach_the_replayer() {
+    let mut pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        listener_args: vec!["--track-responses".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let total = 400;
+    let load = traffic::send_mix(pipeline.production.addr(), total, 4).await;
+    assert_eq!(load.ok, total);
+    assert!(pipeline.wait_for_targets(total, REPLAY_TIMEOUT).await);
+    let grace = Duration::from_secs(15);
+    pipeline.listener.terminate(grace).await.unwrap();
+    let listener = SummaryLine::parse(
+        &pipeline
+            .listener
+            .wait_for_line("listener stopped", grace)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let listener_log = pipeline.listener.log();
+    pipeline.replayer.terminate(grace).await.unwrap();
+    let replayer = SummaryLine::parse(
+        &pipeline
+            .replayer
+            .wait_for_line("replayer stopped", grace)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(listener.get("captured"), total, "{listener_log}");
+    assert_eq!(listener.get("responses_captured"), total, "{listener_log}");
+    assert_eq!(listener.get("responses_sent"), total, "{listener_log}");
+    assert_eq!(listener.get("responses_dropped"), 0, "{listener_log}");
+    assert_eq!(replayer.get("production_responses"), total);
+}
