@@ -25,7 +25,59 @@ pub trait Cutter {
     fn has_partial_message(&self) -> bool;
 }
 
-/// What the cutter produces for the reassembler to act on.
+/// One direction's bytes not yet cut into messages, the capture time of the first of them, and
+/// how much of a message already given up is still to arrive (skipped, never buffered).
+#[derive(Debug, Default)]
+struct MessageBuffer {
+    bytes: BytesMut,
+    started_at_ns: u64,
+    skipping: u64,
+}
+
+impl MessageBuffer {
+    /// Appends `data`, first passing over bytes of a message already given up. False when
+    /// nothing was left to append.
+    fn append(&mut self, data: &[u8], now_ns: u64) -> bool {
+        let skipped = self.skipping.min(data.len() as u64);
+        self.skipping -= skipped;
+        let data = &data[skipped as usize..];
+        if data.is_empty() {
+            return false;
+        }
+        if self.bytes.is_empty() {
+            self.started_at_ns = now_ns;
+        }
+        self.bytes.extend_from_slice(data);
+        true
+    }
+
+    /// Takes the first `len` bytes as a complete message, with its first byte's capture time.
+    /// Bytes left over belong to the next (pipelined) message, which started at `now_ns`.
+    fn take(&mut self, len: usize, now_ns: u64) -> (Bytes, u64) {
+        let started_at_ns = std::mem::replace(&mut self.started_at_ns, now_ns);
+        (self.bytes.split_to(len).freeze(), started_at_ns)
+    }
+
+    /// Gives up the `len`-byte message at the front: drops what is buffered of it and skips
+    /// the rest as it arrives.
+    fn abandon(&mut self, len: u64) {
+        let buffered = self.bytes.len() as u64;
+        if buffered >= len {
+            self.bytes.advance(len as usize);
+        } else {
+            self.clear();
+            self.skipping = len - buffered;
+        }
+    }
+
+    /// Frees everything: a broken or resynchronising flow may live until FIN or idleness.
+    fn clear(&mut self) {
+        self.bytes = BytesMut::new();
+        self.skipping = 0;
+    }
+}
+
+/// What the request cutter produces for the reassembler to act on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CutEvent {
     /// A complete request, byte for byte, with the capture time of its first byte.
@@ -55,8 +107,6 @@ enum Phase {
         scanner: ChunkedScanner,
         switch: Option<ProtocolSwitch>,
     },
-    /// Skipping the rest of a request that is already given up, without buffering it.
-    Discarding { remaining: u64 },
     /// The stream is not HTTP/1.x (or no longer is); everything after is ignored.
     Broken,
 }
@@ -64,9 +114,8 @@ enum Phase {
 /// Per-flow request cutter. Feed it in-order stream bytes with [`RequestCutter::push`].
 #[derive(Debug)]
 pub struct RequestCutter {
-    buffer: BytesMut,
+    buffer: MessageBuffer,
     phase: Phase,
-    started_at_ns: u64,
     max_request_bytes: usize,
     /// A protocol switch to report right after the request that caused it.
     switched: Option<ProtocolSwitch>,
@@ -76,9 +125,8 @@ impl RequestCutter {
     /// A cutter for a connection seen from its start.
     pub fn new(max_request_bytes: usize) -> Self {
         RequestCutter {
-            buffer: BytesMut::new(),
+            buffer: MessageBuffer::default(),
             phase: Phase::Head,
-            started_at_ns: 0,
             max_request_bytes,
             switched: None,
         }
@@ -94,7 +142,7 @@ impl RequestCutter {
 
     /// Bytes held for requests not yet complete.
     pub fn buffered_bytes(&self) -> usize {
-        self.buffer.len()
+        self.buffer.bytes.len()
     }
 
     pub fn is_broken(&self) -> bool {
@@ -105,22 +153,23 @@ impl RequestCutter {
     /// when its length is known the cutter skips exactly to the next request, otherwise it
     /// resynchronises at the next request line.
     pub fn skip_gap(&mut self, missing: u64, on_event: &mut impl FnMut(CutEvent)) {
-        let buffered = self.buffer.len() as u64;
-        match &mut self.phase {
-            Phase::Broken | Phase::Resync => return,
-            // The gap falls inside a request already given up: nothing more is lost.
-            Phase::Discarding { remaining } if missing < *remaining => {
-                *remaining -= missing;
-                return;
-            }
+        if matches!(self.phase, Phase::Broken | Phase::Resync) {
+            return;
+        }
+        // The gap falls inside a request already given up: nothing more is lost.
+        if self.buffer.skipping > missing {
+            self.buffer.skipping -= missing;
+            return;
+        }
+        let buffered = self.buffer.bytes.len() as u64;
+        match self.phase {
             // The gap ends inside the current request's known length: skip to its end.
-            Phase::Sized { request_len, .. } if buffered + missing < *request_len as u64 => {
-                let remaining = *request_len as u64 - buffered - missing;
-                self.buffer = BytesMut::new();
-                self.phase = Phase::Discarding { remaining };
+            Phase::Sized { request_len, .. } if buffered + missing < request_len as u64 => {
+                self.buffer.abandon(request_len as u64 - missing);
+                self.phase = Phase::Head;
             }
             _ => {
-                self.buffer = BytesMut::new();
+                self.buffer.clear();
                 self.phase = Phase::Resync;
             }
         }
@@ -129,56 +178,38 @@ impl RequestCutter {
 
     /// True if bytes are held for a request that is not complete yet.
     pub fn has_partial_request(&self) -> bool {
-        !self.buffer.is_empty() && !matches!(self.phase, Phase::Resync | Phase::Broken)
+        !self.buffer.bytes.is_empty() && !matches!(self.phase, Phase::Resync | Phase::Broken)
     }
 
     /// Appends in-order stream bytes captured at `now_ns` and emits every request they complete.
-    pub fn push(&mut self, mut data: &[u8], now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
-        match &mut self.phase {
-            Phase::Broken => return,
-            Phase::Discarding { remaining } => {
-                let skipped = (*remaining).min(data.len() as u64);
-                *remaining -= skipped;
-                data = &data[skipped as usize..];
-                if *remaining > 0 {
-                    return;
-                }
-                self.phase = Phase::Head;
-            }
-            _ => {}
-        }
-        if data.is_empty() {
+    pub fn push(&mut self, data: &[u8], now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
+        if self.is_broken() || !self.buffer.append(data, now_ns) {
             return;
         }
-        if self.buffer.is_empty() {
-            self.started_at_ns = now_ns;
-        }
-        self.buffer.extend_from_slice(data);
-        while let Some(event) = self.cut_next() {
+        while let Some(event) = self.cut_next(now_ns) {
             on_event(event);
             if let Some(switch) = self.switched.take() {
                 on_event(CutEvent::Switched(switch));
             }
-            // Bytes left over belong to the next (pipelined) request.
-            self.started_at_ns = now_ns;
         }
     }
 
     /// Advances the state machine over buffered bytes; `None` means more bytes are needed.
-    fn cut_next(&mut self) -> Option<CutEvent> {
+    fn cut_next(&mut self, now_ns: u64) -> Option<CutEvent> {
         loop {
+            let buffered = &self.buffer.bytes;
             match &mut self.phase {
-                Phase::Resync => match http1::find_request_line(&self.buffer) {
+                Phase::Resync => match http1::find_request_line(buffered) {
                     RequestLineSearch::Found(start) => {
-                        self.buffer.advance(start);
+                        self.buffer.bytes.advance(start);
                         self.phase = Phase::Head;
                     }
                     RequestLineSearch::NotYet { discard } => {
-                        self.buffer.advance(discard);
+                        self.buffer.bytes.advance(discard);
                         return None;
                     }
                 },
-                Phase::Head => match http1::parse_request_head(&self.buffer) {
+                Phase::Head => match http1::parse_request_head(buffered) {
                     Ok(None) => return None,
                     Ok(Some(head)) => {
                         let switch = head.switch;
@@ -191,7 +222,8 @@ impl RequestCutter {
                             BodyFraming::Length(body_len) => {
                                 let request_len = (head.len as u64).saturating_add(body_len);
                                 if request_len > self.max_request_bytes as u64 {
-                                    return Some(self.discard(request_len));
+                                    self.buffer.abandon(request_len);
+                                    return Some(CutEvent::Dropped(DropReason::TooLarge));
                                 }
                                 Phase::Sized {
                                     request_len: request_len as usize,
@@ -205,20 +237,17 @@ impl RequestCutter {
                             },
                         }
                     }
-                    Err(_) => {
-                        self.enter_broken();
-                        return Some(CutEvent::Dropped(DropReason::MalformedHttp));
-                    }
+                    Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
                 },
                 Phase::Sized {
                     request_len,
                     switch,
                 } => {
                     let (request_len, switch) = (*request_len, *switch);
-                    if self.buffer.len() < request_len {
+                    if buffered.len() < request_len {
                         return None;
                     }
-                    return Some(self.emit(request_len, switch));
+                    return Some(self.emit(request_len, switch, now_ns));
                 }
                 Phase::Chunked {
                     head_len,
@@ -226,61 +255,51 @@ impl RequestCutter {
                     switch,
                 } => {
                     let (head_len, switch) = (*head_len, *switch);
-                    match scanner.advance(&self.buffer[head_len..], |_| {}) {
-                        Ok(Some(body_len)) => return Some(self.emit(head_len + body_len, switch)),
-                        Ok(None) if self.buffer.len() > self.max_request_bytes => {
+                    match scanner.advance(&buffered[head_len..], |_| {}) {
+                        Ok(Some(body_len)) => {
+                            return Some(self.emit(head_len + body_len, switch, now_ns));
+                        }
+                        Ok(None) if buffered.len() > self.max_request_bytes => {
                             // Without a known length, skipping means finding the next request.
-                            self.buffer = BytesMut::new();
+                            self.buffer.clear();
                             self.phase = Phase::Resync;
                             return Some(CutEvent::Dropped(DropReason::TooLarge));
                         }
                         Ok(None) => return None,
-                        Err(_) => {
-                            self.enter_broken();
-                            return Some(CutEvent::Dropped(DropReason::MalformedHttp));
-                        }
+                        Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
                     }
                 }
-                Phase::Discarding { .. } | Phase::Broken => return None,
+                Phase::Broken => return None,
             }
         }
     }
 
     /// Emits the complete request; a protocol switch ends HTTP on this connection after it.
-    fn emit(&mut self, request_len: usize, switch: Option<ProtocolSwitch>) -> CutEvent {
-        let bytes = self.buffer.split_to(request_len).freeze();
-        match switch {
-            Some(switch) => {
-                self.enter_broken();
-                self.switched = Some(switch);
-            }
-            None => self.phase = Phase::Head,
+    fn emit(
+        &mut self,
+        request_len: usize,
+        switch: Option<ProtocolSwitch>,
+        now_ns: u64,
+    ) -> CutEvent {
+        let (bytes, started_at_ns) = self.buffer.take(request_len, now_ns);
+        self.phase = Phase::Head;
+        if let Some(switch) = switch {
+            // What follows is another protocol: skip it, and report the switch.
+            self.phase = Phase::Broken;
+            self.buffer.clear();
+            self.switched = Some(switch);
         }
         CutEvent::Request {
             bytes,
-            started_at_ns: self.started_at_ns,
+            started_at_ns,
         }
     }
 
-    /// Drops an oversized request whose length is known, skipping bytes not yet received.
-    fn discard(&mut self, request_len: u64) -> CutEvent {
-        let buffered = self.buffer.len() as u64;
-        if buffered >= request_len {
-            self.buffer.advance(request_len as usize);
-            self.phase = Phase::Head;
-        } else {
-            self.buffer.clear();
-            self.phase = Phase::Discarding {
-                remaining: request_len - buffered,
-            };
-        }
-        CutEvent::Dropped(DropReason::TooLarge)
-    }
-
-    fn enter_broken(&mut self) {
+    /// The rest of the stream is skipped; returns the drop that caused it.
+    fn enter_broken(&mut self, reason: DropReason) -> CutEvent {
         self.phase = Phase::Broken;
-        // Free the memory now: a broken flow can live until FIN or idle eviction.
-        self.buffer = BytesMut::new();
+        self.buffer.clear();
+        CutEvent::Dropped(reason)
     }
 }
 
@@ -331,9 +350,6 @@ enum ResponsePhase {
         scanner: ChunkedScanner,
     },
     UntilClose,
-    Discarding {
-        remaining: u64,
-    },
     Broken,
 }
 
@@ -341,9 +357,8 @@ enum ResponsePhase {
 /// HEAD ([`ResponseCutter::expect`]), since their responses carry no body.
 #[derive(Debug)]
 pub struct ResponseCutter {
-    buffer: BytesMut,
+    buffer: MessageBuffer,
     phase: ResponsePhase,
-    started_at_ns: u64,
     max_bytes: usize,
     /// For each request still unanswered, oldest first: was it HEAD?
     answers_head: VecDeque<bool>,
@@ -355,20 +370,10 @@ const MAX_UNANSWERED: usize = 4096;
 impl ResponseCutter {
     pub fn new(max_bytes: usize) -> Self {
         ResponseCutter {
-            buffer: BytesMut::new(),
+            buffer: MessageBuffer::default(),
             phase: ResponsePhase::Head,
-            started_at_ns: 0,
             max_bytes,
             answers_head: VecDeque::new(),
-        }
-    }
-
-    /// A cutter that tracks nothing: for connections whose responses cannot be paired
-    /// (first seen mid-stream).
-    pub fn broken(max_bytes: usize) -> Self {
-        ResponseCutter {
-            phase: ResponsePhase::Broken,
-            ..ResponseCutter::new(max_bytes)
         }
     }
 
@@ -381,20 +386,18 @@ impl ResponseCutter {
 
     fn cut_next(&mut self, now_ns: u64) -> Option<ResponseEvent> {
         loop {
+            let buffered = &self.buffer.bytes;
             match &mut self.phase {
                 ResponsePhase::Head => {
                     let answers_head = self.answers_head.front().copied().unwrap_or(false);
-                    let head = match http1::parse_response_head(&self.buffer, answers_head) {
+                    let head = match http1::parse_response_head(buffered, answers_head) {
                         Ok(None) => return None,
                         Ok(Some(head)) => head,
                         Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
                     };
                     if head.is_interim() {
                         // `100 Continue` and friends: the final response follows.
-                        self.buffer.advance(head.len);
-                        if self.buffer.is_empty() {
-                            return None;
-                        }
+                        self.buffer.bytes.advance(head.len);
                         continue;
                     }
                     self.answers_head.pop_front();
@@ -407,7 +410,8 @@ impl ResponseCutter {
                         BodyFraming::Length(body) => {
                             let response_len = (head.len as u64).saturating_add(body);
                             if response_len > self.max_bytes as u64 {
-                                return Some(self.discard(response_len));
+                                self.buffer.abandon(response_len);
+                                return Some(ResponseEvent::Dropped(DropReason::TooLarge));
                             }
                             ResponsePhase::Sized {
                                 response_len: response_len as usize,
@@ -426,66 +430,51 @@ impl ResponseCutter {
                     switches,
                 } => {
                     let (response_len, switches) = (*response_len, *switches);
-                    if self.buffer.len() < response_len {
+                    if buffered.len() < response_len {
                         return None;
                     }
                     let event = self.emit(response_len, now_ns);
                     if switches {
                         // 101 Switching Protocols: what follows is not HTTP/1.x.
                         self.phase = ResponsePhase::Broken;
-                        self.buffer = BytesMut::new();
+                        self.buffer.clear();
                     }
                     return Some(event);
                 }
                 ResponsePhase::Chunked { head_len, scanner } => {
                     let head_len = *head_len;
-                    match scanner.advance(&self.buffer[head_len..], |_| {}) {
+                    match scanner.advance(&buffered[head_len..], |_| {}) {
                         Ok(Some(body_len)) => return Some(self.emit(head_len + body_len, now_ns)),
-                        Ok(None) if self.buffer.len() > self.max_bytes => {
+                        Ok(None) if buffered.len() > self.max_bytes => {
                             return Some(self.enter_broken(DropReason::TooLarge));
                         }
                         Ok(None) => return None,
                         Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
                     }
                 }
-                ResponsePhase::UntilClose if self.buffer.len() > self.max_bytes => {
+                ResponsePhase::UntilClose if buffered.len() > self.max_bytes => {
                     return Some(self.enter_broken(DropReason::TooLarge));
                 }
-                ResponsePhase::UntilClose
-                | ResponsePhase::Discarding { .. }
-                | ResponsePhase::Broken => return None,
+                ResponsePhase::UntilClose | ResponsePhase::Broken => return None,
             }
         }
     }
 
     fn emit(&mut self, response_len: usize, now_ns: u64) -> ResponseEvent {
         self.phase = ResponsePhase::Head;
+        let (bytes, started_at_ns) = self.buffer.take(response_len, now_ns);
         ResponseEvent::Response {
-            bytes: self.buffer.split_to(response_len).freeze(),
-            started_at_ns: self.started_at_ns,
+            bytes,
+            started_at_ns,
             completed_at_ns: now_ns,
         }
-    }
-
-    fn discard(&mut self, response_len: u64) -> ResponseEvent {
-        let buffered = self.buffer.len() as u64;
-        if buffered >= response_len {
-            self.buffer.advance(response_len as usize);
-            self.phase = ResponsePhase::Head;
-        } else {
-            self.buffer = BytesMut::new();
-            self.phase = ResponsePhase::Discarding {
-                remaining: response_len - buffered,
-            };
-        }
-        ResponseEvent::Dropped(DropReason::TooLarge)
     }
 
     /// Responses are paired with requests by order; once bytes are lost that order is unknown,
     /// so the rest of this connection's responses are not tracked.
     fn enter_broken(&mut self, reason: DropReason) -> ResponseEvent {
         self.phase = ResponsePhase::Broken;
-        self.buffer = BytesMut::new();
+        self.buffer.clear();
         self.answers_head.clear();
         ResponseEvent::Dropped(reason)
     }
@@ -494,42 +483,27 @@ impl ResponseCutter {
 impl Cutter for ResponseCutter {
     type Event = ResponseEvent;
 
-    fn push<F: FnMut(ResponseEvent)>(&mut self, mut data: &[u8], now_ns: u64, on_event: &mut F) {
-        match &mut self.phase {
-            ResponsePhase::Broken => return,
-            ResponsePhase::Discarding { remaining } => {
-                let skipped = (*remaining).min(data.len() as u64);
-                *remaining -= skipped;
-                data = &data[skipped as usize..];
-                if *remaining > 0 {
-                    return;
-                }
-                self.phase = ResponsePhase::Head;
-            }
-            _ => {}
-        }
-        if data.is_empty() {
+    fn push<F: FnMut(ResponseEvent)>(&mut self, data: &[u8], now_ns: u64, on_event: &mut F) {
+        if self.is_broken() || !self.buffer.append(data, now_ns) {
             return;
         }
-        if self.buffer.is_empty() {
-            self.started_at_ns = now_ns;
-        }
-        self.buffer.extend_from_slice(data);
         while let Some(event) = self.cut_next(now_ns) {
             on_event(event);
-            self.started_at_ns = now_ns;
         }
     }
 
-    fn skip_gap<F: FnMut(ResponseEvent)>(&mut self, _missing: u64, on_event: &mut F) {
-        if !matches!(self.phase, ResponsePhase::Broken) {
+    fn skip_gap<F: FnMut(ResponseEvent)>(&mut self, missing: u64, on_event: &mut F) {
+        if self.buffer.skipping > missing {
+            // Inside a response already given up: nothing more is lost.
+            self.buffer.skipping -= missing;
+        } else if !self.is_broken() {
             on_event(self.enter_broken(DropReason::CaptureGap));
         }
     }
 
     fn close<F: FnMut(ResponseEvent)>(&mut self, now_ns: u64, on_event: &mut F) {
         if matches!(self.phase, ResponsePhase::UntilClose) {
-            let len = self.buffer.len();
+            let len = self.buffer.bytes.len();
             on_event(self.emit(len, now_ns));
         }
     }
@@ -539,11 +513,11 @@ impl Cutter for ResponseCutter {
     }
 
     fn buffered_bytes(&self) -> usize {
-        self.buffer.len()
+        self.buffer.bytes.len()
     }
 
     fn has_partial_message(&self) -> bool {
-        !self.buffer.is_empty() && !self.is_broken()
+        !self.buffer.bytes.is_empty() && !self.is_broken()
     }
 }
 
