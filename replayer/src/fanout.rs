@@ -1,6 +1,7 @@
-//! Fan-out: each received record is checked and parsed once into a [`ReplayRequest`], then
-//! offered to every target. Parsing here (not per target) means a malformed capture is counted
-//! once, and the body bytes are shared by all targets without copying.
+//! Fan-out: each received record is checked and parsed once into a [`ReplayRequest`], passed
+//! through the global filters, rate and rewrites, then offered to every target. Doing this once
+//! (not per target) counts a malformed capture once and shares the body bytes between targets
+//! without copying.
 
 use std::sync::Arc;
 
@@ -11,8 +12,16 @@ use tapwire_shared::http1::{BodyFraming, ParsedRequest};
 use tapwire_shared::{RequestRecord, proto};
 use tokio::task::JoinHandle;
 
+use governor::DefaultDirectRateLimiter;
+use http::HeaderValue;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::WhenLimited;
+use crate::filter::Filters;
 use crate::metrics::{RejectReason, ReplayerMetrics};
-use crate::target::{Target, TargetConfig};
+use crate::plan::EnginePlan;
+use crate::rewrite::Rewrites;
+use crate::target::Target;
 
 /// A captured request, ready to send to any target.
 #[derive(Debug)]
@@ -22,6 +31,12 @@ pub struct ReplayRequest {
     /// Captured headers minus the hop-by-hop ones, which described the production connection.
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Identifies the captured client connection (listener, client and server addresses).
+    pub session: u64,
+    /// Identifies the record; random sampling hashes it.
+    pub identity_hash: u64,
+    /// Host set by a global rewrite; a target's own rewrite wins over it.
+    pub host_override: Option<HeaderValue>,
 }
 
 /// Headers that belong to one connection (RFC 9110 section 7.6.1), not to the request.
@@ -34,7 +49,7 @@ const HOP_BY_HOP: [header::HeaderName; 5] = [
 ];
 
 impl ReplayRequest {
-    pub fn from_record(record: &RequestRecord) -> Result<Self, RejectReason> {
+    pub fn from_record(record: &RequestRecord, listener_id: &str) -> Result<Self, RejectReason> {
         let parsed =
             ParsedRequest::parse(&record.request).map_err(|_| RejectReason::MalformedHttp)?;
         // Only the path and query travel: the destination is always a configured target.
@@ -69,38 +84,62 @@ impl ReplayRequest {
                 headers.remove(header::TRANSFER_ENCODING);
             }
         }
+        let session_key = format!("{listener_id}|{}|{}", record.client, record.server);
+        let identity = format!("{listener_id}|{}", record.id);
         Ok(ReplayRequest {
             method: parsed.method,
             path_and_query,
             headers,
             body: parsed.body,
+            session: xxh3_64(session_key.as_bytes()),
+            identity_hash: xxh3_64(identity.as_bytes()),
+            host_override: None,
         })
     }
 }
 
-/// Every configured target, fed from one place.
+/// Every configured target, fed from one place, behind the global filters, rate and rewrites.
 pub struct FanOut {
+    filters: Filters,
+    rewrites: Rewrites,
+    /// Checked per record when over-rate records are dropped.
+    drop_limiter: Option<DefaultDirectRateLimiter>,
+    /// Awaited per record by the stream (holding the listener back) when they are queued.
+    queue_limiter: Option<DefaultDirectRateLimiter>,
     targets: Vec<Target>,
     metrics: ReplayerMetrics,
 }
 
 impl FanOut {
     /// Starts every target; the handles finish once the fan-out is dropped and targets drain.
-    pub fn start(
-        targets: &[TargetConfig],
-        metrics: &ReplayerMetrics,
-    ) -> (FanOut, Vec<JoinHandle<()>>) {
-        let (targets, workers) = targets
-            .iter()
-            .map(|config| Target::start(config, metrics))
+    pub fn start(plan: EnginePlan, metrics: &ReplayerMetrics) -> (FanOut, Vec<JoinHandle<()>>) {
+        let preserve_connections = plan.preserve_connections;
+        let (targets, workers) = plan
+            .targets
+            .into_iter()
+            .map(|target| Target::start(target, metrics, preserve_connections))
             .unzip();
-        (
-            FanOut {
-                targets,
-                metrics: metrics.clone(),
-            },
-            workers,
-        )
+        let global = plan.global;
+        let (drop_limiter, queue_limiter) = match global.when_limited {
+            WhenLimited::Drop => (global.limiter, None),
+            WhenLimited::Queue => (None, global.limiter),
+        };
+        let fanout = FanOut {
+            filters: global.filters,
+            rewrites: global.rewrites,
+            drop_limiter,
+            queue_limiter,
+            targets,
+            metrics: metrics.clone(),
+        };
+        (fanout, workers)
+    }
+
+    /// Waits until the global rate allows another record (only in queue mode).
+    pub async fn until_global_rate_allows(&self) {
+        if let Some(limiter) = &self.queue_limiter {
+            limiter.until_ready().await;
+        }
     }
 
     pub fn production_responses(&self, count: u64) {
@@ -108,24 +147,80 @@ impl FanOut {
     }
 
     /// Offers one received record to every target.
-    pub fn dispatch(&self, wire: proto::RequestRecord) {
+    pub fn dispatch(&self, wire: proto::RequestRecord, listener_id: &str) {
         self.metrics.records_received.inc();
         let request = RequestRecord::try_from(wire)
             .map_err(|error| {
                 tracing::debug!(%error, "invalid record");
                 RejectReason::InvalidRecord
             })
-            .and_then(|record| ReplayRequest::from_record(&record));
-        match request {
-            Ok(request) => {
-                let request = Arc::new(request);
-                for target in &self.targets {
-                    target.offer(&request);
-                }
-            }
+            .and_then(|record| ReplayRequest::from_record(&record, listener_id));
+        let mut request = match request {
+            Ok(request) => request,
             Err(reason) => {
                 self.metrics.rejected(reason).inc();
+                return;
             }
+        };
+        if let Err(rule) = self.filters.check(&request) {
+            self.metrics.filtered(rule).inc();
+            return;
         }
+        if let Some(limiter) = &self.drop_limiter
+            && limiter.check().is_err()
+        {
+            self.metrics.rejected(RejectReason::GlobalRateLimited).inc();
+            return;
+        }
+        if !self.rewrites.is_empty() {
+            self.rewrites
+                .apply(&mut request.path_and_query, &mut request.headers);
+            request.host_override = self.rewrites.host().cloned();
+        }
+        let request = Arc::new(request);
+        for target in &self.targets {
+            target.offer(&request);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A request as the fan-out would build it from a capture.
+    pub(crate) fn request(raw: &str) -> ReplayRequest {
+        let record = RequestRecord {
+            id: 1,
+            captured_at_ns: 0,
+            client: "10.0.0.1:4000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+            request: Bytes::copy_from_slice(raw.as_bytes()),
+        };
+        ReplayRequest::from_record(&record, "test").unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_replayed() {
+        let replay = request(
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Trace\r\nKeep-Alive: 5\r\nX-Kept: 1\r\n\r\n",
+        );
+        assert!(!replay.headers.contains_key("connection"));
+        assert!(!replay.headers.contains_key("keep-alive"));
+        assert_eq!(replay.headers["x-kept"], "1");
+    }
+
+    #[test]
+    fn absolute_form_targets_keep_only_path_and_query() {
+        let replay =
+            request("GET http://evil.example/steal?x=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+        assert_eq!(replay.path_and_query.as_str(), "/steal?x=1");
+    }
+
+    #[test]
+    fn requests_of_one_connection_share_a_session() {
+        let a = request("GET /a HTTP/1.1\r\n\r\n");
+        let b = request("GET /b HTTP/1.1\r\n\r\n");
+        assert_eq!(a.session, b.session);
     }
 }

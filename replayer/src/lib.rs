@@ -1,15 +1,23 @@
 //! tapwire-replayer: receives captured requests from listeners and replays each one to every
 //! staging target. Data moves through the modules in this order:
 //!
-//! - [`server`]: the gRPC service that accepts listener streams and acknowledges batches.
-//! - [`fanout`]: parses each record once and offers it to every target.
-//! - [`target`]: per-target rate limit, bounded queue, concurrency-limited hyper client.
+//! - [`server`]: the gRPC service that accepts listener streams, paces them (original timing,
+//!   queued global rate) and acknowledges batches.
+//! - [`fanout`]: parses each record once; global [`filter`]s, rate and [`rewrite`]s; offers it
+//!   to every target.
+//! - [`target`]: per-target filters, sampling and rate ([`rate`]), bounded queue,
+//!   concurrency-limited hyper client, preserved sessions.
 //!
-//! [`config`] holds the flags, [`metrics`] the counters that account for every request.
+//! [`config`] is the configuration as data (flags or TOML), [`plan`] its compiled form,
+//! [`metrics`] the counters that account for every request.
 
 pub mod config;
 pub mod fanout;
+pub mod filter;
 pub mod metrics;
+pub mod plan;
+pub mod rate;
+pub mod rewrite;
 pub mod server;
 pub mod target;
 
@@ -21,7 +29,7 @@ use prometheus_client::registry::Registry;
 use tapwire_shared::proto::replay_server::ReplayServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use config::ReplayerConfig;
+pub use config::{ReplayerArgs, ReplayerConfig};
 use fanout::FanOut;
 use metrics::ReplayerMetrics;
 
@@ -38,7 +46,13 @@ pub async fn run(config: ReplayerConfig, shutdown: impl Future<Output = ()>) -> 
     if let Some(addr) = config.metrics_listen {
         tapwire_telemetry::serve_metrics(addr, Arc::new(registry)).await?;
     }
-    let (fanout, target_workers) = FanOut::start(&config.target_configs(), &metrics);
+    let plan = config.compile()?;
+    let target_names: Vec<String> = plan.targets.iter().map(|t| t.name.clone()).collect();
+    let pacing = server::Pacing {
+        timing: plan.timing,
+        speed: plan.speed,
+    };
+    let (fanout, target_workers) = FanOut::start(plan, &metrics);
     let fanout = Arc::new(fanout);
     let (stopping, stop_watch) = tokio::sync::watch::channel(false);
 
@@ -46,9 +60,13 @@ pub async fn run(config: ReplayerConfig, shutdown: impl Future<Output = ()>) -> 
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, targets = config.targets.len(), "grpc server listening");
-    let service = ReplayServer::new(server::ReplayService::new(Arc::clone(&fanout), stop_watch))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    tracing::info!(%addr, targets = target_names.len(), "grpc server listening");
+    let service = ReplayServer::new(server::ReplayService::new(
+        Arc::clone(&fanout),
+        pacing,
+        stop_watch,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Each listener sends everything on one stream: h2's 64 KiB default window would cap
@@ -76,8 +94,7 @@ pub async fn run(config: ReplayerConfig, shutdown: impl Future<Output = ()>) -> 
         tracing::warn!("drain timeout passed; requests still queued are not sent");
     }
     tracing::info!(summary = %metrics.summary(), "replayer stopped");
-    for target in config.target_configs() {
-        let name = target.name();
+    for name in target_names {
         tracing::info!(target = %name, summary = %metrics.target(&name).summary(), "target totals");
     }
     Ok(())

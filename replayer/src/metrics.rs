@@ -53,13 +53,16 @@ pub enum RejectReason {
     MalformedHttp,
     /// The request-target cannot be replayed to another host (e.g. `CONNECT host:443`).
     UnreplayableTarget,
+    /// Over `global_rate`.
+    GlobalRateLimited,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 3] = [
+    pub const ALL: [RejectReason; 4] = [
         RejectReason::InvalidRecord,
         RejectReason::MalformedHttp,
         RejectReason::UnreplayableTarget,
+        RejectReason::GlobalRateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl RejectReason {
             RejectReason::InvalidRecord => "invalid_record",
             RejectReason::MalformedHttp => "malformed_http",
             RejectReason::UnreplayableTarget => "unreplayable_target",
+            RejectReason::GlobalRateLimited => "global_rate_limited",
         }
     }
 }
@@ -104,6 +108,35 @@ struct RejectLabel {
     reason: RejectReason,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RuleLabel {
+    target: String,
+    rule: &'static str,
+}
+
+/// Every rule a request can be filtered by: the filter rules, and `sample`.
+pub const FILTER_RULES: [&str; 9] = [
+    "allow_methods",
+    "allow_url",
+    "deny_url",
+    "allow_host",
+    "deny_host",
+    "allow_header",
+    "deny_header",
+    "basic_auth",
+    "sample",
+];
+
+/// The `target` label of filters that apply before the fan-out.
+pub const ALL_TARGETS: &str = "*";
+
+fn rule_index(rule: &str) -> usize {
+    FILTER_RULES
+        .iter()
+        .position(|known| *known == rule)
+        .expect("filters only name rules in FILTER_RULES")
+}
+
 /// Status classes, indexed by the status code's first digit minus one.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -118,6 +151,9 @@ pub struct ReplayerMetrics {
     responses: Family<TargetStatusLabel, Counter>,
     dropped: Family<TargetReasonLabel, Counter>,
     latency: Family<TargetLabel, Histogram>,
+    filtered_family: Family<RuleLabel, Counter>,
+    /// Filters applied before the fan-out (`target="*"`).
+    filtered: [Counter; FILTER_RULES.len()],
 }
 
 /// One target's metric handles, resolved once so replaying never looks labels up.
@@ -126,6 +162,7 @@ pub struct TargetMetrics {
     pub sent: Counter,
     responses: [Counter; STATUS_CLASSES.len()],
     dropped: [Counter; TargetDropReason::ALL.len()],
+    filtered: [Counter; FILTER_RULES.len()],
     pub latency: Histogram,
 }
 
@@ -134,6 +171,13 @@ impl ReplayerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let registry = registry.sub_registry_with_prefix("tapwire_replayer");
         let rejected_family = Family::<RejectLabel, Counter>::default();
+        let filtered_family = Family::<RuleLabel, Counter>::default();
+        let filtered = FILTER_RULES.map(|rule| {
+            filtered_family.get_or_create_owned(&RuleLabel {
+                target: ALL_TARGETS.to_owned(),
+                rule,
+            })
+        });
         let metrics = ReplayerMetrics {
             records_received: Counter::default(),
             production_responses_received: Counter::default(),
@@ -146,7 +190,14 @@ impl ReplayerMetrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 19))
             }),
+            filtered_family: filtered_family.clone(),
+            filtered,
         };
+        registry.register(
+            "requests_filtered",
+            "Requests not replayed because a filter rule or sampling refused them (target \"*\": before the fan-out)",
+            filtered_family,
+        );
         registry.register(
             "records_received",
             "Records received from listeners",
@@ -189,6 +240,11 @@ impl ReplayerMetrics {
         &self.rejected[reason as usize]
     }
 
+    /// Counter of requests refused by a global `rule`.
+    pub fn filtered(&self, rule: &str) -> &Counter {
+        &self.filtered[rule_index(rule)]
+    }
+
     pub fn target(&self, target: &str) -> TargetMetrics {
         let label = TargetLabel {
             target: target.to_owned(),
@@ -205,6 +261,12 @@ impl ReplayerMetrics {
                 self.dropped.get_or_create_owned(&TargetReasonLabel {
                     target: target.to_owned(),
                     reason,
+                })
+            }),
+            filtered: FILTER_RULES.map(|rule| {
+                self.filtered_family.get_or_create_owned(&RuleLabel {
+                    target: target.to_owned(),
+                    rule,
                 })
             }),
             latency: self.latency.get_or_create_owned(&label),
@@ -224,6 +286,7 @@ impl ReplayerMetrics {
                 let _ = write!(line, " rejected_{}={count}", reason.as_str());
             }
         }
+        write_filtered(&mut line, &self.filtered);
         line
     }
 }
@@ -236,6 +299,11 @@ impl TargetMetrics {
 
     pub fn dropped(&self, reason: TargetDropReason) -> &Counter {
         &self.dropped[reason as usize]
+    }
+
+    /// Counter of this target's requests refused by `rule`.
+    pub fn filtered(&self, rule: &str) -> &Counter {
+        &self.filtered[rule_index(rule)]
     }
 
     /// One line for logs: this target's accounting.
@@ -253,6 +321,15 @@ impl TargetMetrics {
                 let _ = write!(line, " dropped_{}={count}", reason.as_str());
             }
         }
+        write_filtered(&mut line, &self.filtered);
         line
+    }
+}
+
+fn write_filtered(line: &mut String, filtered: &[Counter; FILTER_RULES.len()]) {
+    for (rule, counter) in FILTER_RULES.iter().zip(filtered) {
+        if counter.get() > 0 {
+            let _ = write!(line, " filtered_{rule}={}", counter.get());
+        }
     }
 }

@@ -1,28 +1,59 @@
-//! The gRPC side: accepts record streams from any number of listeners, hands each batch to the
-//! fan-out, and acknowledges it. On shutdown every open stream is ended with `UNAVAILABLE`, so
-//! listeners know to reconnect elsewhere rather than wait.
+//! The gRPC side: accepts record streams from any number of listeners, paces each stream
+//! (original timing, queued global rate), hands its records to the fan-out, and acknowledges
+//! each batch. Pacing a stream holds that listener back (its acknowledgements wait), never the
+//! others. On shutdown every open stream is ended with `UNAVAILABLE`, so listeners know to
+//! reconnect elsewhere rather than wait.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tapwire_shared::proto::{BatchAck, RecordBatch, replay_server::Replay};
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::Timing;
 use crate::fanout::FanOut;
 
 /// Acks queued per stream before the stream stops reading batches.
 const ACK_QUEUE: usize = 64;
 
+/// When records of a stream are handed on.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    pub timing: Timing,
+    pub speed: f64,
+}
+
 pub struct ReplayService {
     fanout: Arc<FanOut>,
+    pacing: Pacing,
     shutdown: watch::Receiver<bool>,
 }
 
 impl ReplayService {
-    pub fn new(fanout: Arc<FanOut>, shutdown: watch::Receiver<bool>) -> Self {
-        ReplayService { fanout, shutdown }
+    pub fn new(fanout: Arc<FanOut>, pacing: Pacing, shutdown: watch::Receiver<bool>) -> Self {
+        ReplayService {
+            fanout,
+            pacing,
+            shutdown,
+        }
+    }
+}
+
+/// Keeps a stream's captured inter-arrival times: the first record goes at once, each later
+/// one when its capture offset (divided by the speed) has passed.
+struct OriginalTiming {
+    speed: f64,
+    start: Option<(u64, Instant)>,
+}
+
+impl OriginalTiming {
+    async fn wait_for(&mut self, captured_at_ns: u64) {
+        let (first_captured, started) = *self.start.get_or_insert((captured_at_ns, Instant::now()));
+        let offset_ns = captured_at_ns.saturating_sub(first_captured) as f64 / self.speed;
+        tokio::time::sleep_until(started + Duration::from_nanos(offset_ns as u64)).await;
     }
 }
 
@@ -42,6 +73,7 @@ impl Replay for ReplayService {
             batches,
             acks,
             Arc::clone(&self.fanout),
+            self.pacing,
             self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(outgoing)))
@@ -53,9 +85,14 @@ async fn serve_stream(
     mut batches: Streaming<RecordBatch>,
     acks: mpsc::Sender<Result<BatchAck, Status>>,
     fanout: Arc<FanOut>,
+    pacing: Pacing,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut listener_id = String::new();
+    let mut original = (pacing.timing == Timing::Original).then_some(OriginalTiming {
+        speed: pacing.speed,
+        start: None,
+    });
     loop {
         let batch = tokio::select! {
             batch = batches.message() => batch,
@@ -78,7 +115,11 @@ async fn serve_stream(
         }
         let accepted = batch.records.len() as u32;
         for record in batch.records {
-            fanout.dispatch(record);
+            if let Some(timing) = original.as_mut() {
+                timing.wait_for(record.captured_at_ns).await;
+            }
+            fanout.until_global_rate_allows().await;
+            fanout.dispatch(record, &listener_id);
         }
         // Comparing staging's answers with these is the replayer's next job; count them now.
         fanout.production_responses(batch.responses.len() as u64);
