@@ -106,7 +106,8 @@ pub struct TargetFlags {
     #[arg(long, value_name = "PER_SECOND", conflicts_with = "config")]
     pub rate: Option<u32>,
 
-    /// Requests allowed above the rate in a burst (default: 1% of the rate, at least 1).
+    /// Requests allowed above the rate in a burst (default: 30 ms worth of the rate, at least 1;
+    /// records arrive in batches, so a smaller burst would admit less than the rate).
     #[arg(long, value_name = "REQUESTS", conflicts_with = "config")]
     pub burst: Option<u32>,
 

@@ -212,6 +212,20 @@ fn cooked_header(link: FixtureLink, ip: IpAddr) -> Vec<u8> {
 
 /// Writes `segments`, in the given order, as a pcap file; one millisecond apart.
 pub fn write_pcap(path: &Path, link: FixtureLink, segments: &[Segment]) -> anyhow::Result<()> {
+    let timed: Vec<(u64, Segment)> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, segment)| (1_000 * i as u64, segment.clone()))
+        .collect();
+    write_pcap_timed(path, link, &timed)
+}
+
+/// Writes `(microseconds since the first, segment)` pairs, in the given order, as a pcap file.
+pub fn write_pcap_timed(
+    path: &Path,
+    link: FixtureLink,
+    segments: &[(u64, Segment)],
+) -> anyhow::Result<()> {
     let linktype = match link {
         FixtureLink::Ethernet | FixtureLink::EthernetVlan(_) => pcap::Linktype::ETHERNET,
         FixtureLink::LinuxSll => pcap::Linktype::LINUX_SLL,
@@ -220,9 +234,9 @@ pub fn write_pcap(path: &Path, link: FixtureLink, segments: &[Segment]) -> anyho
     let mut file = pcap::Capture::dead(linktype)?
         .savefile(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    for (i, segment) in segments.iter().enumerate() {
+    for (micros, segment) in segments {
         let data = frame(link, segment)?;
-        let micros = 1_000 * i as i64;
+        let micros = *micros as i64;
         let header = pcap::PacketHeader {
             ts: libc::timeval {
                 tv_sec: 1_750_000_000 + micros / 1_000_000,

@@ -26,6 +26,9 @@ pub struct PipelineOptions {
     pub record: bool,
     pub listener_args: Vec<String>,
     pub replayer_args: Vec<String>,
+    /// A replayer TOML configuration used instead of flags; `{target0}`, `{target1}`... stand
+    /// for the targets' URLs. The listen addresses are added.
+    pub replayer_config: Option<String>,
 }
 
 impl Default for PipelineOptions {
@@ -37,6 +40,7 @@ impl Default for PipelineOptions {
             record: true,
             listener_args: Vec::new(),
             replayer_args: Vec::new(),
+            replayer_config: None,
         }
     }
 }
@@ -73,16 +77,36 @@ impl Pipeline {
             targets.push(RecordingServer::start(options.record).await?);
         }
 
-        let mut replayer_args = vec![
-            "--grpc-listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        for target in &targets {
-            replayer_args.extend(["--target".into(), target.url()]);
-        }
-        replayer_args.extend(options.replayer_args.iter().cloned());
+        let config_dir = tempfile::tempdir()?;
+        let replayer_args = match &options.replayer_config {
+            Some(template) => {
+                let mut config =
+                    "grpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n".to_owned();
+                let mut body = template.clone();
+                for (i, target) in targets.iter().enumerate() {
+                    body = body.replace(&format!("{{target{i}}}"), &target.url());
+                }
+                config.push_str(&body);
+                let path = config_dir.path().join("replayer.toml");
+                std::fs::write(&path, config)?;
+                let mut args = vec!["--config".into(), path.display().to_string()];
+                args.extend(options.replayer_args.iter().cloned());
+                args
+            }
+            None => {
+                let mut args = vec![
+                    "--grpc-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--metrics-listen".into(),
+                    "127.0.0.1:0".into(),
+                ];
+                for target in &targets {
+                    args.extend(["--target".into(), target.url()]);
+                }
+                args.extend(options.replayer_args.iter().cloned());
+                args
+            }
+        };
         let replayer = Process::spawn("tapwire-replayer", &replayer_args)?;
         let replayer_metrics = ready_addr(&replayer, "metrics endpoint listening").await?;
         let replayer_grpc = ready_addr(&replayer, "grpc server listening").await?;

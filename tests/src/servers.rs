@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
@@ -26,6 +27,10 @@ pub struct ReceivedRequest {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the complete request had arrived.
+    pub arrived_at: Instant,
+    /// The client's address: requests on one connection share it.
+    pub peer: SocketAddr,
 }
 
 struct State {
@@ -62,12 +67,12 @@ impl RecordingServer {
         });
         let accept_state = Arc::clone(&state);
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, peer)) = listener.accept().await {
                 let state = Arc::clone(&accept_state);
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                        async move { Ok::<_, Infallible>(handle(&state, peer, request).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -105,7 +110,11 @@ impl RecordingServer {
     }
 }
 
-async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &State,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -125,6 +134,8 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
                     .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
                 headers: parts.headers.clone(),
                 body,
+                arrived_at: Instant::now(),
+                peer,
             };
             let mut map = state.received.lock().expect("recording lock");
             map.entry(sequence).or_default().push(received);

@@ -20,6 +20,10 @@ use tokio::net::TcpStream;
 
 pub use crate::servers::SEQUENCE_HEADER;
 
+/// Every mix request names its user, one of [`USERS`], for session sampling.
+pub const USER_HEADER: &str = "x-user-id";
+pub const USERS: u64 = 20;
+
 type Body = BoxBody<Bytes, Infallible>;
 
 /// The kinds of request in the mix, chosen by sequence number.
@@ -98,7 +102,11 @@ pub fn mix_request(addr: SocketAddr, sequence: u64) -> Request<Body> {
         .header(header::USER_AGENT, "tapwire-testkit")
         .header(SEQUENCE_HEADER, sequence)
         .header("x-dup", "first")
-        .header("x-dup", "second");
+        .header("x-dup", "second")
+        .header(USER_HEADER, format!("user-{}", sequence % USERS));
+    if sequence % 3 == 0 {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer secret-{sequence}"));
+    }
     if method_has_body(shape) {
         builder = builder.header(header::CONTENT_TYPE, "application/octet-stream");
     }
