@@ -104,7 +104,7 @@ pub fn mix_request(addr: SocketAddr, sequence: u64) -> Request<Body> {
         .header("x-dup", "first")
         .header("x-dup", "second")
         .header(USER_HEADER, format!("user-{}", sequence % USERS));
-    if sequence % 3 == 0 {
+    if sequence.is_multiple_of(3) {
         builder = builder.header(header::AUTHORIZATION, format!("Bearer secret-{sequence}"));
     }
     if method_has_body(shape) {

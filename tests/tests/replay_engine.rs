@@ -80,7 +80,7 @@ async fn per_target_filters_and_rewrites_from_a_config_file() {
             request.path_and_query
         );
         assert_eq!(request.headers["x-replayed-by"], "tapwire");
-        if sequence % 3 == 0 {
+        if sequence.is_multiple_of(3) {
             assert_eq!(request.headers["authorization"], "REDACTED");
             assert_eq!(
                 untouched[sequence][0].headers["authorization"],
