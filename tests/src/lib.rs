@@ -5,9 +5,11 @@
 //! - [`traffic`]: request mixes (keep-alive, fresh connections, bodies, chunked) and fixed-rate load.
 //! - [`process`]: spawning tapwire binaries and waiting on their readiness log lines.
 //! - [`scrape`]: reading a Prometheus `/metrics` endpoint.
+//! - [`feed`]: a synthetic listener streaming generated records to a replayer over gRPC.
 //! - [`pcap_fixture`]: pcap files of crafted TCP segments, for exact capture scenarios.
 //! - [`pipeline`]: production + listener + replayer + targets, wired together on loopback.
 
+pub mod feed;
 pub mod pcap_fixture;
 pub mod pipeline;
 pub mod process;

@@ -1,0 +1,79 @@
+//! A synthetic listener: streams generated request records to a replayer over gRPC, exactly as
+//! a listener does, either as fast as the link allows or paced to a rate. For benchmarks of the
+//! replayer alone.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use tapwire_shared::RequestRecord;
+use tapwire_shared::proto::{self, replay_client::ReplayClient};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+const BATCH: u64 = 256;
+
+fn record(id: u64) -> proto::RequestRecord {
+    let captured_at_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    RequestRecord {
+        id,
+        captured_at_ns,
+        client: SocketAddr::from(([10, 0, 0, 1], 40_000 + (id % 1000) as u16)),
+        server: SocketAddr::from(([10, 0, 0, 2], 80)),
+        request: Bytes::from(format!(
+            "GET /bench/{id} HTTP/1.1\r\nHost: bench\r\nUser-Agent: tapwire-feed\r\n\r\n"
+        )),
+    }
+    .into()
+}
+
+/// Streams `total` records to the replayer at `grpc`, at `rate` records/s or as fast as it can.
+/// Returns once every batch is acknowledged.
+pub async fn feed(grpc: SocketAddr, total: u64, rate: Option<f64>) -> anyhow::Result<Duration> {
+    let mut client = ReplayClient::connect(format!("http://{grpc}"))
+        .await
+        .context("cannot connect to the replayer")?;
+    let (batches, outgoing) = mpsc::channel(32);
+    let mut acks = client
+        .stream(ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    let started = Instant::now();
+    let batch_count = total.div_ceil(BATCH);
+    let sender = tokio::spawn(async move {
+        let mut next_id = 0;
+        for sequence in 1..=batch_count {
+            let size = BATCH.min(total - next_id);
+            if let Some(rate) = rate {
+                // Send each batch when the rate says its last record is due.
+                let due = started + Duration::from_secs_f64((next_id + size) as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let records = (next_id..next_id + size).map(record).collect();
+            next_id += size;
+            let batch = proto::RecordBatch {
+                sequence,
+                listener_id: "feed".into(),
+                records,
+                responses: Vec::new(),
+            };
+            if batches.send(batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut acknowledged = 0;
+    while acknowledged < batch_count {
+        match acks.next().await {
+            Some(Ok(ack)) => acknowledged = ack.sequence,
+            Some(Err(status)) => anyhow::bail!("replayer ended the stream: {status}"),
+            None => anyhow::bail!("replayer closed the stream after {acknowledged} batches"),
+        }
+    }
+    sender.await?;
+    Ok(started.elapsed())
+}
