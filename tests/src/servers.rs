@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
@@ -37,6 +37,8 @@ struct State {
     served: AtomicU64,
     served_watch: watch::Sender<u64>,
     record: bool,
+    /// How long each response is held back: a slow staging service.
+    delay: Duration,
     /// Requests by their sequence header, every copy kept so duplicates are visible.
     received: Mutex<HashMap<u64, Vec<ReceivedRequest>>>,
 }
@@ -56,6 +58,11 @@ impl RecordingServer {
 
     /// Starts a server on a free port of `ip` (an address of this host).
     pub async fn start_on(ip: IpAddr, record: bool) -> anyhow::Result<Self> {
+        Self::start_slow(ip, record, Duration::ZERO).await
+    }
+
+    /// A server that holds every response back by `delay`.
+    pub async fn start_slow(ip: IpAddr, record: bool, delay: Duration) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
         let (served_watch, _) = watch::channel(0);
@@ -63,6 +70,7 @@ impl RecordingServer {
             served: AtomicU64::new(0),
             served_watch,
             record,
+            delay,
             received: Mutex::new(HashMap::new()),
         });
         let accept_state = Arc::clone(&state);
@@ -140,6 +148,9 @@ async fn handle(
             let mut map = state.received.lock().expect("recording lock");
             map.entry(sequence).or_default().push(received);
         }
+    }
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
     }
     let served = state.served.fetch_add(1, Ordering::Relaxed) + 1;
     state.served_watch.send_replace(served);

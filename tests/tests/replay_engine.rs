@@ -344,3 +344,59 @@ async fn preserved_connections_replay_in_order_over_one_connection_each() {
     assert_ne!(received[&0][0].peer, received[&100][0].peer);
     stop_and_read_target_totals(pipeline, &target.url()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_target_fills_only_its_own_queue() {
+    let slow = tapwire_testkit::servers::RecordingServer::start_slow(
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        false,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    // The slow target gets 2 connections and a queue of 10.
+    let config = format!(
+        "[[target]]\nurl = \"{{target0}}\"\n[[target]]\nurl = \"{}\"\nconcurrency = 2\nqueue = 10\n",
+        slow.url()
+    );
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        replayer_config: Some(config),
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let total = 300;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        traffic::send_mix(pipeline.production.addr(), total, 4)
+            .await
+            .ok,
+        total
+    );
+    let fast = pipeline.targets[0].clone();
+    assert_eq!(fast.wait_for_served(total, REPLAY_TIMEOUT).await, total);
+    // 300 requests at 2 x 5/s would take 30 s; the fast target did not wait for that.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut pipeline = pipeline;
+    pipeline.listener.terminate(GRACE).await.unwrap();
+    pipeline.replayer.terminate(GRACE).await.unwrap();
+    let line = pipeline
+        .replayer
+        .wait_for_line(&format!("target totals target={} ", slow.url()), GRACE)
+        .await
+        .unwrap();
+    let totals = SummaryLine::parse(&line).unwrap();
+    let queue_full = totals
+        .with_prefix("dropped_")
+        .get("target_queue_full")
+        .copied()
+        .unwrap_or(0);
+    assert!(queue_full > 200, "{line}");
+    // Every request is accounted for: answered, dropped at the full queue, or cut by the drain.
+    assert_eq!(totals.get("sent") + queue_full, total, "{line}");
+}
