@@ -20,6 +20,7 @@ use crate::config::WhenLimited;
 use crate::filter::Filters;
 use crate::metrics::{RejectReason, ReplayerMetrics};
 use crate::plan::EnginePlan;
+use crate::rate::CaptureRate;
 use crate::rewrite::Rewrites;
 use crate::target::Target;
 
@@ -35,6 +36,8 @@ pub struct ReplayRequest {
     pub session: u64,
     /// Identifies the record; random sampling hashes it.
     pub identity_hash: u64,
+    /// When production received it: rates count captured time.
+    pub captured_at_ns: u64,
     /// Host set by a global rewrite; a target's own rewrite wins over it.
     pub host_override: Option<HeaderValue>,
 }
@@ -93,6 +96,7 @@ impl ReplayRequest {
             body: parsed.body,
             session: xxh3_64(session_key.as_bytes()),
             identity_hash: xxh3_64(identity.as_bytes()),
+            captured_at_ns: record.captured_at_ns,
             host_override: None,
         })
     }
@@ -103,9 +107,9 @@ pub struct FanOut {
     filters: Filters,
     rewrites: Rewrites,
     /// Checked per record when over-rate records are dropped.
-    drop_limiter: Option<DefaultDirectRateLimiter>,
+    admission: Option<CaptureRate>,
     /// Awaited per record by the stream (holding the listener back) when they are queued.
-    queue_limiter: Option<DefaultDirectRateLimiter>,
+    pacing: Option<DefaultDirectRateLimiter>,
     targets: Vec<Target>,
     metrics: ReplayerMetrics,
 }
@@ -120,15 +124,16 @@ impl FanOut {
             .map(|target| Target::start(target, metrics, preserve_connections))
             .unzip();
         let global = plan.global;
-        let (drop_limiter, queue_limiter) = match global.when_limited {
-            WhenLimited::Drop => (global.limiter, None),
-            WhenLimited::Queue => (None, global.limiter),
+        let (admission, pacing) = match (global.rate, global.when_limited) {
+            (None, _) => (None, None),
+            (Some(rate), WhenLimited::Drop) => (Some(rate.admission), None),
+            (Some(rate), WhenLimited::Queue) => (None, Some(rate.pacing)),
         };
         let fanout = FanOut {
             filters: global.filters,
             rewrites: global.rewrites,
-            drop_limiter,
-            queue_limiter,
+            admission,
+            pacing,
             targets,
             metrics: metrics.clone(),
         };
@@ -137,8 +142,8 @@ impl FanOut {
 
     /// Waits until the global rate allows another record (only in queue mode).
     pub async fn until_global_rate_allows(&self) {
-        if let Some(limiter) = &self.queue_limiter {
-            limiter.until_ready().await;
+        if let Some(pacing) = &self.pacing {
+            pacing.until_ready().await;
         }
     }
 
@@ -166,8 +171,8 @@ impl FanOut {
             self.metrics.filtered(rule).inc();
             return;
         }
-        if let Some(limiter) = &self.drop_limiter
-            && limiter.check().is_err()
+        if let Some(admission) = &self.admission
+            && !admission.admits(request.captured_at_ns)
         {
             self.metrics.rejected(RejectReason::GlobalRateLimited).inc();
             return;

@@ -9,7 +9,7 @@ use http::Uri;
 
 use crate::config::{ConfigError, ReplayerConfig, Timing, WhenLimited, parse_target_url};
 use crate::filter::Filters;
-use crate::rate::{Sampler, limiter};
+use crate::rate::{CaptureRate, Sampler, limiter};
 use crate::rewrite::Rewrites;
 
 /// Everything the engine needs, compiled.
@@ -25,8 +25,24 @@ pub struct EnginePlan {
 pub struct GlobalPlan {
     pub filters: Filters,
     pub rewrites: Rewrites,
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub rate: Option<Rate>,
     pub when_limited: WhenLimited,
+}
+
+/// A rate, both ways it is enforced: which requests fit (on the capture clock, when over-rate
+/// requests are dropped) and when they are sent (in real time).
+pub struct Rate {
+    pub admission: CaptureRate,
+    pub pacing: DefaultDirectRateLimiter,
+}
+
+impl Rate {
+    fn new(rate: u32, burst: Option<u32>, field: &str) -> Result<Rate, ConfigError> {
+        Ok(Rate {
+            admission: CaptureRate::new(rate, burst, field)?,
+            pacing: limiter(rate, burst, field)?,
+        })
+    }
 }
 
 /// One target, compiled.
@@ -37,7 +53,7 @@ pub struct TargetPlan {
     pub filters: Filters,
     pub rewrites: Rewrites,
     pub sampler: Option<Sampler>,
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub rate: Option<Rate>,
     pub when_limited: WhenLimited,
     pub concurrency: usize,
     pub timeout: Duration,
@@ -60,9 +76,9 @@ impl ReplayerConfig {
         let global = GlobalPlan {
             filters: Filters::compile(&self.filters, "filters")?,
             rewrites: Rewrites::compile(&self.rewrites, "rewrites")?,
-            limiter: self
+            rate: self
                 .global_rate
-                .map(|rate| limiter(rate, None, "global_rate"))
+                .map(|rate| Rate::new(rate, None, "global_rate"))
                 .transpose()?,
             when_limited: self.when_limited,
         };
@@ -90,9 +106,9 @@ impl ReplayerConfig {
                         target.sample_key.as_deref(),
                         &field,
                     )?,
-                    limiter: target
+                    rate: target
                         .rate
-                        .map(|rate| limiter(rate, target.burst, &format!("{field}.rate")))
+                        .map(|rate| Rate::new(rate, target.burst, &format!("{field}.rate")))
                         .transpose()?,
                     when_limited: self.when_limited,
                     concurrency: target.concurrency as usize,

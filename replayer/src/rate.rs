@@ -1,9 +1,21 @@
-//! Pacing and sampling: a rate limiter (governor's GCRA, with an explicit burst so a second's
-//! window never exceeds the rate by more than the burst) and a sampler that keeps a share of
-//! requests, consistently by a key when one is configured.
+//! Rates and sampling. Rates use governor's GCRA twice over:
+//!
+//! - [`CaptureRate`] decides *which* requests are replayed: `rate` per second of captured time,
+//!   on a clock driven by the records' capture timestamps, so how the records were batched on
+//!   their way here (capture blocks, gRPC batches, a listener catching up) changes nothing.
+//! - A real-time limiter ([`limiter`]) paces *when* they are sent, so no one-second window of
+//!   replay exceeds the rate by more than the burst.
+//!
+//! [`Sampler`] keeps a share of requests, consistently by a key when one is configured.
 
 use std::num::NonZeroU32;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use governor::clock::{Clock, FakeRelativeClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::header;
 use xxhash_rust::xxh3::xxh3_64;
@@ -11,20 +23,62 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::config::{ConfigError, parse_percent};
 use crate::fanout::ReplayRequest;
 
-/// A rate limiter of `rate` requests per second with `burst` allowed above it.
+fn quota(rate: u32, burst: Option<u32>, field: &str) -> Result<Quota, ConfigError> {
+    let rate = NonZeroU32::new(rate)
+        .ok_or_else(|| ConfigError::new(field, "a rate must be at least 1"))?;
+    let burst = burst.unwrap_or_else(|| default_burst(rate.get())).max(1);
+    let burst = NonZeroU32::new(burst).expect("at least 1");
+    Ok(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// A real-time rate limiter of `rate` requests per second with `burst` allowed above it.
 pub fn limiter(
     rate: u32,
     burst: Option<u32>,
     field: &str,
 ) -> Result<DefaultDirectRateLimiter, ConfigError> {
-    let rate = NonZeroU32::new(rate)
-        .ok_or_else(|| ConfigError::new(field, "a rate must be at least 1"))?;
-    let burst = burst.unwrap_or_else(|| default_burst(rate.get()));
-    let burst = burst.max(1);
-    let burst = NonZeroU32::new(burst).expect("at least 1");
-    Ok(RateLimiter::direct(
-        Quota::per_second(rate).allow_burst(burst),
-    ))
+    Ok(RateLimiter::direct(quota(rate, burst, field)?))
+}
+
+type CaptureClockLimiter = RateLimiter<
+    NotKeyed,
+    InMemoryState,
+    FakeRelativeClock,
+    NoOpMiddleware<<FakeRelativeClock as Clock>::Instant>,
+>;
+
+/// Admits `rate` requests per second of captured time (plus `burst`).
+pub struct CaptureRate {
+    limiter: CaptureClockLimiter,
+    clock: FakeRelativeClock,
+    /// Capture time of the first request seen: the clock's zero.
+    origin_ns: OnceLock<u64>,
+    /// How far past the origin the clock has been moved; it never goes back.
+    position_ns: AtomicU64,
+}
+
+impl CaptureRate {
+    pub fn new(rate: u32, burst: Option<u32>, field: &str) -> Result<CaptureRate, ConfigError> {
+        let clock = FakeRelativeClock::default();
+        Ok(CaptureRate {
+            limiter: RateLimiter::direct_with_clock(quota(rate, burst, field)?, clock.clone()),
+            clock,
+            origin_ns: OnceLock::new(),
+            position_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the request captured at `captured_at_ns` fits the rate.
+    pub fn admits(&self, captured_at_ns: u64) -> bool {
+        let origin = *self.origin_ns.get_or_init(|| captured_at_ns);
+        let offset = captured_at_ns.saturating_sub(origin);
+        // Whoever moves the high-water mark moves the clock, by exactly that much.
+        let previous = self.position_ns.fetch_max(offset, Ordering::Relaxed);
+        if offset > previous {
+            self.clock.advance(Duration::from_nanos(offset - previous));
+        }
+        self.limiter.check().is_ok()
+    }
 }
 
 /// Records reach the replayer in lumps (capture blocks of up to 20 ms, then gRPC batches), so the
@@ -192,6 +246,17 @@ mod tests {
                 "{key}: kept {kept_users} of 200 users"
             );
         }
+    }
+
+    #[test]
+    fn capture_rate_counts_captured_time_however_records_arrive() {
+        // 2000 requests captured evenly over 10 s (200/s), judged at 100/s with a burst of 3:
+        // the order and lumping in which they reach the limiter does not matter.
+        let rate = CaptureRate::new(100, None, "rate").unwrap();
+        let admitted = (0..2000u64)
+            .filter(|i| rate.admits(1_000_000_000_000 + i * 5_000_000))
+            .count();
+        assert!((1000..=1004).contains(&admitted), "admitted {admitted}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! One staging target: its filters, sampler and rate limiter, its bounded queue, and the
-//! workers that send each request under a concurrency limit and a timeout. Each target owns all
-//! of these, so a dead or slow target fills only its own queue and never delays the others.
-//! With `--preserve-connections`, each captured client connection gets a session: its requests
-//! go in order over one dedicated upstream connection.
+//! One staging target: its filters, sampler and rate, its bounded queue, and the workers that
+//! send its requests under a timeout. Each worker owns one upstream connection (so the target
+//! sees at most `concurrency` connections); with `--preserve-connections` each captured client
+//! connection gets a session of its own instead, replayed in order. A target owns all of this,
+//! so a dead or slow target fills only its own queue and never delays the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use governor::DefaultDirectRateLimiter;
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::WhenLimited;
@@ -25,7 +25,7 @@ use crate::fanout::ReplayRequest;
 use crate::filter::Filters;
 use crate::metrics::{ReplayerMetrics, TargetDropReason, TargetMetrics};
 use crate::plan::TargetPlan;
-use crate::rate::Sampler;
+use crate::rate::{CaptureRate, Sampler};
 use crate::rewrite::Rewrites;
 
 /// Requests queued per preserved session.
@@ -33,13 +33,16 @@ const SESSION_QUEUE: usize = 256;
 /// A preserved session with no requests for this long closes, freeing its slot.
 const SESSION_IDLE: Duration = Duration::from_secs(1);
 
+type Queue = mpsc::Receiver<Arc<ReplayRequest>>;
+type Pacing = Option<Arc<DefaultDirectRateLimiter>>;
+
 /// The handle the fan-out offers requests to.
 pub struct Target {
     queue: mpsc::Sender<Arc<ReplayRequest>>,
     filters: Filters,
     sampler: Option<Sampler>,
-    /// Checked at offer time when over-rate requests are dropped.
-    drop_limiter: Option<DefaultDirectRateLimiter>,
+    /// Decides which requests fit the rate when over-rate requests are dropped.
+    admission: Option<CaptureRate>,
     metrics: TargetMetrics,
 }
 
@@ -54,22 +57,34 @@ impl Target {
         let metrics = metrics.target(&plan.name);
         let (queue, requests) = mpsc::channel(plan.queue);
         let sender = Arc::new(RequestSender::new(&plan, metrics.clone()));
-        let (drop_limiter, queue_limiter) = match plan.when_limited {
-            WhenLimited::Drop => (plan.limiter, None),
-            WhenLimited::Queue => (None, plan.limiter),
+        let (admission, pacing) = match plan.rate {
+            None => (None, None),
+            // Admitted requests are still paced, so catching up never bursts past the rate.
+            Some(rate) => (
+                (plan.when_limited == WhenLimited::Drop).then_some(rate.admission),
+                Some(Arc::new(rate.pacing)),
+            ),
         };
-        let workers = tokio::spawn(deliver_all(
-            sender,
-            requests,
-            plan.concurrency,
-            queue_limiter,
-            preserve_connections,
-        ));
+        let workers = if preserve_connections {
+            tokio::spawn(deliver_by_session(
+                sender,
+                requests,
+                plan.concurrency,
+                pacing,
+            ))
+        } else {
+            tokio::spawn(deliver_by_workers(
+                sender,
+                requests,
+                plan.concurrency,
+                pacing,
+            ))
+        };
         let target = Target {
             queue,
             filters: plan.filters,
             sampler: plan.sampler,
-            drop_limiter,
+            admission,
             metrics,
         };
         (target, workers)
@@ -85,8 +100,8 @@ impl Target {
             self.metrics.filtered("sample").inc();
             return;
         }
-        if let Some(limiter) = &self.drop_limiter
-            && limiter.check().is_err()
+        if let Some(admission) = &self.admission
+            && !admission.admits(request.captured_at_ns)
         {
             self.metrics.dropped(TargetDropReason::RateLimited).inc();
             return;
@@ -99,35 +114,54 @@ impl Target {
     }
 }
 
-async fn deliver_all(
+/// `concurrency` workers, each with its own upstream connection, share the target's queue.
+async fn deliver_by_workers(
     sender: Arc<RequestSender>,
-    mut requests: mpsc::Receiver<Arc<ReplayRequest>>,
+    requests: Queue,
     concurrency: usize,
-    queue_limiter: Option<DefaultDirectRateLimiter>,
-    preserve_connections: bool,
+    pacing: Pacing,
+) {
+    let requests = Arc::new(Mutex::new(requests));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let sender = Arc::clone(&sender);
+            let requests = Arc::clone(&requests);
+            let pacing = pacing.clone();
+            tokio::spawn(async move {
+                let mut connection = None;
+                loop {
+                    let next = requests.lock().await.recv().await;
+                    let Some(request) = next else { break };
+                    if let Some(pacing) = &pacing {
+                        pacing.until_ready().await;
+                    }
+                    sender.exchange(&mut connection, &request).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+/// Each captured client connection's requests go, in order, to a session of its own.
+async fn deliver_by_session(
+    sender: Arc<RequestSender>,
+    mut requests: Queue,
+    concurrency: usize,
+    pacing: Pacing,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut sessions: HashMap<u64, mpsc::Sender<Arc<ReplayRequest>>> = HashMap::new();
     while let Some(request) = requests.recv().await {
-        // Held requests wait here, in the bounded queue, until the rate allows them.
-        if let Some(limiter) = &queue_limiter {
-            limiter.until_ready().await;
+        if let Some(pacing) = &pacing {
+            pacing.until_ready().await;
         }
-        if preserve_connections {
-            route_to_session(&sender, &slots, &mut sessions, request).await;
-            continue;
-        }
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            break;
-        };
-        let sender = Arc::clone(&sender);
-        tokio::spawn(async move {
-            sender.send_pooled(&request).await;
-            drop(slot);
-        });
+        route_to_session(&sender, &slots, &mut sessions, request).await;
     }
     drop(sessions);
-    // Every slot back means every request in flight has finished.
+    // Every slot back means every session has finished.
     let _ = slots.acquire_many(concurrency as u32).await;
 }
 
@@ -159,29 +193,10 @@ async fn route_to_session(
 }
 
 /// One captured client connection replayed in order over one upstream connection.
-async fn run_session(
-    sender: Arc<RequestSender>,
-    mut requests: mpsc::Receiver<Arc<ReplayRequest>>,
-    _slot: OwnedSemaphorePermit,
-) {
-    let mut connection: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+async fn run_session(sender: Arc<RequestSender>, mut requests: Queue, _slot: OwnedSemaphorePermit) {
+    let mut connection = None;
     while let Ok(Some(request)) = tokio::time::timeout(SESSION_IDLE, requests.recv()).await {
-        let send = async {
-            if connection.as_ref().is_none_or(|c| c.is_closed()) {
-                connection = Some(sender.connect().await?);
-            }
-            let upstream = connection.as_mut().expect("connected above");
-            upstream.ready().await.map_err(ExchangeError::Http)?;
-            let response = upstream
-                .send_request(sender.build(&request, UriForm::Origin))
-                .await
-                .map_err(ExchangeError::Http)?;
-            read_response(response).await
-        };
-        if !sender.account(send).await {
-            // A failed exchange may leave the connection unusable; the next request reconnects.
-            connection = None;
-        }
+        sender.exchange(&mut connection, &request).await;
     }
 }
 
@@ -197,8 +212,6 @@ async fn read_response(response: http::Response<Incoming>) -> Result<StatusCode,
 
 /// Builds and sends requests to one target, and counts what happened.
 struct RequestSender {
-    client: Client<HttpConnector, Full<Bytes>>,
-    scheme: Scheme,
     authority: Authority,
     authority_host: HeaderValue,
     keep_host: bool,
@@ -216,16 +229,7 @@ impl RequestSender {
             .expect("target URLs are validated to have an authority");
         let authority_host = HeaderValue::from_str(authority.as_str())
             .expect("an authority is a valid header value");
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(plan.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(plan.concurrency)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         RequestSender {
-            client,
-            scheme: plan.url.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority,
             authority_host,
             keep_host: plan.keep_host,
@@ -235,21 +239,31 @@ impl RequestSender {
         }
     }
 
-    async fn send_pooled(&self, replay: &ReplayRequest) {
+    /// Sends one request over `connection` (connecting first if there is none) and counts the
+    /// outcome. A failed exchange drops the connection; the next request reconnects.
+    async fn exchange(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        replay: &ReplayRequest,
+    ) {
         let exchange = async {
-            let response = self
-                .client
-                .request(self.build(replay, UriForm::Absolute))
+            if connection.as_ref().is_none_or(|c| c.is_closed()) {
+                *connection = Some(self.connect().await?);
+            }
+            let upstream = connection.as_mut().expect("connected above");
+            upstream.ready().await.map_err(ExchangeError::Http)?;
+            let response = upstream
+                .send_request(self.build(replay))
                 .await
-                .map_err(ExchangeError::Client)?;
+                .map_err(ExchangeError::Http)?;
             read_response(response).await
         };
-        self.account(exchange).await;
+        if !self.account(exchange).await {
+            *connection = None;
+        }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ExchangeError> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ExchangeError> {
         let stream = TcpStream::connect(self.authority.as_str())
             .await
             .map_err(ExchangeError::Connect)?;
@@ -290,8 +304,9 @@ impl RequestSender {
     }
 
     /// The request for this target: the target's rewrites applied, sent to the target's
-    /// authority whatever Host the capture carried.
-    fn build(&self, replay: &ReplayRequest, form: UriForm) -> Request<Full<Bytes>> {
+    /// authority whatever Host the capture carried. The URI is origin-form: it is written as is
+    /// on a connection that already goes to the target.
+    fn build(&self, replay: &ReplayRequest) -> Request<Full<Bytes>> {
         let mut path_and_query = replay.path_and_query.clone();
         let mut headers = replay.headers.clone();
         if !self.rewrites.is_empty() {
@@ -309,33 +324,16 @@ impl RequestSender {
             })
             .unwrap_or_else(|| self.authority_host.clone());
         headers.insert(header::HOST, host);
-        let mut parts = http::uri::Parts::default();
-        if form == UriForm::Absolute {
-            parts.scheme = Some(self.scheme.clone());
-            parts.authority = Some(self.authority.clone());
-        }
-        parts.path_and_query = Some(path_and_query);
-        let uri = Uri::from_parts(parts).expect("scheme, authority and path make a valid URI");
         let mut request = Request::new(Full::new(replay.body.clone()));
         *request.method_mut() = replay.method.clone();
-        *request.uri_mut() = uri;
+        *request.uri_mut() = Uri::from(path_and_query);
         *request.headers_mut() = headers;
         request
     }
 }
 
-/// How the request URI is written: the pooled client needs it absolute to pick a connection; a
-/// dedicated connection writes it as is, so it must be origin-form there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UriForm {
-    Absolute,
-    Origin,
-}
-
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
-    #[error(transparent)]
-    Client(hyper_util::client::legacy::Error),
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error(transparent)]
@@ -345,9 +343,8 @@ enum ExchangeError {
 impl ExchangeError {
     fn reason(&self) -> TargetDropReason {
         match self {
-            ExchangeError::Client(error) if error.is_connect() => TargetDropReason::ConnectError,
             ExchangeError::Connect(_) => TargetDropReason::ConnectError,
-            _ => TargetDropReason::HttpError,
+            ExchangeError::Http(_) => TargetDropReason::HttpError,
         }
     }
 }

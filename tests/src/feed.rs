@@ -15,10 +15,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 const BATCH: u64 = 256;
 
-fn record(id: u64) -> proto::RequestRecord {
-    let captured_at_ns = SystemTime::now()
+fn unix_ns() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn record(id: u64, captured_at_ns: u64) -> proto::RequestRecord {
     RequestRecord {
         id,
         captured_at_ns,
@@ -43,6 +46,7 @@ pub async fn feed(grpc: SocketAddr, total: u64, rate: Option<f64>) -> anyhow::Re
         .await?
         .into_inner();
     let started = Instant::now();
+    let started_unix_ns = unix_ns();
     let batch_count = total.div_ceil(BATCH);
     let sender = tokio::spawn(async move {
         let mut next_id = 0;
@@ -53,7 +57,16 @@ pub async fn feed(grpc: SocketAddr, total: u64, rate: Option<f64>) -> anyhow::Re
                 let due = started + Duration::from_secs_f64((next_id + size) as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
             }
-            let records = (next_id..next_id + size).map(record).collect();
+            // Paced records carry the capture times a listener would have seen: evenly spread.
+            let records = (next_id..next_id + size)
+                .map(|id| {
+                    let captured_at_ns = match rate {
+                        Some(rate) => started_unix_ns + (id as f64 * 1e9 / rate) as u64,
+                        None => unix_ns(),
+                    };
+                    record(id, captured_at_ns)
+                })
+                .collect();
             next_id += size;
             let batch = proto::RecordBatch {
                 sequence,
