@@ -195,6 +195,28 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Stops both processes (each drains) and returns the replayer's final totals for each of
+    /// `target_urls`, in order; for targets that are not among [`Pipeline::targets`].
+    pub async fn stop_with_target_totals(
+        mut self,
+        target_urls: &[String],
+    ) -> anyhow::Result<Vec<SummaryLine>> {
+        let grace = Duration::from_secs(15);
+        stop_and_summarise(&mut self.listener, "listener stopped", grace).await?;
+        stop_and_summarise(&mut self.replayer, "replayer stopped", grace).await?;
+        let mut totals = Vec::new();
+        for url in target_urls {
+            let line = self
+                .replayer
+                .wait_for_line(&format!("target totals target={url} "), grace)
+                .await?;
+            totals.push(SummaryLine::parse(&line)?);
+        }
+        Ok(totals)
+    }
+}
+
 /// SIGTERM, a clean exit, and the summary line the process logged on its way out.
 async fn stop_and_summarise(
     process: &mut Process,

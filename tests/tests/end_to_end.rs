@@ -11,7 +11,7 @@ use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, SummaryLine};
 use tapwire_testkit::process::binary_path;
 use tapwire_testkit::scrape::scrape;
 use tapwire_testkit::servers::{ReceivedRequest, RecordingServer};
-use tapwire_testkit::traffic::{self, FixedRate, RequestShape};
+use tapwire_testkit::traffic::{self, RequestShape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -156,7 +156,7 @@ async fn closed_port() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_target_does_not_slow_the_live_one() {
     let dead = closed_port().await;
-    let mut pipeline = Pipeline::start(PipelineOptions {
+    let pipeline = Pipeline::start(PipelineOptions {
         targets: 1,
         replayer_args: vec!["--target".into(), format!("http://{dead}")],
         ..PipelineOptions::default()
@@ -167,58 +167,20 @@ async fn dead_target_does_not_slow_the_live_one() {
     let load = traffic::send_mix(pipeline.production.addr(), total, 4).await;
     assert_eq!(load.ok, total);
     assert!(pipeline.wait_for_targets(total, REPLAY_TIMEOUT).await);
-    let grace = Duration::from_secs(15);
-    pipeline.listener.terminate(grace).await.unwrap();
-    pipeline.replayer.terminate(grace).await.unwrap();
-    let totals = |url: String| {
-        let replayer = &pipeline.replayer;
-        async move {
-            let line = replayer
-                .wait_for_line(&format!("target totals target={url} "), grace)
-                .await
-                .unwrap();
-            SummaryLine::parse(&line).unwrap()
-        }
-    };
-    let live = totals(pipeline.targets[0].url()).await;
+    let live_url = pipeline.targets[0].url();
+    let mut totals = pipeline
+        .stop_with_target_totals(&[live_url.clone(), format!("http://{dead}")])
+        .await
+        .unwrap();
+    let dead = totals.pop().unwrap();
+    let live = totals.pop().unwrap();
     assert_eq!(live.get("responses"), total);
     assert_eq!(live.with_prefix("dropped_"), Default::default());
-    let dead = totals(format!("http://{dead}")).await;
     assert_eq!(dead.get("responses"), 0);
     assert_eq!(
         dead.with_prefix("dropped_").get("connect_error"),
         Some(&total)
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_over_the_rate_are_dropped_and_counted() {
-    let pipeline = Pipeline::start(PipelineOptions {
-        targets: 1,
-        replayer_args: vec!["--rate".into(), "100".into()],
-        ..PipelineOptions::default()
-    })
-    .await
-    .unwrap();
-    let total = 600;
-    let load = traffic::fixed_rate(
-        pipeline.production.addr(),
-        FixedRate {
-            rate: None,
-            total,
-            connections: 4,
-            body_bytes: 0,
-        },
-    )
-    .await;
-    assert_eq!(load.ok, total);
-    let report = pipeline.finish(total).await.unwrap();
-    let target = &report.targets[0];
-    let rate_limited = target.dropped.get("rate_limited").copied().unwrap_or(0);
-    assert!(rate_limited > 0, "{}", report.table());
-    assert!(target.responses < total, "{}", report.table());
-    assert_eq!(target.responses + rate_limited, total, "{}", report.table());
-    assert_eq!(target.served, target.responses);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,18 +11,14 @@ use tapwire_testkit::servers::{ReceivedRequest, SEQUENCE_HEADER};
 use tapwire_testkit::traffic::{self, FixedRate, RequestShape, USER_HEADER, USERS};
 
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
-const GRACE: Duration = Duration::from_secs(15);
 
 /// Stops both processes and returns the replayer's final totals for `target_url`.
-async fn stop_and_read_target_totals(mut pipeline: Pipeline, target_url: &str) -> SummaryLine {
-    pipeline.listener.terminate(GRACE).await.unwrap();
-    pipeline.replayer.terminate(GRACE).await.unwrap();
-    let line = pipeline
-        .replayer
-        .wait_for_line(&format!("target totals target={target_url} "), GRACE)
+async fn stop_and_read_target_totals(pipeline: Pipeline, target_url: &str) -> SummaryLine {
+    let mut totals = pipeline
+        .stop_with_target_totals(&[target_url.to_owned()])
         .await
         .unwrap();
-    SummaryLine::parse(&line).unwrap()
+    totals.pop().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,15 +378,8 @@ async fn a_slow_target_fills_only_its_own_queue() {
         "{:?}",
         started.elapsed()
     );
-    let mut pipeline = pipeline;
-    pipeline.listener.terminate(GRACE).await.unwrap();
-    pipeline.replayer.terminate(GRACE).await.unwrap();
-    let line = pipeline
-        .replayer
-        .wait_for_line(&format!("target totals target={} ", slow.url()), GRACE)
-        .await
-        .unwrap();
-    let totals = SummaryLine::parse(&line).unwrap();
+    let totals = stop_and_read_target_totals(pipeline, &slow.url()).await;
+    let line = format!("{totals:?}");
     let queue_full = totals
         .with_prefix("dropped_")
         .get("target_queue_full")
