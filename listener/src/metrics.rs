@@ -26,8 +26,8 @@ pub enum DropReason {
     FlowShed,
     /// Responses only: a response to a request that was not captured.
     Unpaired,
-    /// Sent to a replayer that disconnected before acknowledging it.
-    ReplayerDisconnected,
+    /// Sent on three streams in a row that failed without acknowledging anything.
+    Unacknowledged,
     /// Still queued or unacknowledged when the shutdown deadline passed.
     Shutdown,
 }
@@ -40,7 +40,7 @@ impl DropReason {
         DropReason::CaptureGap,
         DropReason::FlowShed,
         DropReason::Unpaired,
-        DropReason::ReplayerDisconnected,
+        DropReason::Unacknowledged,
         DropReason::Shutdown,
     ];
 
@@ -52,7 +52,7 @@ impl DropReason {
             DropReason::CaptureGap => "capture_gap",
             DropReason::FlowShed => "flow_shed",
             DropReason::Unpaired => "unpaired",
-            DropReason::ReplayerDisconnected => "replayer_disconnected",
+            DropReason::Unacknowledged => "unacknowledged",
             DropReason::Shutdown => "shutdown",
         }
     }

@@ -1,7 +1,8 @@
 //! The link to the replayer. The capture thread fills a bounded [`RecordQueue`] without ever
 //! blocking (a full queue drops and counts). [`stream_to_replayer`] drains it into batches on one
-//! long-lived gRPC stream, counts records as sent when the replayer acknowledges them, and
-//! reconnects with jittered exponential backoff when the replayer goes away.
+//! long-lived gRPC stream, counts records as sent when the replayer acknowledges them, keeps
+//! unacknowledged batches (within the same byte budget) and sends them again after reconnecting
+//! with jittered exponential backoff when the replayer goes away.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -119,70 +120,92 @@ enum LinkError {
     Closed,
 }
 
-/// A batch sent and not yet acknowledged.
+/// A stream that fails this many times in a row while a batch is the oldest unacknowledged one,
+/// without acknowledging anything, makes the link give that batch up: a batch the replayer
+/// cannot take must not wedge the link.
+const MAX_FAILED_STREAMS: u32 = 3;
+
+/// A batch sent and not yet acknowledged, kept to be sent again after a reconnect.
 struct UnackedBatch {
+    /// Its sequence on the current stream.
     sequence: u64,
-    records: u64,
-    responses: u64,
+    batch: proto::RecordBatch,
+    /// Established streams that failed while this batch was the oldest unacknowledged one.
+    failed_streams: u32,
     /// The batch's share of the byte budget, released on acknowledgement.
     _bytes: OwnedSemaphorePermit,
 }
 
-/// Batches sent on one stream and not yet acknowledged.
+/// Batches sent and not yet acknowledged; they outlive the stream they were sent on.
 #[derive(Default)]
 struct Unacked {
     /// Oldest first.
     batches: VecDeque<UnackedBatch>,
-    /// The stream worked for a while, so the next reconnect need not back off far.
+    /// The current stream acknowledged something.
     acknowledged_any: bool,
 }
 
-impl Unacked {
-    fn records(&self) -> u64 {
-        self.batches.iter().map(|batch| batch.records).sum()
-    }
-
-    fn responses(&self) -> u64 {
-        self.batches.iter().map(|batch| batch.responses).sum()
-    }
-}
-
 /// Streams every queued record to the replayer until the queue is closed and fully acknowledged.
+/// Unacknowledged batches are sent again after a reconnect (at-least-once); the replayer drops
+/// the copies it already has, by record id within this listener instance.
 pub async fn stream_to_replayer(
     config: LinkConfig,
     mut records: mpsc::Receiver<QueuedRecord>,
     metrics: ListenerMetrics,
 ) {
+    // Record ids restart with the process; the instance tells the replayer they are new.
+    let instance: u64 = rand::random();
+    let mut unacked = Unacked::default();
     let mut backoff = BACKOFF_FIRST;
     loop {
-        let mut unacked = Unacked::default();
-        let result = run_stream(&config, &mut records, &metrics, &mut unacked).await;
-        // Records the replayer never acknowledged are lost with the stream.
-        metrics
-            .dropped(DropReason::ReplayerDisconnected)
-            .inc_by(unacked.records());
-        metrics
-            .response_dropped(DropReason::ReplayerDisconnected)
-            .inc_by(unacked.responses());
+        unacked.acknowledged_any = false;
+        let result = run_stream(&config, instance, &mut records, &metrics, &mut unacked).await;
         let Err(error) = result else {
             return;
         };
-        if records.is_closed() && records.is_empty() {
-            tracing::warn!(replayer = %config.replayer.uri(), %error, "replayer link down while shutting down");
+        if !matches!(error, LinkError::Connect(_)) && !unacked.acknowledged_any {
+            give_up_on_a_stuck_batch(&mut unacked, &metrics);
+        }
+        if records.is_closed() && records.is_empty() && unacked.batches.is_empty() {
             return;
         }
         if unacked.acknowledged_any {
             backoff = BACKOFF_FIRST;
         }
         let delay = jittered(backoff);
-        tracing::warn!(replayer = %config.replayer.uri(), %error, retry_in = ?delay, "replayer link down");
+        let waiting = unacked.batches.len();
+        tracing::warn!(replayer = %config.replayer.uri(), %error, retry_in = ?delay, unacknowledged_batches = waiting, "replayer link down");
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
+fn give_up_on_a_stuck_batch(unacked: &mut Unacked, metrics: &ListenerMetrics) {
+    let Some(oldest) = unacked.batches.front_mut() else {
+        return;
+    };
+    oldest.failed_streams += 1;
+    if oldest.failed_streams < MAX_FAILED_STREAMS {
+        return;
+    }
+    let Some(stuck) = unacked.batches.pop_front() else {
+        return;
+    };
+    tracing::warn!(
+        records = stuck.batch.records.len(),
+        "giving up on a batch no replayer would acknowledge"
+    );
+    metrics
+        .dropped(DropReason::Unacknowledged)
+        .inc_by(stuck.batch.records.len() as u64);
+    metrics
+        .response_dropped(DropReason::Unacknowledged)
+        .inc_by(stuck.batch.responses.len() as u64);
+}
+
 async fn run_stream(
     config: &LinkConfig,
+    instance: u64,
     records: &mut mpsc::Receiver<QueuedRecord>,
     metrics: &ListenerMetrics,
     unacked: &mut Unacked,
@@ -193,9 +216,18 @@ async fn run_stream(
         .stream(ReceiverStream::new(outgoing))
         .await?
         .into_inner();
-    tracing::info!(replayer = %config.replayer.uri(), "connected to replayer");
-    let mut batches = Some(batches);
+    tracing::info!(replayer = %config.replayer.uri(), resending = unacked.batches.len(), "connected to replayer");
     let mut next_sequence: u64 = 0;
+    // What the last stream left unacknowledged goes first, renumbered for this stream.
+    for waiting in &mut unacked.batches {
+        next_sequence += 1;
+        waiting.sequence = next_sequence;
+        waiting.batch.sequence = next_sequence;
+        if batches.send(waiting.batch.clone()).await.is_err() {
+            return Err(LinkError::Closed);
+        }
+    }
+    let mut batches = Some(batches);
     loop {
         if batches.is_none() && unacked.batches.is_empty() {
             return Ok(());
@@ -219,6 +251,7 @@ async fn run_stream(
                 let mut batch = proto::RecordBatch {
                     sequence: next_sequence,
                     listener_id: config.listener_id.clone(),
+                    listener_instance: instance,
                     ..Default::default()
                 };
                 for (item, bytes) in std::iter::once((first.item, None))
@@ -232,10 +265,11 @@ async fn run_stream(
                         Captured::Response(record) => batch.responses.push(record.into()),
                     }
                 }
+                // Request bytes are shared, not copied: the kept batch costs pointers.
                 unacked.batches.push_back(UnackedBatch {
                     sequence: next_sequence,
-                    records: batch.records.len() as u64,
-                    responses: batch.responses.len() as u64,
+                    batch: batch.clone(),
+                    failed_streams: 0,
                     _bytes: permit,
                 });
                 if sender.send(batch).await.is_err() {
@@ -244,12 +278,12 @@ async fn run_stream(
             }
             ack = acks.message() => match ack? {
                 Some(ack) => {
-                    while let Some(batch) = unacked.batches.front() {
-                        if batch.sequence > ack.sequence {
+                    while let Some(acknowledged) = unacked.batches.front() {
+                        if acknowledged.sequence > ack.sequence {
                             break;
                         }
-                        metrics.records_sent.inc_by(batch.records);
-                        metrics.responses_sent.inc_by(batch.responses);
+                        metrics.records_sent.inc_by(acknowledged.batch.records.len() as u64);
+                        metrics.responses_sent.inc_by(acknowledged.batch.responses.len() as u64);
                         unacked.batches.pop_front();
                         unacked.acknowledged_any = true;
                     }

@@ -147,6 +147,11 @@ impl FanOut {
         }
     }
 
+    /// Records a listener sent again that were already replayed.
+    pub fn duplicates(&self, count: u64) {
+        self.metrics.records_duplicate.inc_by(count);
+    }
+
     pub fn production_responses(&self, count: u64) {
         self.metrics.production_responses_received.inc_by(count);
     }

@@ -1,8 +1,8 @@
 //! tapwire-replayer: receives captured requests from listeners and replays each one to every
 //! staging target. Data moves through the modules in this order:
 //!
-//! - [`server`]: the gRPC service that accepts listener streams, paces them (original timing,
-//!   queued global rate) and acknowledges batches.
+//! - [`server`]: the gRPC service that accepts listener streams, drops resent copies
+//!   ([`dedup`]), paces them (original timing, queued global rate) and acknowledges batches.
 //! - [`fanout`]: parses each record once; global [`filter`]s, rate and [`rewrite`]s; offers it
 //!   to every target.
 //! - [`target`]: per-target filters, sampling and rate ([`rate`]), bounded queue,
@@ -12,6 +12,7 @@
 //! [`metrics`] the counters that account for every request.
 
 pub mod config;
+pub mod dedup;
 pub mod fanout;
 pub mod filter;
 pub mod metrics;

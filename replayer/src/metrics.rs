@@ -144,6 +144,9 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 #[derive(Debug, Clone)]
 pub struct ReplayerMetrics {
     pub records_received: Counter,
+    /// Records a listener resent after a reconnect that were already replayed; not counted as
+    /// received.
+    pub records_duplicate: Counter,
     /// Production responses from listeners that track them (kept for comparison).
     pub production_responses_received: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
@@ -180,6 +183,7 @@ impl ReplayerMetrics {
         });
         let metrics = ReplayerMetrics {
             records_received: Counter::default(),
+            records_duplicate: Counter::default(),
             production_responses_received: Counter::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected_family.get_or_create_owned(&RejectLabel { reason })),
@@ -202,6 +206,11 @@ impl ReplayerMetrics {
             "records_received",
             "Records received from listeners",
             metrics.records_received.clone(),
+        );
+        registry.register(
+            "records_duplicate",
+            "Resent records already replayed (a listener resends what was not acknowledged)",
+            metrics.records_duplicate.clone(),
         );
         registry.register(
             "production_responses_received",
@@ -276,8 +285,9 @@ impl ReplayerMetrics {
     /// One line for logs: received and rejected records.
     pub fn summary(&self) -> String {
         let mut line = format!(
-            "received={} production_responses={}",
+            "received={} duplicates={} production_responses={}",
             self.records_received.get(),
+            self.records_duplicate.get(),
             self.production_responses_received.get()
         );
         for reason in RejectReason::ALL {

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Timing;
+use crate::dedup::Deduplicator;
 use crate::fanout::FanOut;
 
 /// Acks queued per stream before the stream stops reading batches.
@@ -28,6 +29,8 @@ pub struct Pacing {
 
 pub struct ReplayService {
     fanout: Arc<FanOut>,
+    /// Shared by all streams: a listener's resend arrives on its next stream.
+    dedup: Arc<Deduplicator>,
     pacing: Pacing,
     shutdown: watch::Receiver<bool>,
 }
@@ -36,6 +39,7 @@ impl ReplayService {
     pub fn new(fanout: Arc<FanOut>, pacing: Pacing, shutdown: watch::Receiver<bool>) -> Self {
         ReplayService {
             fanout,
+            dedup: Arc::default(),
             pacing,
             shutdown,
         }
@@ -73,6 +77,7 @@ impl Replay for ReplayService {
             batches,
             acks,
             Arc::clone(&self.fanout),
+            Arc::clone(&self.dedup),
             self.pacing,
             self.shutdown.clone(),
         ));
@@ -85,6 +90,7 @@ async fn serve_stream(
     mut batches: Streaming<RecordBatch>,
     acks: mpsc::Sender<Result<BatchAck, Status>>,
     fanout: Arc<FanOut>,
+    dedup: Arc<Deduplicator>,
     pacing: Pacing,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -114,7 +120,9 @@ async fn serve_stream(
             tracing::info!(?peer, listener = %listener_id, "listener connected");
         }
         let accepted = batch.records.len() as u32;
-        for record in batch.records {
+        let (records, copies) = dedup.fresh(&listener_id, batch.listener_instance, batch.records);
+        fanout.duplicates(copies);
+        for record in records {
             if let Some(timing) = original.as_mut() {
                 timing.wait_for(record.captured_at_ns).await;
             }

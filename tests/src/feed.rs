@@ -71,6 +71,7 @@ pub async fn feed(grpc: SocketAddr, total: u64, rate: Option<f64>) -> anyhow::Re
             let batch = proto::RecordBatch {
                 sequence,
                 listener_id: "feed".into(),
+                listener_instance: u64::from(std::process::id()),
                 records,
                 responses: Vec::new(),
             };

@@ -26,6 +26,9 @@ pub struct PipelineOptions {
     pub record: bool,
     pub listener_args: Vec<String>,
     pub replayer_args: Vec<String>,
+    /// Where the replayer's gRPC server listens; a fixed port lets a restarted replayer take
+    /// over.
+    pub replayer_grpc_listen: String,
     /// A replayer TOML configuration used instead of flags; `{target0}`, `{target1}`... stand
     /// for the targets' URLs. The listen addresses are added.
     pub replayer_config: Option<String>,
@@ -41,12 +44,16 @@ impl Default for PipelineOptions {
             listener_args: Vec::new(),
             replayer_args: Vec::new(),
             replayer_config: None,
+            replayer_grpc_listen: "127.0.0.1:0".into(),
         }
     }
 }
 
 /// A running pipeline. Dropping it kills the processes.
 pub struct Pipeline {
+    replayer_args: Vec<String>,
+    /// Holds the replayer's config file for as long as a restart may read it.
+    _config_dir: tempfile::TempDir,
     pub production: RecordingServer,
     pub targets: Vec<RecordingServer>,
     pub replayer: Process,
@@ -96,7 +103,7 @@ impl Pipeline {
             None => {
                 let mut args = vec![
                     "--grpc-listen".into(),
-                    "127.0.0.1:0".into(),
+                    options.replayer_grpc_listen.clone(),
                     "--metrics-listen".into(),
                     "127.0.0.1:0".into(),
                 ];
@@ -133,6 +140,8 @@ impl Pipeline {
             .wait_for_line("connected to replayer", READY_TIMEOUT)
             .await?;
         Ok(Pipeline {
+            replayer_args,
+            _config_dir: config_dir,
             production,
             targets,
             replayer,
@@ -154,6 +163,19 @@ impl Pipeline {
             }
         }
         true
+    }
+
+    /// SIGKILLs the replayer (no drain, no last acknowledgements) and starts it again with the
+    /// same arguments; with a fixed gRPC port the listener reconnects to the new one.
+    pub async fn kill_replayer(&mut self) -> anyhow::Result<()> {
+        self.replayer.kill().await
+    }
+
+    pub async fn restart_replayer(&mut self) -> anyhow::Result<()> {
+        self.replayer = Process::spawn("tapwire-replayer", &self.replayer_args)?;
+        self.replayer_metrics = ready_addr(&self.replayer, "metrics endpoint listening").await?;
+        self.replayer_grpc = ready_addr(&self.replayer, "grpc server listening").await?;
+        Ok(())
     }
 
     pub fn listener_usage(&self) -> anyhow::Result<ResourceUsage> {

@@ -190,6 +190,12 @@ impl Process {
         }
     }
 
+    /// SIGKILL: the process gets no chance to drain or acknowledge anything.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// Waits for the process to exit by itself.
     pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         match tokio::time::timeout(timeout, self.child.wait()).await {

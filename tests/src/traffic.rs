@@ -162,13 +162,24 @@ pub struct LoadOutcome {
 
 /// Sends requests `0..total` of the mix over `connections` concurrent clients.
 pub async fn send_mix(addr: SocketAddr, total: u64, connections: usize) -> LoadOutcome {
+    send_mix_range(addr, 0..total, connections).await
+}
+
+/// Sends the requests of the mix numbered `sequences` over `connections` concurrent clients.
+pub async fn send_mix_range(
+    addr: SocketAddr,
+    sequences: std::ops::Range<u64>,
+    connections: usize,
+) -> LoadOutcome {
     let started = Instant::now();
     let workers: Vec<_> = (0..connections as u64)
         .map(|worker| {
+            let sequences = sequences.clone();
             tokio::spawn(async move {
                 let mut outcome = LoadOutcome::default();
                 let mut keep_alive: Option<SendRequest<Body>> = None;
-                for sequence in (worker..total).step_by(connections) {
+                let first = sequences.start + worker;
+                for sequence in (first..sequences.end).step_by(connections) {
                     let request = mix_request(addr, sequence);
                     let result = if RequestShape::of(sequence).fresh_connection() {
                         match connect(addr).await {

@@ -1,0 +1,143 @@
+//! The listener's link to the replayer against a scripted replayer (a real tonic server on
+//! loopback): what was sent but not acknowledged is sent again after a reconnect, in order, and
+//! counted as sent only once acknowledged.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use tapwire_listener::metrics::ListenerMetrics;
+use tapwire_listener::transport::{LinkConfig, record_queue, stream_to_replayer};
+use tapwire_shared::RequestRecord;
+use tapwire_shared::proto::replay_server::{Replay, ReplayServer};
+use tapwire_shared::proto::{BatchAck, RecordBatch};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Records the ids of every stream's batches. The first stream acknowledges only its first
+/// batch, then fails once it has three; later streams acknowledge everything.
+#[derive(Clone, Default)]
+struct ScriptedReplayer {
+    streams: Arc<Mutex<Vec<Vec<u64>>>>,
+    instances: Arc<Mutex<Vec<u64>>>,
+    progress: Arc<Notify>,
+}
+
+#[tonic::async_trait]
+impl Replay for ScriptedReplayer {
+    type StreamStream = ReceiverStream<Result<BatchAck, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<RecordBatch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut batches = request.into_inner();
+        let (acks, outgoing) = mpsc::channel(64);
+        let this = self.clone();
+        let stream_index = {
+            let mut streams = this.streams.lock().unwrap();
+            streams.push(Vec::new());
+            streams.len() - 1
+        };
+        tokio::spawn(async move {
+            let mut received = 0;
+            while let Ok(Some(batch)) = batches.message().await {
+                received += 1;
+                this.instances.lock().unwrap().push(batch.listener_instance);
+                this.streams.lock().unwrap()[stream_index]
+                    .extend(batch.records.iter().map(|r| r.id));
+                this.progress.notify_waiters();
+                let first_stream = stream_index == 0;
+                if !first_stream || received == 1 {
+                    let ack = BatchAck {
+                        sequence: batch.sequence,
+                        accepted: batch.records.len() as u32,
+                    };
+                    let _ = acks.send(Ok(ack)).await;
+                }
+                if first_stream && received == 3 {
+                    let _ = acks
+                        .send(Err(Status::unavailable("scripted failure")))
+                        .await;
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(outgoing)))
+    }
+}
+
+fn record(id: u64) -> RequestRecord {
+    RequestRecord {
+        id,
+        captured_at_ns: id,
+        client: "10.0.0.1:4000".parse().unwrap(),
+        server: "10.0.0.2:80".parse().unwrap(),
+        request: Bytes::from(format!("GET /{id} HTTP/1.1\r\n\r\n")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_batches_are_sent_again_after_a_reconnect() {
+    let replayer = ScriptedReplayer::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = replayer.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(ReplayServer::new(server))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+    });
+
+    let metrics = ListenerMetrics::register(&mut Registry::default());
+    let (queue, records) = record_queue(1024, 1 << 20, metrics.clone());
+    let config = LinkConfig {
+        replayer: Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        listener_id: "link-test".into(),
+        // One record per batch, so batches map to ids.
+        max_batch_records: 1,
+        max_batch_bytes: 1 << 20,
+        max_unacked_batches: 8,
+    };
+    let link = tokio::spawn(stream_to_replayer(config, records, metrics.clone()));
+    // Each push waits until the replayer has seen the record, so batches stay one record each.
+    for id in 1..=5 {
+        let seen = replayer.progress.notified();
+        queue.push_request(record(id));
+        tokio::time::timeout(Duration::from_secs(10), seen)
+            .await
+            .unwrap();
+    }
+    drop(queue);
+    tokio::time::timeout(Duration::from_secs(20), link)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let streams = replayer.streams.lock().unwrap().clone();
+    assert_eq!(
+        streams[0],
+        [1, 2, 3],
+        "first stream: three batches, one acknowledged"
+    );
+    assert_eq!(
+        streams[1],
+        [2, 3, 4, 5],
+        "second stream: the unacknowledged two first"
+    );
+    assert_eq!(
+        metrics.records_sent.get(),
+        5,
+        "each record counted once, when acknowledged"
+    );
+    assert_eq!(metrics.dropped_total(), 0);
+    let instances = replayer.instances.lock().unwrap().clone();
+    assert!(
+        instances.iter().all(|&i| i == instances[0]),
+        "one listener instance"
+    );
+}
