@@ -10,7 +10,7 @@ use tonic::transport::{Endpoint, Uri};
 
 use crate::capture::CaptureConfig;
 use crate::reassembly::ReassemblyLimits;
-use crate::transport::LinkConfig;
+use crate::transport::{Ascii, LinkConfig, MetadataValue};
 
 /// Request bytes per gRPC batch. Small batches reach the replayer sooner and keep the encode
 /// buffers small (measured: 4 MiB batches cost 30 MiB more RSS and lost requests at 10k/s).
@@ -88,6 +88,10 @@ pub struct ListenerConfig {
           value_parser = parse_replayer_url)]
     pub replayers: Vec<Uri>,
 
+    /// Present the bearer token in this file to the replayer.
+    #[arg(long, value_name = "FILE", help_heading = "Replayer link")]
+    pub token_file: Option<PathBuf>,
+
     /// Name of this listener in the replayer's metrics and logs. Defaults to the hostname.
     #[arg(long, value_name = "NAME", help_heading = "Replayer link")]
     pub listener_id: Option<String>,
@@ -158,7 +162,8 @@ impl ListenerConfig {
         }
     }
 
-    pub fn link(&self) -> LinkConfig {
+    /// The link's settings; reads the token file, if any.
+    pub fn link(&self) -> Result<LinkConfig, tapwire_shared::token::TokenError> {
         let listener_id = self.listener_id.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
                 .ok()
@@ -174,12 +179,27 @@ impl ListenerConfig {
             .initial_stream_window_size(LINK_WINDOW_BYTES)
             .initial_connection_window_size(LINK_WINDOW_BYTES)
             .keep_alive_timeout(Duration::from_secs(5));
-        LinkConfig {
+        let authorization = match &self.token_file {
+            None => None,
+            Some(path) => {
+                let token = tapwire_shared::token::read_token(path)?;
+                let mut value: MetadataValue<Ascii> =
+                    format!("Bearer {token}").parse().map_err(|_| {
+                        tapwire_shared::token::TokenError::Invalid {
+                            path: path.display().to_string(),
+                        }
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(LinkConfig {
             replayer,
+            authorization,
             listener_id,
             max_batch_records: self.batch_records as usize,
             max_batch_bytes: BATCH_BYTES,
             max_unacked_batches: self.max_unacked_batches as usize,
-        }
+        })
     }
 }

@@ -30,6 +30,8 @@ use metrics::{DropReason, ListenerMetrics};
 /// Runs the listener until `shutdown` resolves (or capture fails), then drains what it can
 /// within the drain timeout and logs the final accounting.
 pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Read before capturing, so a bad token file stops the listener at once.
+    let link_config = config.link()?;
     let mut registry = Registry::default();
     let metrics = ListenerMetrics::register(&mut registry);
     if let Some(addr) = config.metrics_listen {
@@ -69,8 +71,9 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
             })
             .context("cannot start the capture thread")?
     };
+    let accounting = tokio::spawn(report_accounting(metrics.clone()));
     let link = tokio::spawn(transport::stream_to_replayer(
-        config.link(),
+        link_config,
         records,
         metrics.clone(),
     ));
@@ -95,12 +98,12 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
     {
         tracing::warn!("drain timeout passed; records still queued are dropped");
     }
+    accounting.abort();
     // Whatever is neither sent nor already counted was queued or in flight at exit.
-    let unsent = metrics
-        .requests_captured
-        .get()
-        .saturating_sub(metrics.records_sent.get() + metrics.dropped_total());
-    metrics.dropped(DropReason::Shutdown).inc_by(unsent);
+    metrics
+        .dropped(DropReason::Shutdown)
+        .inc_by(metrics.buffered());
+    metrics.records_buffered.set(0);
     let unsent_responses = metrics
         .responses_captured
         .get()
@@ -114,5 +117,18 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.into()),
         Err(_) => anyhow::bail!("the capture thread ended without reporting"),
+    }
+}
+
+/// Keeps the buffered-records gauge current and logs the accounting every 10 seconds, so that
+/// `captured = sent + buffered + dropped` can be checked at any time, not only at exit.
+async fn report_accounting(metrics: ListenerMetrics) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    for second in 0u64.. {
+        tick.tick().await;
+        metrics.records_buffered.set(metrics.buffered() as i64);
+        if second % 10 == 9 {
+            tracing::info!(summary = %metrics.summary(), "accounting");
+        }
     }
 }

@@ -97,6 +97,8 @@ pub struct ListenerMetrics {
     pub flows_shed: Counter,
     /// Bytes held for incomplete requests and out-of-order segments.
     pub buffered_bytes: Gauge,
+    /// Records captured and neither acknowledged nor dropped: queued or in flight.
+    pub records_buffered: Gauge,
     /// Flows that left HTTP/1.x (websocket upgrade, CONNECT tunnel).
     switched: [Counter; 2],
     /// With --track-responses: complete responses paired with a captured request.
@@ -132,6 +134,7 @@ impl ListenerMetrics {
             flows_active: Gauge::default(),
             flows_shed: Counter::default(),
             buffered_bytes: Gauge::default(),
+            records_buffered: Gauge::default(),
             switched,
             responses_captured: Counter::default(),
             responses_sent: Counter::default(),
@@ -199,6 +202,11 @@ impl ListenerMetrics {
             responses_dropped_family,
         );
         registry.register(
+            "records_buffered",
+            "Records captured and not yet acknowledged or dropped (captured = sent + buffered + dropped)",
+            metrics.records_buffered.clone(),
+        );
+        registry.register(
             "flows_switched",
             "Connections that left HTTP/1.x after a request (upgrade, connect); the rest of each is skipped",
             switched_family,
@@ -229,12 +237,20 @@ impl ListenerMetrics {
         self.responses_dropped.iter().map(Counter::get).sum()
     }
 
+    /// Records captured and neither acknowledged nor dropped.
+    pub fn buffered(&self) -> u64 {
+        self.requests_captured
+            .get()
+            .saturating_sub(self.records_sent.get() + self.dropped_total())
+    }
+
     /// One line for logs: every count that the accounting needs.
     pub fn summary(&self) -> String {
         let mut line = format!(
-            "captured={} sent={} dropped={}",
+            "captured={} sent={} buffered={} dropped={}",
             self.requests_captured.get(),
             self.records_sent.get(),
+            self.buffered(),
             self.dropped_total()
         );
         for reason in DropReason::ALL {

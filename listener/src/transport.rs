@@ -13,6 +13,7 @@ use tapwire_shared::proto::{self, replay_client::ReplayClient};
 use tapwire_shared::{RequestRecord, ResponseRecord};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+pub use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
 use crate::metrics::{DropReason, ListenerMetrics};
@@ -101,6 +102,8 @@ impl RecordQueue {
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     pub replayer: Endpoint,
+    /// `Bearer <token>` presented to the replayer, marked sensitive so it never shows in logs.
+    pub authorization: Option<MetadataValue<Ascii>>,
     pub listener_id: String,
     pub max_batch_records: usize,
     /// A batch closes once its requests reach this many bytes (a single larger request still
@@ -212,7 +215,16 @@ async fn run_stream(
 ) -> Result<(), LinkError> {
     let channel = config.replayer.connect().await?;
     let (batches, outgoing) = mpsc::channel(config.max_unacked_batches);
-    let mut acks = ReplayClient::new(channel)
+    let authorization = config.authorization.clone();
+    let add_token = move |mut request: tonic::Request<()>| {
+        if let Some(value) = &authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    };
+    let mut acks = ReplayClient::with_interceptor(channel, add_token)
         .stream(ReceiverStream::new(outgoing))
         .await?
         .into_inner();

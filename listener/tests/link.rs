@@ -97,6 +97,7 @@ async fn unacknowledged_batches_are_sent_again_after_a_reconnect() {
     let (queue, records) = record_queue(1024, 1 << 20, metrics.clone());
     let config = LinkConfig {
         replayer: Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        authorization: None,
         listener_id: "link-test".into(),
         // One record per batch, so batches map to ids.
         max_batch_records: 1,

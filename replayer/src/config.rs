@@ -45,6 +45,16 @@ pub struct ReplayerArgs {
     )]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Accept only listeners presenting the bearer token in this file (compared in constant
+    /// time). Others are refused and counted.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Listeners",
+        conflicts_with = "config"
+    )]
+    pub token_file: Option<PathBuf>,
+
     /// On SIGTERM or Ctrl-C, how long targets may take to finish what is queued.
     #[arg(long, value_name = "DURATION", help_heading = "Engine", conflicts_with = "config",
           value_parser = humantime::parse_duration)]
@@ -228,6 +238,9 @@ pub struct ReplayerConfig {
     pub grpc_listen: SocketAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// File holding the bearer token listeners must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -404,6 +417,7 @@ impl ReplayerArgs {
         Ok(ReplayerConfig {
             grpc_listen: self.grpc_listen.unwrap_or_else(default_grpc_listen),
             metrics_listen: self.metrics_listen,
+            token_file: self.token_file.clone(),
             drain_timeout: self.drain_timeout.unwrap_or_else(default_drain_timeout),
             global_rate: self.global_rate,
             when_limited: self.when_limited.unwrap_or_default(),

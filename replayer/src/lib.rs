@@ -48,6 +48,7 @@ pub async fn run(config: ReplayerConfig, shutdown: impl Future<Output = ()>) -> 
         tapwire_telemetry::serve_metrics(addr, Arc::new(registry)).await?;
     }
     let plan = config.compile()?;
+    let token = plan.token.clone();
     let target_names: Vec<String> = plan.targets.iter().map(|t| t.name.clone()).collect();
     let pacing = server::Pacing {
         timing: plan.timing,
@@ -68,6 +69,10 @@ pub async fn run(config: ReplayerConfig, shutdown: impl Future<Output = ()>) -> 
         stop_watch,
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        service,
+        server::TokenCheck::new(token, metrics.streams_unauthenticated.clone()),
+    );
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Each listener sends everything on one stream: h2's 64 KiB default window would cap

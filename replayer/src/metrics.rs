@@ -147,6 +147,8 @@ pub struct ReplayerMetrics {
     /// Records a listener resent after a reconnect that were already replayed; not counted as
     /// received.
     pub records_duplicate: Counter,
+    /// Listener streams refused for a missing or wrong token.
+    pub streams_unauthenticated: Counter,
     /// Production responses from listeners that track them (kept for comparison).
     pub production_responses_received: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
@@ -184,6 +186,7 @@ impl ReplayerMetrics {
         let metrics = ReplayerMetrics {
             records_received: Counter::default(),
             records_duplicate: Counter::default(),
+            streams_unauthenticated: Counter::default(),
             production_responses_received: Counter::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected_family.get_or_create_owned(&RejectLabel { reason })),
@@ -206,6 +209,11 @@ impl ReplayerMetrics {
             "records_received",
             "Records received from listeners",
             metrics.records_received.clone(),
+        );
+        registry.register(
+            "streams_unauthenticated",
+            "Listener streams refused for a missing or wrong token",
+            metrics.streams_unauthenticated.clone(),
         );
         registry.register(
             "records_duplicate",

@@ -7,6 +7,8 @@ use std::time::Duration;
 use governor::DefaultDirectRateLimiter;
 use http::Uri;
 
+use tapwire_shared::token::read_token;
+
 use crate::config::{ConfigError, ReplayerConfig, Timing, WhenLimited, parse_target_url};
 use crate::filter::Filters;
 use crate::rate::{CaptureRate, Sampler, limiter};
@@ -14,6 +16,8 @@ use crate::rewrite::Rewrites;
 
 /// Everything the engine needs, compiled.
 pub struct EnginePlan {
+    /// The bearer token listeners must present, if any.
+    pub token: Option<String>,
     pub global: GlobalPlan,
     pub targets: Vec<TargetPlan>,
     pub timing: Timing,
@@ -127,7 +131,13 @@ impl ReplayerConfig {
                 format!("{} is configured twice", pair[0]),
             ));
         }
+        let token = self
+            .token_file
+            .as_deref()
+            .map(|path| read_token(path).map_err(|error| ConfigError::new("token_file", error)))
+            .transpose()?;
         Ok(EnginePlan {
+            token,
             global,
             targets,
             timing: self.timing,

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use subtle::ConstantTimeEq;
 use tapwire_shared::proto::{BatchAck, RecordBatch, replay_server::Replay};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant};
@@ -19,6 +20,46 @@ use crate::fanout::FanOut;
 
 /// Acks queued per stream before the stream stops reading batches.
 const ACK_QUEUE: usize = 64;
+
+/// Refuses streams without the configured bearer token. The comparison takes the same time
+/// whatever the token presented, so it leaks nothing about the real one.
+#[derive(Clone)]
+pub struct TokenCheck {
+    expected: Option<Arc<[u8]>>,
+    refused: prometheus_client::metrics::counter::Counter,
+}
+
+impl TokenCheck {
+    pub fn new(
+        token: Option<String>,
+        refused: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        TokenCheck {
+            expected: token.map(|token| format!("Bearer {token}").into_bytes().into()),
+            refused,
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        if bool::from(presented.ct_eq(expected)) {
+            Ok(request)
+        } else {
+            self.refused.inc();
+            tracing::warn!(peer = ?request.remote_addr(), "refused a listener stream: missing or wrong token");
+            Err(Status::unauthenticated("missing or wrong token"))
+        }
+    }
+}
 
 /// When records of a stream are handed on.
 #[derive(Debug, Clone, Copy)]

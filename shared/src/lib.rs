@@ -3,11 +3,13 @@
 //! - [`proto`]: the gRPC types and service stubs generated from `proto/tapwire/v1`.
 //! - [`record`]: the [`RequestRecord`] and [`ResponseRecord`] models and their conversions to
 //!   and from the wire.
+//! - [`token`]: reading the bearer token that authenticates listeners to replayers.
 //! - [`http1`]: the HTTP/1.x grammar: where a request ends (for the listener's cutter) and what it
 //!   says (for the replayer's rebuild). The one place tapwire parses HTTP.
 
 pub mod http1;
 pub mod record;
+pub mod token;
 
 /// Generated gRPC types for package `tapwire.v1`.
 pub mod proto {

@@ -26,6 +26,9 @@ pub struct PipelineOptions {
     pub record: bool,
     pub listener_args: Vec<String>,
     pub replayer_args: Vec<String>,
+    /// Wait for the listener to connect to the replayer before returning (off for tests of a
+    /// link that must fail).
+    pub wait_for_link: bool,
     /// Where the replayer's gRPC server listens; a fixed port lets a restarted replayer take
     /// over.
     pub replayer_grpc_listen: String,
@@ -45,6 +48,7 @@ impl Default for PipelineOptions {
             replayer_args: Vec::new(),
             replayer_config: None,
             replayer_grpc_listen: "127.0.0.1:0".into(),
+            wait_for_link: true,
         }
     }
 }
@@ -136,9 +140,11 @@ impl Pipeline {
         listener
             .wait_for_line("capture started", READY_TIMEOUT)
             .await?;
-        listener
-            .wait_for_line("connected to replayer", READY_TIMEOUT)
-            .await?;
+        if options.wait_for_link {
+            listener
+                .wait_for_line("connected to replayer", READY_TIMEOUT)
+                .await?;
+        }
         Ok(Pipeline {
             replayer_args,
             _config_dir: config_dir,
