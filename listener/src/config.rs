@@ -88,6 +88,15 @@ pub struct ListenerConfig {
           value_parser = parse_replayer_url)]
     pub replayers: Vec<Uri>,
 
+    /// Replace this header's value with `REDACTED` in every captured request (and response)
+    /// before it leaves this host, e.g. Authorization, Cookie. Repeatable.
+    #[arg(
+        long = "redact-header",
+        value_name = "NAME",
+        help_heading = "Replayer link"
+    )]
+    pub redact_headers: Vec<String>,
+
     /// Present the bearer token in this file to the replayer.
     #[arg(long, value_name = "FILE", help_heading = "Replayer link")]
     pub token_file: Option<PathBuf>,

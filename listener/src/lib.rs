@@ -56,6 +56,7 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         config.queue_bytes,
         metrics.clone(),
     );
+    let queue = queue.redacting(&config.redact_headers);
     let (capture_done, mut capture_result) = tokio::sync::oneshot::channel();
     let capture_thread = {
         let mut reassembler = reassembly::Reassembler::new(config.reassembly());

@@ -55,6 +55,8 @@ pub struct RecordQueue {
     sender: mpsc::Sender<QueuedRecord>,
     bytes: Arc<Semaphore>,
     metrics: ListenerMetrics,
+    /// Headers (lowercase) whose values are replaced before anything leaves this host.
+    redact_headers: Vec<String>,
 }
 
 /// A queue between capture and the link, bounded both in records and in request bytes.
@@ -70,22 +72,50 @@ pub fn record_queue(
             sender,
             bytes,
             metrics,
+            redact_headers: Vec::new(),
         },
         receiver,
     )
 }
 
 impl RecordQueue {
-    pub fn push_request(&self, record: RequestRecord) {
+    /// Replace the values of these headers with `REDACTED` in every request and response.
+    pub fn redacting(mut self, headers: &[String]) -> Self {
+        self.redact_headers = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        self
+    }
+
+    pub fn push_request(&self, mut record: RequestRecord) {
+        let Some(redacted) = self.redact(&record.request) else {
+            self.metrics.dropped(DropReason::MalformedHttp).inc();
+            return;
+        };
+        record.request = redacted;
         if !self.push(Captured::Request(record)) {
             self.metrics.dropped(DropReason::QueueFull).inc();
         }
     }
 
-    pub fn push_response(&self, record: ResponseRecord) {
+    pub fn push_response(&self, mut record: ResponseRecord) {
+        let Some(redacted) = self.redact(&record.response) else {
+            self.metrics
+                .response_dropped(DropReason::MalformedHttp)
+                .inc();
+            return;
+        };
+        record.response = redacted;
         if !self.push(Captured::Response(record)) {
             self.metrics.response_dropped(DropReason::QueueFull).inc();
         }
+    }
+
+    /// The message with secrets redacted; `None` if it cannot be parsed (it is then not sent at
+    /// all rather than sent unredacted).
+    fn redact(&self, message: &bytes::Bytes) -> Option<bytes::Bytes> {
+        if self.redact_headers.is_empty() {
+            return Some(message.clone());
+        }
+        tapwire_shared::http1::redact_headers(message, &self.redact_headers).ok()
     }
 
     /// Never blocks: capture must keep pace with production, so a full queue refuses.

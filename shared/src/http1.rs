@@ -153,6 +153,55 @@ fn has_content_length(headers: &[httparse::Header<'_>]) -> bool {
         .any(|h| h.name.eq_ignore_ascii_case("content-length"))
 }
 
+/// What a redacted header's value becomes.
+pub const REDACTED: &str = "REDACTED";
+
+/// `message` (a complete request or response) with the values of the headers named in
+/// `names` (lowercase) replaced by [`REDACTED`]; the start line, other headers and body are
+/// kept byte for byte. The message is returned as is when no such header is present.
+pub fn redact_headers(message: &Bytes, names: &[String]) -> Result<Bytes, HttpError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // A request and a response differ only in their start line, which is copied as is.
+    let head_len = if message.starts_with(b"HTTP/") {
+        let mut response = httparse::Response::new(&mut slots);
+        match response.parse(message).map_err(HttpError::MalformedHead)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Err(HttpError::Truncated),
+        }
+    } else {
+        let mut request = httparse::Request::new(&mut slots);
+        match request.parse(message).map_err(HttpError::MalformedHead)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Err(HttpError::Truncated),
+        }
+    };
+    let headers: Vec<&httparse::Header<'_>> =
+        slots.iter().take_while(|h| !h.name.is_empty()).collect();
+    let redacted = |name: &str| names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if !headers.iter().any(|h| redacted(h.name)) {
+        return Ok(message.clone());
+    }
+    let start_line_len = message
+        .windows(2)
+        .position(|pair| pair == b"\r\n")
+        .map_or(0, |end| end + 2);
+    let mut out = BytesMut::with_capacity(message.len());
+    out.extend_from_slice(&message[..start_line_len]);
+    for header in headers {
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        if redacted(header.name) {
+            out.extend_from_slice(REDACTED.as_bytes());
+        } else {
+            out.extend_from_slice(header.value);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&message[head_len..]);
+    Ok(out.freeze())
+}
+
 /// Methods a resynchronising cutter accepts as the start of a request line.
 const METHODS: [&[u8]; 9] = [
     b"GET ",
@@ -533,6 +582,26 @@ mod tests {
             .unwrap();
         assert!(interim.is_interim());
         assert_eq!(interim.framing, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn redaction_replaces_only_the_named_values() {
+        let raw = Bytes::from_static(
+            b"POST /login HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer abc\r\nCookie: s=1\r\nContent-Length: 2\r\n\r\nok",
+        );
+        let names = ["authorization".to_owned(), "cookie".to_owned()];
+        let redacted = redact_headers(&raw, &names).unwrap();
+        assert_eq!(
+            redacted,
+            "POST /login HTTP/1.1\r\nHost: a\r\nAuthorization: REDACTED\r\nCookie: REDACTED\r\nContent-Length: 2\r\n\r\nok"
+        );
+        let response = Bytes::from_static(b"HTTP/1.1 200 OK\r\nSet-Cookie: s=2\r\n\r\n");
+        assert_eq!(
+            redact_headers(&response, &["set-cookie".to_owned()]).unwrap(),
+            "HTTP/1.1 200 OK\r\nSet-Cookie: REDACTED\r\n\r\n"
+        );
+        let untouched = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(redact_headers(&untouched, &names).unwrap(), untouched);
     }
 
     #[test]

@@ -478,3 +478,40 @@ async fn tracked_responses_are_paired_and_reach_the_replayer() {
     assert_eq!(listener.get("responses_dropped"), 0, "{listener_log}");
     assert_eq!(replayer.get("production_responses"), total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_headers_never_leave_the_production_host() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        listener_args: vec!["--redact-header".into(), "authorization".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let total = 60;
+    assert_eq!(
+        traffic::send_mix(pipeline.production.addr(), total, 2)
+            .await
+            .ok,
+        total
+    );
+    assert!(pipeline.wait_for_targets(total, REPLAY_TIMEOUT).await);
+    let production = pipeline.production.received();
+    let replayed = pipeline.targets[0].received();
+    let report = pipeline.finish(total).await.unwrap();
+    assert!(report.is_complete(), "{}", report.table());
+    let mut redacted = 0;
+    for (sequence, copies) in &replayed {
+        let original = &production[sequence][0];
+        match original.headers.get("authorization") {
+            Some(secret) => {
+                assert!(secret.to_str().unwrap().starts_with("Bearer secret-"));
+                assert_eq!(copies[0].headers["authorization"], "REDACTED");
+                redacted += 1;
+            }
+            None => assert!(!copies[0].headers.contains_key("authorization")),
+        }
+        assert_eq!(copies[0].body, original.body, "bodies are untouched");
+    }
+    assert_eq!(redacted, total / 3);
+}
