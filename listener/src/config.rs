@@ -39,6 +39,11 @@ pub struct ListenerConfig {
     #[arg(long, help_heading = "Capture")]
     pub track_responses: bool,
 
+    /// After opening the capture handle, drop root and run as this user (its primary group, no
+    /// supplementary groups): the open handle is all the capture privilege still needed.
+    #[arg(long, value_name = "USER", help_heading = "Capture")]
+    pub user: Option<String>,
+
     /// Read a pcap or pcapng file (tcpdump, Wireshark) instead of capturing live; it goes
     /// through exactly the same reassembly and cutting. The listener exits when the file ends.
     #[arg(long, value_name = "FILE", help_heading = "Capture")]

@@ -50,6 +50,9 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         }
         None => capture::PacketSource::open_live(&config.capture())?,
     };
+    if let Some(user) = &config.user {
+        drop_privileges(user)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (queue, records) = transport::record_queue(
         config.queue_records as usize,
@@ -132,4 +135,22 @@ async fn report_accounting(metrics: ListenerMetrics) {
             tracing::info!(summary = %metrics.summary(), "accounting");
         }
     }
+}
+
+/// Becomes `user` for good: supplementary groups cleared, then its group, then its uid (in that
+/// order: after setuid there would be no right left to change groups).
+fn drop_privileges(user: &str) -> anyhow::Result<()> {
+    use nix::unistd::{User, setgid, setgroups, setuid};
+    let account = User::from_name(user)
+        .with_context(|| format!("cannot look up user {user:?}"))?
+        .with_context(|| format!("no user {user:?}"))?;
+    setgroups(&[]).context("cannot clear supplementary groups")?;
+    setgid(account.gid).with_context(|| format!("cannot switch to group {}", account.gid))?;
+    setuid(account.uid).with_context(|| format!("cannot switch to user {user:?}"))?;
+    tracing::info!(
+        user,
+        uid = account.uid.as_raw(),
+        "dropped privileges after opening the capture"
+    );
+    Ok(())
 }

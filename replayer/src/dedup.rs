@@ -11,7 +11,7 @@ use tapwire_shared::proto;
 /// Highest record id seen per (listener id, listener instance).
 #[derive(Debug, Default)]
 pub struct Deduplicator {
-    highest: Mutex<HashMap<(String, u64), u64>>,
+    highest: Mutex<HashMap<(String, u64), Option<u64>>>,
 }
 
 impl Deduplicator {
@@ -25,16 +25,17 @@ impl Deduplicator {
         records: Vec<proto::RequestRecord>,
     ) -> (Vec<proto::RequestRecord>, u64) {
         let mut highest_by_instance = self.highest.lock().expect("dedup lock");
+        // None until the instance's first record: any id, 0 included, is new then.
         let highest = highest_by_instance
             .entry((listener_id.to_owned(), instance))
-            .or_insert(0);
+            .or_insert(None);
         let before = records.len();
         let fresh: Vec<_> = records
             .into_iter()
             .filter(|record| {
-                let new = record.id > *highest;
+                let new = highest.is_none_or(|seen| record.id > seen);
                 if new {
-                    *highest = record.id;
+                    *highest = Some(record.id);
                 }
                 new
             })
@@ -69,6 +70,15 @@ mod tests {
         let (fresh, copies) = dedup.fresh("host-a", 7, records(6..=15));
         assert_eq!(ids(&fresh), (11..=15).collect::<Vec<_>>());
         assert_eq!(copies, 5);
+    }
+
+    #[test]
+    fn the_first_record_of_an_instance_is_new_whatever_its_id() {
+        let dedup = Deduplicator::default();
+        let (fresh, copies) = dedup.fresh("host-a", 3, records(0..=2));
+        assert_eq!((ids(&fresh), copies), (vec![0, 1, 2], 0));
+        let (_, copies) = dedup.fresh("host-a", 3, records(0..=0));
+        assert_eq!(copies, 1);
     }
 
     #[test]

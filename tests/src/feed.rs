@@ -47,6 +47,8 @@ pub async fn feed(grpc: SocketAddr, total: u64, rate: Option<f64>) -> anyhow::Re
         .into_inner();
     let started = Instant::now();
     let started_unix_ns = unix_ns();
+    // Each feed is a listener process of its own as far as de-duplication goes.
+    let instance = started_unix_ns ^ u64::from(std::process::id()).rotate_left(32) ^ total;
     let batch_count = total.div_ceil(BATCH);
     let sender = tokio::spawn(async move {
         let mut next_id = 0;
@@ -71,7 +73,7 @@ pub async fn feed(grpc: SocketAddr, total: u64, rate: Option<f64>) -> anyhow::Re
             let batch = proto::RecordBatch {
                 sequence,
                 listener_id: "feed".into(),
-                listener_instance: u64::from(std::process::id()),
+                listener_instance: instance,
                 records,
                 responses: Vec::new(),
             };

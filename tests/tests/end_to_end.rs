@@ -515,3 +515,36 @@ async fn redacted_headers_never_leave_the_production_host() {
     }
     assert_eq!(redacted, total / 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_drops_root_after_opening_the_capture() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        listener_args: vec!["--user".into(), "nobody".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    pipeline
+        .listener
+        .wait_for_line("dropped privileges", REPLAY_TIMEOUT)
+        .await
+        .unwrap();
+    let pid = pipeline.listener.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uids.split_whitespace().skip(1).all(|uid| uid == "65534"),
+        "real, effective, saved and fs uid must all be nobody: {uids}"
+    );
+    // Capture goes on without root.
+    assert_eq!(
+        traffic::send_mix(pipeline.production.addr(), 20, 2)
+            .await
+            .ok,
+        20
+    );
+    assert!(pipeline.wait_for_targets(20, REPLAY_TIMEOUT).await);
+    let report = pipeline.finish(20).await.unwrap();
+    assert!(report.is_complete(), "{}", report.table());
+}
