@@ -176,11 +176,6 @@ impl RequestCutter {
         on_event(CutEvent::Dropped(DropReason::CaptureGap));
     }
 
-    /// True if bytes are held for a request that is not complete yet.
-    pub fn has_partial_request(&self) -> bool {
-        !self.buffer.bytes.is_empty() && !matches!(self.phase, Phase::Resync | Phase::Broken)
-    }
-
     /// Appends in-order stream bytes captured at `now_ns` and emits every request they complete.
     pub fn push(&mut self, data: &[u8], now_ns: u64, on_event: &mut impl FnMut(CutEvent)) {
         if self.is_broken() || !self.buffer.append(data, now_ns) {
@@ -321,7 +316,7 @@ impl Cutter for RequestCutter {
         RequestCutter::buffered_bytes(self)
     }
     fn has_partial_message(&self) -> bool {
-        self.has_partial_request()
+        !self.buffer.bytes.is_empty() && !matches!(self.phase, Phase::Resync | Phase::Broken)
     }
 }
 

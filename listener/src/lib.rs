@@ -108,13 +108,9 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
         .dropped(DropReason::Shutdown)
         .inc_by(metrics.buffered());
     metrics.records_buffered.set(0);
-    let unsent_responses = metrics
-        .responses_captured
-        .get()
-        .saturating_sub(metrics.responses_sent.get() + metrics.responses_dropped_total());
     metrics
         .response_dropped(DropReason::Shutdown)
-        .inc_by(unsent_responses);
+        .inc_by(metrics.responses_buffered());
     tracing::info!(summary = %metrics.summary(), "listener stopped");
 
     match capture_outcome {

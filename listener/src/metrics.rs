@@ -244,6 +244,13 @@ impl ListenerMetrics {
             .saturating_sub(self.records_sent.get() + self.dropped_total())
     }
 
+    /// Responses captured and neither acknowledged nor dropped.
+    pub fn responses_buffered(&self) -> u64 {
+        self.responses_captured
+            .get()
+            .saturating_sub(self.responses_sent.get() + self.responses_dropped_total())
+    }
+
     /// One line for logs: every count that the accounting needs.
     pub fn summary(&self) -> String {
         let mut line = format!(

@@ -435,52 +435,56 @@ impl ReplayerArgs {
                 basic_auth: filters.basic_auth.clone(),
             },
             rewrites: RewriteSettings {
-                url: rewrites
-                    .rewrite_url
-                    .iter()
-                    .map(|spec| {
-                        let (from, to) = spec.rsplit_once(':').ok_or_else(|| {
-                            ConfigError::new(
-                                "--rewrite-url",
-                                format!("{spec:?} is not REGEX:REPLACEMENT"),
-                            )
-                        })?;
-                        Ok(UrlRewrite {
-                            from: from.to_owned(),
-                            to: to.to_owned(),
-                        })
-                    })
-                    .collect::<Result<_, ConfigError>>()?,
-                set_headers: rewrites
-                    .set_header
-                    .iter()
-                    .map(|spec| {
-                        let (name, value) = spec.split_once(':').ok_or_else(|| {
-                            ConfigError::new(
-                                "--set-header",
-                                format!("{spec:?} is not `Name: value`"),
-                            )
-                        })?;
-                        Ok((name.trim().to_owned(), value.trim().to_owned()))
-                    })
-                    .collect::<Result<_, ConfigError>>()?,
+                url: split_specs(
+                    "--rewrite-url",
+                    &rewrites.rewrite_url,
+                    "REGEX:REPLACEMENT",
+                    |spec| spec.rsplit_once(':'),
+                )?
+                .into_iter()
+                .map(|(from, to)| UrlRewrite {
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                })
+                .collect(),
+                set_headers: split_specs(
+                    "--set-header",
+                    &rewrites.set_header,
+                    "`Name: value`",
+                    |spec| spec.split_once(':'),
+                )?
+                .into_iter()
+                .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+                .collect(),
                 remove_headers: rewrites.remove_header.clone(),
                 redact_headers: rewrites.redact_header.clone(),
-                set_query: rewrites
-                    .set_query
-                    .iter()
-                    .map(|spec| {
-                        let (name, value) = spec.split_once('=').ok_or_else(|| {
-                            ConfigError::new("--set-query", format!("{spec:?} is not name=value"))
-                        })?;
-                        Ok((name.to_owned(), value.to_owned()))
-                    })
-                    .collect::<Result<_, ConfigError>>()?,
+                set_query: split_specs("--set-query", &rewrites.set_query, "name=value", |spec| {
+                    spec.split_once('=')
+                })?
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
                 host: rewrites.host_override.clone(),
             },
             targets,
         })
     }
+}
+
+/// Splits every `spec` given to `flag` in two with `split`; a spec that does not split is refused,
+/// saying which `form` was expected.
+fn split_specs<'a>(
+    flag: &str,
+    specs: &'a [String],
+    form: &str,
+    split: impl Fn(&'a str) -> Option<(&'a str, &'a str)>,
+) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
+    specs
+        .iter()
+        .map(|spec| {
+            split(spec).ok_or_else(|| ConfigError::new(flag, format!("{spec:?} is not {form}")))
+        })
+        .collect()
 }
 
 impl ReplayerConfig {

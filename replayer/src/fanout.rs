@@ -43,12 +43,14 @@ pub struct ReplayRequest {
 }
 
 /// Headers that belong to one connection (RFC 9110 section 7.6.1), not to the request.
-const HOP_BY_HOP: [header::HeaderName; 5] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
 ];
 
 impl ReplayRequest {
@@ -72,8 +74,6 @@ impl ReplayRequest {
         for name in HOP_BY_HOP {
             headers.remove(name);
         }
-        headers.remove("keep-alive");
-        headers.remove("proxy-connection");
         match parsed.framing {
             // Keeping the header makes the client re-chunk the decoded body.
             BodyFraming::Chunked => {

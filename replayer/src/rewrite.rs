@@ -8,8 +8,8 @@ use regex::Regex;
 
 use crate::config::{ConfigError, RewriteSettings};
 
-/// What a redacted header's value becomes.
-const REDACTED: HeaderValue = HeaderValue::from_static("REDACTED");
+/// What a redacted header's value becomes: the same marker the listener writes.
+const REDACTED: HeaderValue = HeaderValue::from_static(tapwire_shared::http1::REDACTED);
 
 /// Compiled rewrites, applied in a fixed order: URL, query, then headers.
 #[derive(Debug, Clone, Default)]

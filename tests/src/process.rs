@@ -195,16 +195,4 @@ impl Process {
         self.child.kill().await?;
         Ok(())
     }
-
-    /// Waits for the process to exit by itself.
-    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Ok(status?),
-            Err(_) => bail!(
-                "{} still running after {timeout:?}; log:\n{}",
-                self.name,
-                self.log()
-            ),
-        }
-    }
 }
