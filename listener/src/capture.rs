@@ -212,12 +212,16 @@ impl FlowObserver for RecordSink {
                 latency_ns,
             } => {
                 self.metrics.responses_captured.inc();
-                self.queue.push_response(ResponseRecord {
-                    request_id,
-                    captured_at_ns: started_at_ns,
-                    latency_ns,
-                    response: bytes,
-                });
+                self.queue.push_response(
+                    ResponseRecord {
+                        request_id,
+                        captured_at_ns: started_at_ns,
+                        latency_ns,
+                        response: bytes,
+                    },
+                    flow.client,
+                    flow.server,
+                );
             }
             FlowEvent::Dropped(reason) => {
                 self.metrics.dropped(reason).inc();

@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Uri};
 
 use crate::capture::CaptureConfig;
+use crate::link::LinkSettings;
 use crate::reassembly::ReassemblyLimits;
-use crate::transport::{Ascii, LinkConfig, MetadataValue};
+use crate::replayers::ReplayerSet;
+use crate::transport::{Ascii, BufferPolicy, LinkConfig, MetadataValue};
 
 /// Request bytes per gRPC batch. Small batches reach the replayer sooner and keep the encode
 /// buffers small (measured: 4 MiB batches cost 30 MiB more RSS and lost requests at 10k/s).
 const BATCH_BYTES: usize = 256 << 10;
-/// HTTP/2 flow-control window on the replayer link.
-const LINK_WINDOW_BYTES: u32 = 8 << 20;
 /// Largest --max-request-bytes: a record must fit in one gRPC message (the replayer takes 64 MiB).
 const MAX_REQUEST_BYTES_LIMIT: u64 = 48 << 20;
 
@@ -87,8 +87,10 @@ pub struct ListenerConfig {
           value_parser = humantime::parse_duration)]
     pub flow_idle_timeout: Duration,
 
-    /// Replayer to stream requests to, as a gRPC URL (http://host:port). Repeatable; for now
-    /// the first one is used.
+    /// Replayer to stream requests to, as a gRPC URL (http://host:port, or https:// with
+    /// --tls-ca). Repeat for several replayers, or give a name resolving to several addresses
+    /// (a Kubernetes headless Service): each client connection goes to one of them, chosen by
+    /// a hash of its addresses, and moves to another while its replayer is down.
     #[arg(long = "replayer", required = true, value_name = "URL", help_heading = "Replayer link",
           value_parser = parse_replayer_url)]
     pub replayers: Vec<Uri>,
@@ -102,23 +104,77 @@ pub struct ListenerConfig {
     )]
     pub redact_headers: Vec<String>,
 
+    /// Replace this JSON field's value with "REDACTED", at any depth, in every JSON request
+    /// and response body before it leaves this host, e.g. password. Repeatable.
+    #[arg(
+        long = "redact-json-field",
+        value_name = "NAME",
+        help_heading = "Replayer link"
+    )]
+    pub redact_json_fields: Vec<String>,
+
     /// Present the bearer token in this file to the replayer.
     #[arg(long, value_name = "FILE", help_heading = "Replayer link")]
     pub token_file: Option<PathBuf>,
+
+    /// Trust this CA (PEM) for the replayer's certificate; required by https:// replayer URLs.
+    #[arg(long, value_name = "FILE", help_heading = "Replayer link")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Mutual TLS: present this certificate (PEM) to the replayer.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Replayer link",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Replayer link",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Compress batches on the link (the replayer always accepts gzip). Worth it across
+    /// datacentres; on a LAN it mostly costs listener CPU.
+    #[arg(long, value_enum, default_value_t = Compression::None, help_heading = "Replayer link")]
+    pub compression: Compression,
 
     /// Name of this listener in the replayer's metrics and logs. Defaults to the hostname.
     #[arg(long, value_name = "NAME", help_heading = "Replayer link")]
     pub listener_id: Option<String>,
 
-    /// Most records waiting for the replayer link. When full, new requests are dropped and
-    /// counted (reason `queue_full`); capture never waits.
-    #[arg(long, default_value_t = 65_536, value_name = "RECORDS", help_heading = "Replayer link",
+    /// Most records held for the replayers: queued, in flight or unacknowledged.
+    #[arg(long, default_value_t = 65_536, value_name = "RECORDS", help_heading = "Buffering",
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub queue_records: u64,
+    pub buffer_records: u64,
 
-    /// Most request bytes waiting for the replayer link (same policy as --queue-records).
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Replayer link")]
-    pub queue_bytes: usize,
+    /// Most message bytes held in memory for the replayers (queued, in flight or
+    /// unacknowledged). Kept well under the listener's 64 MiB memory goal; ride out longer
+    /// outages with --spool-dir.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Buffering")]
+    pub buffer_bytes: usize,
+
+    /// When the buffer (or the spool) is full: `drop-newest` refuses new records (counted as
+    /// `queue_full` / `spool_full`), `drop-oldest` evicts the oldest ones not yet sent
+    /// (`evicted` / `spool_full`). Capture never waits.
+    #[arg(long, value_enum, default_value_t = BufferPolicy::DropNewest, help_heading = "Buffering")]
+    pub buffer_policy: BufferPolicy,
+
+    /// While no replayer is up, and at shutdown for what is still unacknowledged, keep batches
+    /// on disk in this directory; they are sent once a replayer is up, also after a listener
+    /// restart.
+    #[arg(long, value_name = "DIR", help_heading = "Buffering")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Most bytes in the spool.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES", help_heading = "Buffering",
+          requires = "spool_dir")]
+    pub spool_bytes: u64,
 
     /// Most records per gRPC batch.
     #[arg(long, default_value_t = 512, value_name = "RECORDS", help_heading = "Replayer link",
@@ -140,17 +196,44 @@ pub struct ListenerConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// Batch compression on the replayer link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
 fn parse_replayer_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
         .map_err(|error| format!("not a URL ({error}); expected http://host:port"))?;
     match uri.scheme_str() {
-        Some("http") if uri.authority().is_some() => Ok(uri),
-        Some("https") => {
-            Err("TLS to the replayer is not supported yet; use http://host:port".into())
-        }
-        _ => Err("expected http://host:port".into()),
+        Some("http" | "https") if uri.authority().is_some() => Ok(uri),
+        _ => Err("expected http://host:port (or https://host:port with --tls-ca)".into()),
     }
+}
+
+/// Why the link cannot be set up from the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkSetupError {
+    #[error(transparent)]
+    Token(#[from] tapwire_shared::token::TokenError),
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--replayer {0} is https:// but no --tls-ca was given to check its certificate")]
+    TlsWithoutCa(Uri),
+    #[error("--replayer {0} is http:// but TLS is configured (--tls-ca): use https://")]
+    PlaintextWithTls(Uri),
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, LinkSetupError> {
+    std::fs::read(path).map_err(|source| LinkSetupError::TlsFile {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 impl ListenerConfig {
@@ -176,23 +259,35 @@ impl ListenerConfig {
         }
     }
 
-    /// The link's settings; reads the token file, if any.
-    pub fn link(&self) -> Result<LinkConfig, tapwire_shared::token::TokenError> {
+    /// The links' settings: reads the token and TLS files, resolves replayer names.
+    pub fn link(&self) -> Result<LinkConfig, LinkSetupError> {
         let listener_id = self.listener_id.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
                 .ok()
                 .and_then(|name| name.into_string().ok())
                 .unwrap_or_else(|| "listener".into())
         });
-        let replayer = Endpoint::from(self.replayers[0].clone())
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            // One long-lived stream carries everything: h2's 64 KiB default window would cap it
-            // at one window per round trip.
-            .initial_stream_window_size(LINK_WINDOW_BYTES)
-            .initial_connection_window_size(LINK_WINDOW_BYTES)
-            .keep_alive_timeout(Duration::from_secs(5));
+        let tls = match &self.tls_ca {
+            None => None,
+            Some(ca) => {
+                let mut tls =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca)?));
+                if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                    tls = tls.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+                }
+                Some(tls)
+            }
+        };
+        for uri in &self.replayers {
+            match (uri.scheme_str(), &tls) {
+                (Some("https"), None) => return Err(LinkSetupError::TlsWithoutCa(uri.clone())),
+                (Some("http"), Some(_)) => {
+                    return Err(LinkSetupError::PlaintextWithTls(uri.clone()));
+                }
+                _ => {}
+            }
+        }
+        let replayers = ReplayerSet::new(self.replayers.clone(), tls);
         let authorization = match &self.token_file {
             None => None,
             Some(path) => {
@@ -208,12 +303,20 @@ impl ListenerConfig {
             }
         };
         Ok(LinkConfig {
-            replayer,
-            authorization,
-            listener_id,
-            max_batch_records: self.batch_records as usize,
-            max_batch_bytes: BATCH_BYTES,
-            max_unacked_batches: self.max_unacked_batches as usize,
+            replayers,
+            settings: LinkSettings {
+                authorization,
+                listener_id,
+                instance: rand::random(),
+                max_batch_records: self.batch_records as usize,
+                max_batch_bytes: BATCH_BYTES,
+                max_unacked_batches: self.max_unacked_batches as usize,
+                compress: self.compression == Compression::Gzip,
+            },
         })
+    }
+
+    pub fn redaction(&self) -> tapwire_shared::redact::Redaction {
+        tapwire_shared::redact::Redaction::new(&self.redact_headers, &self.redact_json_fields)
     }
 }

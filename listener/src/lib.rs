@@ -5,16 +5,21 @@
 //! - [`packet`]: link layer, IP and TCP decoding of each frame into a [`packet::Segment`].
 //! - [`reassembly`]: per-connection sequence ordering, retransmissions, flow lifetimes.
 //! - [`http`]: cutting each ordered byte stream into complete requests.
-//! - [`transport`]: the bounded queue and the batched, acknowledged gRPC stream to the replayer.
+//! - [`transport`]: the bounded buffer, and the routing of each connection to a replayer.
+//! - [`link`]: one batched, acknowledged gRPC stream per replayer ([`replayers`] says which);
+//!   [`spool`] keeps batches on disk while no replayer is up.
 //!
 //! [`config`] holds the flags, [`metrics`] the counters that account for every request.
 
 pub mod capture;
 pub mod config;
 pub mod http;
+pub mod link;
 pub mod metrics;
 pub mod packet;
 pub mod reassembly;
+pub mod replayers;
+pub mod spool;
 pub mod transport;
 
 use std::future::Future;
@@ -27,6 +32,9 @@ use prometheus_client::registry::Registry;
 pub use config::ListenerConfig;
 use metrics::{DropReason, ListenerMetrics};
 
+/// How long the links may take to hand back what they hold once told to stop.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the listener until `shutdown` resolves (or capture fails), then drains what it can
 /// within the drain timeout and logs the final accounting.
 pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -37,12 +45,15 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
     if let Some(addr) = config.metrics_listen {
         tapwire_telemetry::serve_metrics(addr, Arc::new(registry)).await?;
     }
-    if config.replayers.len() > 1 {
-        tracing::warn!(
-            using = %config.replayers[0],
-            "several --replayer given; this version streams to the first only"
-        );
-    }
+    let spool = match &config.spool_dir {
+        Some(dir) => Some(spool::Spool::open(
+            dir,
+            config.spool_bytes,
+            config.buffer_policy,
+            metrics.clone(),
+        )?),
+        None => None,
+    };
 
     let source = match &config.input_pcap {
         Some(path) => {
@@ -55,11 +66,13 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (queue, records) = transport::record_queue(
-        config.queue_records as usize,
-        config.queue_bytes,
+        config.buffer_records as usize,
+        config.buffer_bytes,
         metrics.clone(),
     );
-    let queue = queue.redacting(&config.redact_headers);
+    let queue = queue
+        .redacting(config.redaction())
+        .with_policy(config.buffer_policy);
     let (capture_done, mut capture_result) = tokio::sync::oneshot::channel();
     let capture_thread = {
         let mut reassembler = reassembly::Reassembler::new(config.reassembly());
@@ -76,10 +89,13 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
             .context("cannot start the capture thread")?
     };
     let accounting = tokio::spawn(report_accounting(metrics.clone()));
-    let link = tokio::spawn(transport::stream_to_replayer(
+    let (stop_links, links_stopping) = tokio::sync::watch::channel(false);
+    let mut link = tokio::spawn(transport::stream_to_replayers(
         link_config,
         records,
+        spool,
         metrics.clone(),
+        links_stopping,
     ));
 
     // A file source ends by itself; a live one runs until shutdown (or fails).
@@ -95,22 +111,38 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
     // The thread has finished (it sent its result); joining cannot block for long.
     let _ = capture_thread.join();
 
-    tracing::info!(timeout = ?config.drain_timeout, "capture stopped; draining queue to replayer");
-    if tokio::time::timeout(config.drain_timeout, link)
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timeout passed; records still queued are dropped");
-    }
+    tracing::info!(timeout = ?config.drain_timeout, "capture stopped; draining to the replayers");
+    let spool = match tokio::time::timeout(config.drain_timeout, &mut link).await {
+        Ok(finished) => finished.ok().flatten(),
+        Err(_) => {
+            tracing::warn!(
+                spooling = config.spool_dir.is_some(),
+                "drain timeout passed; what is still unacknowledged is spooled, or dropped"
+            );
+            let _ = stop_links.send(true);
+            match tokio::time::timeout(STOP_GRACE, &mut link).await {
+                Ok(finished) => finished.ok().flatten(),
+                Err(_) => {
+                    link.abort();
+                    None
+                }
+            }
+        }
+    };
     accounting.abort();
-    // Whatever is neither sent nor already counted was queued or in flight at exit.
+    // Whatever is neither sent, spooled nor already counted was in memory at exit.
+    let (spooled, spooled_responses) = spool
+        .as_ref()
+        .map_or((0, 0), |spool| (spool.requests(), spool.responses()));
     metrics
         .dropped(DropReason::Shutdown)
-        .inc_by(metrics.buffered());
-    metrics.records_buffered.set(0);
-    metrics
-        .response_dropped(DropReason::Shutdown)
-        .inc_by(metrics.responses_buffered());
+        .inc_by(metrics.buffered().saturating_sub(spooled));
+    metrics.records_buffered.set(spooled as i64);
+    metrics.response_dropped(DropReason::Shutdown).inc_by(
+        metrics
+            .responses_buffered()
+            .saturating_sub(spooled_responses),
+    );
     tracing::info!(summary = %metrics.summary(), "listener stopped");
 
     match capture_outcome {
@@ -121,7 +153,8 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
 }
 
 /// Keeps the buffered-records gauge current and logs the accounting every 10 seconds, so that
-/// `captured = sent + buffered + dropped` can be checked at any time, not only at exit.
+/// `captured + restored = sent + buffered + dropped` can be checked at any time, not only at
+/// exit.
 async fn report_accounting(metrics: ListenerMetrics) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     for second in 0u64.. {

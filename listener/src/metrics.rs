@@ -1,6 +1,7 @@
 //! The listener's counters: one struct of handles, registered once, read for `/metrics` and for
 //! the exit summary. The accounting they must satisfy:
-//! `captured = sent + dropped(by reason) + still queued or in flight`.
+//! `captured + restored = sent + buffered + dropped(by reason)`, where buffered is what is
+//! queued, in flight or spooled, and restored what an earlier run left in the spool.
 
 use std::fmt::Write as _;
 
@@ -28,12 +29,21 @@ pub enum DropReason {
     Unpaired,
     /// Sent on three streams in a row that failed without acknowledging anything.
     Unacknowledged,
-    /// Still queued or unacknowledged when the shutdown deadline passed.
+    /// Still queued or unacknowledged when the shutdown deadline passed (and not spooled).
     Shutdown,
+    /// Evicted from a full buffer to make room for newer records (`--buffer-policy drop-oldest`).
+    Evicted,
+    /// The spool was full (`--spool-bytes`).
+    SpoolFull,
+    /// The spool could not be written or read back.
+    SpoolError,
+    /// Redaction was asked for but the message could not be redacted (e.g. a JSON body that
+    /// is not valid JSON, or compressed); it is not sent rather than sent unredacted.
+    Unredactable,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::QueueFull,
         DropReason::MalformedHttp,
         DropReason::TooLarge,
@@ -42,6 +52,10 @@ impl DropReason {
         DropReason::Unpaired,
         DropReason::Unacknowledged,
         DropReason::Shutdown,
+        DropReason::Evicted,
+        DropReason::SpoolFull,
+        DropReason::SpoolError,
+        DropReason::Unredactable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +68,10 @@ impl DropReason {
             DropReason::Unpaired => "unpaired",
             DropReason::Unacknowledged => "unacknowledged",
             DropReason::Shutdown => "shutdown",
+            DropReason::Evicted => "evicted",
+            DropReason::SpoolFull => "spool_full",
+            DropReason::SpoolError => "spool_error",
+            DropReason::Unredactable => "unredactable",
         }
     }
 }
@@ -67,6 +85,11 @@ impl EncodeLabelValue for DropReason {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabel {
     reason: DropReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplayerLabel {
+    replayer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -99,6 +122,17 @@ pub struct ListenerMetrics {
     pub buffered_bytes: Gauge,
     /// Records captured and neither acknowledged nor dropped: queued or in flight.
     pub records_buffered: Gauge,
+    /// Records found in the spool at start, left by an earlier run.
+    pub records_restored: Counter,
+    pub responses_restored: Counter,
+    /// Records on disk in the spool now (part of `records_buffered`).
+    pub records_spooled: Gauge,
+    /// Records handed from a replayer that went down to one that is up.
+    pub records_rerouted: Counter,
+    /// Records sent again because their batch was not acknowledged: the only records a
+    /// replayer can receive twice.
+    pub records_resent: Counter,
+    replayer_up: Family<ReplayerLabel, Gauge>,
     /// Flows that left HTTP/1.x (websocket upgrade, CONNECT tunnel).
     switched: [Counter; 2],
     /// With --track-responses: complete responses paired with a captured request.
@@ -135,6 +169,12 @@ impl ListenerMetrics {
             flows_shed: Counter::default(),
             buffered_bytes: Gauge::default(),
             records_buffered: Gauge::default(),
+            records_restored: Counter::default(),
+            responses_restored: Counter::default(),
+            records_spooled: Gauge::default(),
+            records_rerouted: Counter::default(),
+            records_resent: Counter::default(),
+            replayer_up: Family::default(),
             switched,
             responses_captured: Counter::default(),
             responses_sent: Counter::default(),
@@ -203,8 +243,33 @@ impl ListenerMetrics {
         );
         registry.register(
             "records_buffered",
-            "Records captured and not yet acknowledged or dropped (captured = sent + buffered + dropped)",
+            "Records captured (or restored) and not yet acknowledged or dropped, in memory or spooled (captured + restored = sent + buffered + dropped)",
             metrics.records_buffered.clone(),
+        );
+        registry.register(
+            "records_restored",
+            "Records found in the spool at start, left there by an earlier run",
+            metrics.records_restored.clone(),
+        );
+        registry.register(
+            "records_spooled",
+            "Records on disk in the spool",
+            metrics.records_spooled.clone(),
+        );
+        registry.register(
+            "records_rerouted",
+            "Records and responses handed from a replayer that went down to one that is up",
+            metrics.records_rerouted.clone(),
+        );
+        registry.register(
+            "records_resent",
+            "Requests sent again because their batch was not acknowledged (the only ones a replayer may receive twice)",
+            metrics.records_resent.clone(),
+        );
+        registry.register(
+            "replayer_up",
+            "1 while the link to this replayer is streaming",
+            metrics.replayer_up.clone(),
         );
         registry.register(
             "flows_switched",
@@ -212,6 +277,12 @@ impl ListenerMetrics {
             switched_family,
         );
         metrics
+    }
+
+    pub fn replayer_up(&self, replayer: &str) -> Gauge {
+        self.replayer_up.get_or_create_owned(&ReplayerLabel {
+            replayer: replayer.to_owned(),
+        })
     }
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
@@ -237,17 +308,15 @@ impl ListenerMetrics {
         self.responses_dropped.iter().map(Counter::get).sum()
     }
 
-    /// Records captured and neither acknowledged nor dropped.
+    /// Records captured or restored and neither acknowledged nor dropped.
     pub fn buffered(&self) -> u64 {
-        self.requests_captured
-            .get()
+        (self.requests_captured.get() + self.records_restored.get())
             .saturating_sub(self.records_sent.get() + self.dropped_total())
     }
 
-    /// Responses captured and neither acknowledged nor dropped.
+    /// Responses captured or restored and neither acknowledged nor dropped.
     pub fn responses_buffered(&self) -> u64 {
-        self.responses_captured
-            .get()
+        (self.responses_captured.get() + self.responses_restored.get())
             .saturating_sub(self.responses_sent.get() + self.responses_dropped_total())
     }
 
@@ -260,6 +329,14 @@ impl ListenerMetrics {
             self.buffered(),
             self.dropped_total()
         );
+        let (restored, spooled) = (self.records_restored.get(), self.records_spooled.get());
+        if restored > 0 || spooled > 0 {
+            let _ = write!(line, " restored={restored} spooled={spooled}");
+        }
+        let (rerouted, resent) = (self.records_rerouted.get(), self.records_resent.get());
+        if rerouted > 0 || resent > 0 {
+            let _ = write!(line, " rerouted={rerouted} resent={resent}");
+        }
         for reason in DropReason::ALL {
             let count = self.dropped(reason).get();
             if count > 0 {

@@ -1,25 +1,26 @@
-//! The link to the replayer. The capture thread fills a bounded [`RecordQueue`] without ever
-//! blocking (a full queue drops and counts). [`stream_to_replayer`] drains it into batches on one
-//! long-lived gRPC stream, counts records as sent when the replayer acknowledges them, keeps
-//! unacknowledged batches (within the same byte budget) and sends them again after reconnecting
-//! with jittered exponential backoff when the replayer goes away.
+//! From capture to the replayers. The capture thread fills a bounded [`RecordQueue`] without
+//! ever blocking: when the byte or record budget is full it drops the newest record or evicts
+//! the oldest still queued (the `--buffer-policy`), and counts it. [`stream_to_replayers`]
+//! routes each record by its client connection (a hash of the 4-tuple, so one connection's
+//! requests stay on one replayer) to one [`link`](crate::link) per replayer, and while no
+//! replayer is up, spills to the disk [`spool`](crate::spool) when one is configured.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
-use rand::Rng;
-use tapwire_shared::proto::{self, replay_client::ReplayClient};
 use tapwire_shared::{RequestRecord, ResponseRecord};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 pub use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Endpoint;
 
+use crate::link::{self, LinkHandle, LinkSet, LinkSettings, PendingBatch};
 use crate::metrics::{DropReason, ListenerMetrics};
+use crate::replayers::ReplayerSet;
+use crate::spool::Spool;
 
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Client connections are grouped into this many shards; a replayer owns whole shards.
+pub const SHARDS: u32 = 256;
 
 /// What the capture thread hands to the link.
 #[derive(Debug)]
@@ -37,74 +38,142 @@ impl Captured {
     }
 }
 
+/// The shard of a client connection; a request and its response land in the same one.
+pub fn shard_of(client: SocketAddr, server: SocketAddr) -> u32 {
+    // SipHash with fixed keys: the same connection maps to the same shard in every process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    (client, server).hash(&mut hasher);
+    (hasher.finish() % u64::from(SHARDS)) as u32
+}
+
+/// What to do when the buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BufferPolicy {
+    /// Refuse the new record (counted as `queue_full`).
+    #[default]
+    DropNewest,
+    /// Make room by evicting the oldest records not yet sent (counted as `evicted`).
+    DropOldest,
+}
+
 /// A queued record and its claim on the byte budget, held until the replayer acknowledges it:
 /// bytes waiting in gRPC buffers count as much as bytes waiting in the queue.
 pub struct QueuedRecord {
-    item: Captured,
-    bytes: OwnedSemaphorePermit,
+    pub(crate) item: Captured,
+    pub(crate) shard: u32,
+    pub(crate) bytes: OwnedSemaphorePermit,
 }
 
 impl QueuedRecord {
     pub fn into_item(self) -> Captured {
         self.item
     }
+
+    pub(crate) fn item_len(&self) -> usize {
+        self.item.len()
+    }
+}
+
+struct QueueState {
+    records: VecDeque<QueuedRecord>,
+    senders_gone: bool,
+}
+
+struct SharedQueue {
+    state: Mutex<QueueState>,
+    arrived: Notify,
+    max_records: usize,
+    bytes: Arc<Semaphore>,
+}
+
+impl SharedQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding this lock leaves plain data behind; keep going with it.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The sending half, owned by the capture thread.
 pub struct RecordQueue {
-    sender: mpsc::Sender<QueuedRecord>,
-    bytes: Arc<Semaphore>,
+    shared: Arc<SharedQueue>,
+    policy: BufferPolicy,
     metrics: ListenerMetrics,
-    /// Headers (lowercase) whose values are replaced before anything leaves this host.
-    redact_headers: Vec<String>,
+    redaction: tapwire_shared::redact::Redaction,
 }
 
-/// A queue between capture and the link, bounded both in records and in request bytes.
+/// The receiving half: records in capture order.
+pub struct QueueReceiver {
+    shared: Arc<SharedQueue>,
+}
+
+/// A queue between capture and the links, bounded both in records and in bytes. The byte
+/// budget also covers batches sent and not yet acknowledged.
 pub fn record_queue(
     max_records: usize,
     max_bytes: usize,
     metrics: ListenerMetrics,
-) -> (RecordQueue, mpsc::Receiver<QueuedRecord>) {
-    let (sender, receiver) = mpsc::channel(max_records);
-    let bytes = Arc::new(Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS)));
+) -> (RecordQueue, QueueReceiver) {
+    let shared = Arc::new(SharedQueue {
+        state: Mutex::new(QueueState {
+            records: VecDeque::new(),
+            senders_gone: false,
+        }),
+        arrived: Notify::new(),
+        max_records,
+        bytes: Arc::new(Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS))),
+    });
     (
         RecordQueue {
-            sender,
-            bytes,
+            shared: Arc::clone(&shared),
+            policy: BufferPolicy::DropNewest,
             metrics,
-            redact_headers: Vec::new(),
+            redaction: tapwire_shared::redact::Redaction::default(),
         },
-        receiver,
+        QueueReceiver { shared },
     )
 }
 
 impl RecordQueue {
-    /// Replace the values of these headers with `REDACTED` in every request and response.
-    pub fn redacting(mut self, headers: &[String]) -> Self {
-        self.redact_headers = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+    /// Apply this redaction to every request and response before it is queued.
+    pub fn redacting(mut self, redaction: tapwire_shared::redact::Redaction) -> Self {
+        self.redaction = redaction;
+        self
+    }
+
+    pub fn with_policy(mut self, policy: BufferPolicy) -> Self {
+        self.policy = policy;
         self
     }
 
     pub fn push_request(&self, mut record: RequestRecord) {
         let Some(redacted) = self.redact(&record.request) else {
-            self.metrics.dropped(DropReason::MalformedHttp).inc();
+            self.metrics.dropped(DropReason::Unredactable).inc();
             return;
         };
         record.request = redacted;
-        if !self.push(Captured::Request(record)) {
+        let shard = shard_of(record.client, record.server);
+        if !self.push(Captured::Request(record), shard) {
             self.metrics.dropped(DropReason::QueueFull).inc();
         }
     }
 
-    pub fn push_response(&self, mut record: ResponseRecord) {
+    /// `client` and `server` are the connection's, so the response follows its request.
+    pub fn push_response(
+        &self,
+        mut record: ResponseRecord,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) {
         let Some(redacted) = self.redact(&record.response) else {
             self.metrics
-                .response_dropped(DropReason::MalformedHttp)
+                .response_dropped(DropReason::Unredactable)
                 .inc();
             return;
         };
         record.response = redacted;
-        if !self.push(Captured::Response(record)) {
+        if !self.push(Captured::Response(record), shard_of(client, server)) {
             self.metrics.response_dropped(DropReason::QueueFull).inc();
         }
     }
@@ -112,250 +181,267 @@ impl RecordQueue {
     /// The message with secrets redacted; `None` if it cannot be parsed (it is then not sent at
     /// all rather than sent unredacted).
     fn redact(&self, message: &bytes::Bytes) -> Option<bytes::Bytes> {
-        if self.redact_headers.is_empty() {
-            return Some(message.clone());
-        }
-        tapwire_shared::http1::redact_headers(message, &self.redact_headers).ok()
+        self.redaction.apply(message).ok()
     }
 
-    /// Never blocks: capture must keep pace with production, so a full queue refuses.
-    fn push(&self, item: Captured) -> bool {
+    /// Never blocks: capture must keep pace with production, so a full queue refuses (or
+    /// evicts, by policy).
+    fn push(&self, item: Captured, shard: u32) -> bool {
         let size = u32::try_from(item.len()).unwrap_or(u32::MAX);
-        let Ok(bytes) = Arc::clone(&self.bytes).try_acquire_many_owned(size) else {
-            return false;
-        };
-        self.sender.try_send(QueuedRecord { item, bytes }).is_ok()
+        let mut state = self.shared.lock();
+        loop {
+            let fits = state.records.len() < self.shared.max_records;
+            if fits && let Ok(bytes) = Arc::clone(&self.shared.bytes).try_acquire_many_owned(size) {
+                state.records.push_back(QueuedRecord { item, shard, bytes });
+                drop(state);
+                self.shared.arrived.notify_one();
+                return true;
+            }
+            if self.policy == BufferPolicy::DropNewest {
+                return false;
+            }
+            // Evicting frees the oldest record's bytes; what is in flight cannot be evicted.
+            let Some(oldest) = state.records.pop_front() else {
+                return false;
+            };
+            match oldest.item {
+                Captured::Request(_) => self.metrics.dropped(DropReason::Evicted).inc(),
+                Captured::Response(_) => self.metrics.response_dropped(DropReason::Evicted).inc(),
+            };
+        }
+    }
+}
+
+impl Drop for RecordQueue {
+    fn drop(&mut self) {
+        self.shared.lock().senders_gone = true;
+        self.shared.arrived.notify_one();
     }
 }
 
-/// How the link batches and paces records.
-#[derive(Debug, Clone)]
-pub struct LinkConfig {
-    pub replayer: Endpoint,
-    /// `Bearer <token>` presented to the replayer, marked sensitive so it never shows in logs.
-    pub authorization: Option<MetadataValue<Ascii>>,
-    pub listener_id: String,
-    pub max_batch_records: usize,
-    /// A batch closes once its requests reach this many bytes (a single larger request still
-    /// travels alone).
-    pub max_batch_bytes: usize,
-    /// Batches sent but not yet acknowledged; past this the link stops draining the queue.
-    pub max_unacked_batches: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum LinkError {
-    #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    #[error("stream failed: {0}")]
-    Stream(#[from] tonic::Status),
-    #[error("replayer closed the stream")]
-    Closed,
-}
-
-/// A stream that fails this many times in a row while a batch is the oldest unacknowledged one,
-/// without acknowledging anything, makes the link give that batch up: a batch the replayer
-/// cannot take must not wedge the link.
-const MAX_FAILED_STREAMS: u32 = 3;
-
-/// A batch sent and not yet acknowledged, kept to be sent again after a reconnect.
-struct UnackedBatch {
-    /// Its sequence on the current stream.
-    sequence: u64,
-    batch: proto::RecordBatch,
-    /// Established streams that failed while this batch was the oldest unacknowledged one.
-    failed_streams: u32,
-    /// The batch's share of the byte budget, released on acknowledgement.
-    _bytes: OwnedSemaphorePermit,
-}
-
-/// Batches sent and not yet acknowledged; they outlive the stream they were sent on.
-#[derive(Default)]
-struct Unacked {
-    /// Oldest first.
-    batches: VecDeque<UnackedBatch>,
-    /// The current stream acknowledged something.
-    acknowledged_any: bool,
-}
-
-/// Streams every queued record to the replayer until the queue is closed and fully acknowledged.
-/// Unacknowledged batches are sent again after a reconnect (at-least-once); the replayer drops
-/// the copies it already has, by record id within this listener instance.
-pub async fn stream_to_replayer(
-    config: LinkConfig,
-    mut records: mpsc::Receiver<QueuedRecord>,
-    metrics: ListenerMetrics,
-) {
-    // Record ids restart with the process; the instance tells the replayer they are new.
-    let instance: u64 = rand::random();
-    let mut unacked = Unacked::default();
-    let mut backoff = BACKOFF_FIRST;
-    loop {
-        unacked.acknowledged_any = false;
-        let result = run_stream(&config, instance, &mut records, &metrics, &mut unacked).await;
-        let Err(error) = result else {
-            return;
-        };
-        if !matches!(error, LinkError::Connect(_)) && !unacked.acknowledged_any {
-            give_up_on_a_stuck_batch(&mut unacked, &metrics);
-        }
-        if records.is_closed() && records.is_empty() && unacked.batches.is_empty() {
-            return;
-        }
-        if unacked.acknowledged_any {
-            backoff = BACKOFF_FIRST;
-        }
-        let delay = jittered(backoff);
-        let waiting = unacked.batches.len();
-        tracing::warn!(replayer = %config.replayer.uri(), %error, retry_in = ?delay, unacknowledged_batches = waiting, "replayer link down");
-        tokio::time::sleep(delay).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-fn give_up_on_a_stuck_batch(unacked: &mut Unacked, metrics: &ListenerMetrics) {
-    let Some(oldest) = unacked.batches.front_mut() else {
-        return;
-    };
-    oldest.failed_streams += 1;
-    if oldest.failed_streams < MAX_FAILED_STREAMS {
-        return;
-    }
-    let Some(stuck) = unacked.batches.pop_front() else {
-        return;
-    };
-    tracing::warn!(
-        records = stuck.batch.records.len(),
-        "giving up on a batch no replayer would acknowledge"
-    );
-    metrics
-        .dropped(DropReason::Unacknowledged)
-        .inc_by(stuck.batch.records.len() as u64);
-    metrics
-        .response_dropped(DropReason::Unacknowledged)
-        .inc_by(stuck.batch.responses.len() as u64);
-}
-
-async fn run_stream(
-    config: &LinkConfig,
-    instance: u64,
-    records: &mut mpsc::Receiver<QueuedRecord>,
-    metrics: &ListenerMetrics,
-    unacked: &mut Unacked,
-) -> Result<(), LinkError> {
-    let channel = config.replayer.connect().await?;
-    let (batches, outgoing) = mpsc::channel(config.max_unacked_batches);
-    let authorization = config.authorization.clone();
-    let add_token = move |mut request: tonic::Request<()>| {
-        if let Some(value) = &authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    };
-    let mut acks = ReplayClient::with_interceptor(channel, add_token)
-        .stream(ReceiverStream::new(outgoing))
-        .await?
-        .into_inner();
-    tracing::info!(replayer = %config.replayer.uri(), resending = unacked.batches.len(), "connected to replayer");
-    let mut next_sequence: u64 = 0;
-    // What the last stream left unacknowledged goes first, renumbered for this stream.
-    for waiting in &mut unacked.batches {
-        next_sequence += 1;
-        waiting.sequence = next_sequence;
-        waiting.batch.sequence = next_sequence;
-        if batches.send(waiting.batch.clone()).await.is_err() {
-            return Err(LinkError::Closed);
-        }
-    }
-    let mut batches = Some(batches);
-    loop {
-        if batches.is_none() && unacked.batches.is_empty() {
-            return Ok(());
-        }
-        let window_open = unacked.batches.len() < config.max_unacked_batches;
-        tokio::select! {
-            received = next_batch(records, config.max_batch_records, config.max_batch_bytes),
-                if window_open && batches.is_some() =>
+impl QueueReceiver {
+    /// The oldest record; `None` once the capture side is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<QueuedRecord> {
+        loop {
+            let arrived = self.shared.arrived.notified();
             {
-                let (Some(sender), Some(records)) = (batches.as_ref(), received) else {
-                    // Queue closed: close our side so the replayer finishes its acks.
-                    batches = None;
-                    continue;
-                };
-                next_sequence += 1;
-                let mut records = records.into_iter();
-                let Some(first) = records.next() else {
-                    continue;
-                };
-                let mut permit = first.bytes;
-                let mut batch = proto::RecordBatch {
-                    sequence: next_sequence,
-                    listener_id: config.listener_id.clone(),
-                    listener_instance: instance,
-                    ..Default::default()
-                };
-                for (item, bytes) in std::iter::once((first.item, None))
-                    .chain(records.map(|queued| (queued.item, Some(queued.bytes))))
-                {
-                    if let Some(bytes) = bytes {
-                        permit.merge(bytes);
-                    }
-                    match item {
-                        Captured::Request(record) => batch.records.push(record.into()),
-                        Captured::Response(record) => batch.responses.push(record.into()),
-                    }
+                let mut state = self.shared.lock();
+                if let Some(record) = state.records.pop_front() {
+                    return Some(record);
                 }
-                // Request bytes are shared, not copied: the kept batch costs pointers.
-                unacked.batches.push_back(UnackedBatch {
-                    sequence: next_sequence,
-                    batch: batch.clone(),
-                    failed_streams: 0,
-                    _bytes: permit,
-                });
-                if sender.send(batch).await.is_err() {
-                    return Err(LinkError::Closed);
+                if state.senders_gone {
+                    return None;
                 }
             }
-            ack = acks.message() => match ack? {
-                Some(ack) => {
-                    while let Some(acknowledged) = unacked.batches.front() {
-                        if acknowledged.sequence > ack.sequence {
-                            break;
+            arrived.await;
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Option<QueuedRecord> {
+        self.shared.lock().records.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shared.lock().records.is_empty()
+    }
+
+    /// The byte budget, for batches restored from the spool.
+    fn bytes(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.shared.bytes)
+    }
+}
+
+/// How the links batch, pace and protect records.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub replayers: ReplayerSet,
+    pub settings: LinkSettings,
+}
+
+/// How often the router looks again at which replayers are up, flushes a partly filled spill
+/// batch and resumes reading the spool, when no record arrives to make it look.
+const ROUTER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Routes every queued record to the replayer owning its shard until the queue is closed and
+/// every link is done (fully acknowledged, or told to stop). While no replayer is up and a
+/// spool is configured, records go to disk and come back once one is up; after a stop, what
+/// the links still hold goes there too. Returns the spool for the final accounting.
+pub async fn stream_to_replayers(
+    config: LinkConfig,
+    mut records: QueueReceiver,
+    mut spool: Option<Spool>,
+    metrics: ListenerMetrics,
+    stop: watch::Receiver<bool>,
+) -> Option<Spool> {
+    let settings = Arc::new(config.settings);
+    let endpoints = match config.replayers.endpoints(&[]) {
+        Ok(endpoints) => endpoints,
+        Err(error) => {
+            tracing::error!(%error, "cannot set up the replayer endpoints");
+            return spool;
+        }
+    };
+    let links = LinkSet::start(
+        endpoints,
+        Arc::clone(&settings),
+        metrics.clone(),
+        stop.clone(),
+    );
+    let resolver = config.replayers.has_names().then(|| {
+        tokio::spawn(follow_replayer_names(
+            config.replayers.clone(),
+            Arc::clone(&links),
+        ))
+    });
+    let budget = records.bytes();
+    let mut spill: Option<PendingBatch> = None;
+    let mut tick = tokio::time::interval(ROUTER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = *stop.borrow();
+        let handles = links.current();
+        let any_up = handles.iter().any(|handle| handle.is_up());
+        let spooling = spool.is_some() && (stopping || !any_up);
+        let restore_len = spool
+            .as_ref()
+            .filter(|_| !spooling)
+            .and_then(Spool::next_len);
+        tokio::select! {
+            biased;
+            queued = records.recv() => {
+                let Some(queued) = queued else { break };
+                match spool.as_mut() {
+                    Some(spool) if spooling => {
+                        let batch = spill.get_or_insert_with(|| PendingBatch::new(&settings));
+                        if batch.add(queued, &settings) && let Some(full) = spill.take() {
+                            spool.write(full.into_batch());
                         }
-                        metrics.records_sent.inc_by(acknowledged.batch.records.len() as u64);
-                        metrics.responses_sent.inc_by(acknowledged.batch.responses.len() as u64);
-                        unacked.batches.pop_front();
-                        unacked.acknowledged_any = true;
                     }
+                    // Stopping without a spool: what is left is counted as dropped{shutdown}.
+                    _ if stopping => drop(queued),
+                    _ => route(&handles, link::Routed::Record(queued)).await,
                 }
-                None => return Err(LinkError::Closed),
-            },
+            }
+            permit = Arc::clone(&budget).acquire_many_owned(
+                u32::try_from(restore_len.unwrap_or(0)).unwrap_or(u32::MAX)), if restore_len.is_some() =>
+            {
+                let restored = spool.as_mut().and_then(Spool::pop_oldest);
+                if let (Ok(permit), Some(batch)) = (permit, restored) {
+                    let batch = PendingBatch::restored(batch, Some(permit));
+                    route(&handles, link::Routed::Batch(batch)).await;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        // A partly filled spill batch leaves as soon as nothing more is waiting for it.
+        if let Some(batch) = spill.take() {
+            let nothing_waiting = records.is_empty();
+            match spool.as_mut() {
+                Some(spool) if spooling && nothing_waiting => spool.write(batch.into_batch()),
+                Some(_) if spooling => spill = Some(batch),
+                _ => route(&handles, link::Routed::Batch(batch)).await,
+            }
+        }
+    }
+    if let (Some(spool), Some(batch)) = (spool.as_mut(), spill.take()) {
+        spool.write(batch.into_batch());
+    }
+    if let Some(resolver) = resolver {
+        resolver.abort();
+    }
+    // Closing every link's input lets each finish its acknowledgements and report the rest.
+    let left = links.finish().await;
+    if let Some(spool) = spool.as_mut() {
+        for batch in left {
+            spool.write(batch);
+        }
+    }
+    spool
+}
+
+/// Hands a record or batch to the live replayer owning its shard; with none up, to the shard's
+/// usual owner, which keeps it until its replayer returns.
+async fn route(handles: &[Arc<LinkHandle>], routed: link::Routed) {
+    let shard = routed.shard();
+    if let Some(link) = link::owner(handles, shard, None).or_else(|| link::home(handles, shard)) {
+        link.send(routed).await;
+    }
+}
+
+/// How often replayer names are resolved again.
+const RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Resolves the replayer names again and again, and starts or retires links as addresses
+/// appear or disappear (a headless Service's pods being rescheduled).
+async fn follow_replayer_names(replayers: ReplayerSet, links: Arc<LinkSet>) {
+    loop {
+        tokio::time::sleep(RESOLVE_INTERVAL).await;
+        let previous = links.endpoints();
+        let set = replayers.clone();
+        // The system resolver blocks.
+        let resolved = tokio::task::spawn_blocking(move || set.endpoints(&previous)).await;
+        if let Ok(Ok(endpoints)) = resolved {
+            links.update(endpoints);
         }
     }
 }
 
-/// Waits for one record, then takes whatever else is queued up to the batch limits.
-/// `None` once the queue is closed and empty.
-async fn next_batch(
-    records: &mut mpsc::Receiver<QueuedRecord>,
-    max_records: usize,
-    max_bytes: usize,
-) -> Option<Vec<QueuedRecord>> {
-    let first = records.recv().await?;
-    let mut bytes = first.item.len();
-    let mut batch = vec![first];
-    while batch.len() < max_records && bytes < max_bytes {
-        let Ok(queued) = records.try_recv() else {
-            break;
-        };
-        bytes += queued.item.len();
-        batch.push(queued);
-    }
-    Some(batch)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
 
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(rand::rng().random_range(0.5..1.5))
+    fn request(id: u64) -> RequestRecord {
+        RequestRecord {
+            id,
+            captured_at_ns: id,
+            client: "10.0.0.1:4000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+            request: bytes::Bytes::from(format!("GET /{id:04} HTTP/1.1\r\n\r\n")),
+        }
+    }
+
+    fn ids(receiver: &mut QueueReceiver) -> Vec<u64> {
+        std::iter::from_fn(|| receiver.try_recv())
+            .map(|queued| match queued.into_item() {
+                Captured::Request(record) => record.id,
+                Captured::Response(_) => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_newest_or_evicts_the_oldest_by_policy() {
+        let size = request(0).request.len();
+        for (policy, kept, reason) in [
+            (BufferPolicy::DropNewest, 0..5, DropReason::QueueFull),
+            (BufferPolicy::DropOldest, 5..10, DropReason::Evicted),
+        ] {
+            let metrics = ListenerMetrics::register(&mut Registry::default());
+            let (queue, mut receiver) = record_queue(100, size * 5, metrics.clone());
+            let queue = queue.with_policy(policy);
+            for id in 0..10 {
+                queue.push_request(request(id));
+            }
+            assert_eq!(ids(&mut receiver), kept.collect::<Vec<_>>(), "{policy:?}");
+            assert_eq!(metrics.dropped(reason).get(), 5, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_and_its_response_share_a_shard() {
+        let (client, server) = (
+            "10.0.0.1:4000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        assert_eq!(shard_of(client, server), shard_of(client, server));
+        let spread: std::collections::HashSet<u32> = (0..1000)
+            .map(|port| shard_of(SocketAddr::from(([10, 0, 0, 1], 30_000 + port)), server))
+            .collect();
+        assert!(
+            spread.len() > SHARDS as usize / 2,
+            "{} shards used",
+            spread.len()
+        );
+    }
 }

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
+use tapwire_listener::link::LinkSettings;
 use tapwire_listener::metrics::ListenerMetrics;
-use tapwire_listener::transport::{LinkConfig, record_queue, stream_to_replayer};
+use tapwire_listener::replayers::ReplayerSet;
+use tapwire_listener::transport::{LinkConfig, record_queue, stream_to_replayers};
 use tapwire_shared::RequestRecord;
 use tapwire_shared::proto::replay_server::{Replay, ReplayServer};
 use tapwire_shared::proto::{BatchAck, RecordBatch};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Records the ids of every stream's batches. The first stream acknowledges only its first
@@ -96,15 +97,26 @@ async fn unacknowledged_batches_are_sent_again_after_a_reconnect() {
     let metrics = ListenerMetrics::register(&mut Registry::default());
     let (queue, records) = record_queue(1024, 1 << 20, metrics.clone());
     let config = LinkConfig {
-        replayer: Endpoint::from_shared(format!("http://{addr}")).unwrap(),
-        authorization: None,
-        listener_id: "link-test".into(),
-        // One record per batch, so batches map to ids.
-        max_batch_records: 1,
-        max_batch_bytes: 1 << 20,
-        max_unacked_batches: 8,
+        replayers: ReplayerSet::new(vec![format!("http://{addr}").parse().unwrap()], None),
+        settings: LinkSettings {
+            authorization: None,
+            listener_id: "link-test".into(),
+            instance: 7,
+            // One record per batch, so batches map to ids.
+            max_batch_records: 1,
+            max_batch_bytes: 1 << 20,
+            max_unacked_batches: 8,
+            compress: false,
+        },
     };
-    let link = tokio::spawn(stream_to_replayer(config, records, metrics.clone()));
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let link = tokio::spawn(stream_to_replayers(
+        config,
+        records,
+        None,
+        metrics.clone(),
+        stopping,
+    ));
     // Each push waits until the replayer has seen the record, so batches stay one record each.
     for id in 1..=5 {
         let seen = replayer.progress.notified();

@@ -60,7 +60,7 @@ fn capture_with(link: FixtureLink, segments: &[Segment], track_responses: bool) 
         .run(reassembler, queue, metrics.clone(), stop)
         .unwrap();
     let (mut records, mut responses) = (Vec::new(), Vec::new());
-    while let Ok(queued) = queued.try_recv() {
+    while let Some(queued) = queued.try_recv() {
         match queued.into_item() {
             transport::Captured::Request(record) => records.push(record),
             transport::Captured::Response(response) => responses.push(response),

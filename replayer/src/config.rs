@@ -55,6 +55,37 @@ pub struct ReplayerArgs {
     )]
     pub token_file: Option<PathBuf>,
 
+    /// Serve the listener link over TLS with this certificate (PEM, chain first). Plaintext
+    /// connections are then refused.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Listeners",
+        requires = "tls_key",
+        conflicts_with = "config"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Listeners",
+        requires = "tls_cert",
+        conflicts_with = "config"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: accept only listeners presenting a certificate signed by this CA (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Listeners",
+        requires = "tls_cert",
+        conflicts_with = "config"
+    )]
+    pub tls_ca: Option<PathBuf>,
+
     /// On SIGTERM or Ctrl-C, how long targets may take to finish what is queued.
     #[arg(long, value_name = "DURATION", help_heading = "Engine", conflicts_with = "config",
           value_parser = humantime::parse_duration)]
@@ -241,6 +272,9 @@ pub struct ReplayerConfig {
     /// File holding the bearer token listeners must present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// TLS (and with `client_ca`, mutual TLS) on the listener link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,6 +293,18 @@ pub struct ReplayerConfig {
     pub rewrites: RewriteSettings,
     #[serde(rename = "target")]
     pub targets: Vec<TargetSettings>,
+}
+
+/// The replayer's TLS files, all PEM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Certificate chain presented to listeners.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, listeners must present a certificate signed by this CA (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One staging target.
@@ -418,6 +464,14 @@ impl ReplayerArgs {
             grpc_listen: self.grpc_listen.unwrap_or_else(default_grpc_listen),
             metrics_listen: self.metrics_listen,
             token_file: self.token_file.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_ca.clone(),
+                }),
+                _ => None,
+            },
             drain_timeout: self.drain_timeout.unwrap_or_else(default_drain_timeout),
             global_rate: self.global_rate,
             when_limited: self.when_limited.unwrap_or_default(),

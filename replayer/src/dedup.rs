@@ -1,17 +1,89 @@
-//! De-duplication of resent records. A listener sends its unacknowledged batches again after a
-//! reconnect (at-least-once), so some records may arrive twice. Within one listener instance,
-//! record ids increase and batches arrive in order, so the highest id seen per instance is all
-//! there is to remember: anything at or below it is a copy.
+//! De-duplication of resent records. A listener sends unacknowledged batches again after a
+//! reconnect, and hands them to another replayer when its own goes down (at-least-once), so
+//! some records arrive twice, and not always in id order: with several replayers each sees a
+//! subset of a listener's ids. Per listener instance, a bitmap remembers which of the last
+//! [`WINDOW`] ids were seen. A record further behind than that is let through: resends are
+//! never that far behind, but records restored from a listener's disk spool can be, and losing
+//! them would be worse than a rare second copy.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tapwire_shared::proto;
 
-/// Highest record id seen per (listener id, listener instance).
+/// Ids remembered per listener instance (32 KiB of bits).
+pub const WINDOW: u64 = 1 << 18;
+/// Listener instances remembered; past it the least recently seen is forgotten.
+const MAX_INSTANCES: usize = 1024;
+
+/// Which recent ids of one listener instance were seen.
+#[derive(Debug)]
+struct SeenWindow {
+    highest: u64,
+    bits: Box<[u64]>,
+    last_used: u64,
+}
+
+impl SeenWindow {
+    fn new(first: u64) -> Self {
+        let mut window = SeenWindow {
+            highest: first,
+            bits: vec![0; (WINDOW / 64) as usize].into_boxed_slice(),
+            last_used: 0,
+        };
+        window.flip(first, true);
+        window
+    }
+
+    fn flip(&mut self, id: u64, seen: bool) {
+        let slot = id % WINDOW;
+        let (word, bit) = ((slot / 64) as usize, slot % 64);
+        if seen {
+            self.bits[word] |= 1 << bit;
+        } else {
+            self.bits[word] &= !(1 << bit);
+        }
+    }
+
+    fn is_set(&self, id: u64) -> bool {
+        let slot = id % WINDOW;
+        self.bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0
+    }
+
+    /// Marks `id` seen; `true` if it was not seen before (or is too old to tell).
+    fn first_sight(&mut self, id: u64) -> bool {
+        if id > self.highest {
+            if id - self.highest >= WINDOW {
+                self.bits.fill(0);
+            } else {
+                // The slots the window slides onto held ids a whole window older.
+                for newer in self.highest + 1..id {
+                    self.flip(newer, false);
+                }
+            }
+            self.highest = id;
+            self.flip(id, true);
+            return true;
+        }
+        if self.highest - id >= WINDOW {
+            return true;
+        }
+        let new = !self.is_set(id);
+        self.flip(id, true);
+        new
+    }
+}
+
+/// Recently seen record ids per (listener id, listener instance).
 #[derive(Debug, Default)]
 pub struct Deduplicator {
-    highest: Mutex<HashMap<(String, u64), Option<u64>>>,
+    seen: Mutex<Instances>,
+}
+
+#[derive(Debug, Default)]
+struct Instances {
+    windows: HashMap<(String, u64), SeenWindow>,
+    clock: u64,
 }
 
 impl Deduplicator {
@@ -24,22 +96,44 @@ impl Deduplicator {
         instance: u64,
         records: Vec<proto::RequestRecord>,
     ) -> (Vec<proto::RequestRecord>, u64) {
-        let mut highest_by_instance = self.highest.lock().expect("dedup lock");
-        // None until the instance's first record: any id, 0 included, is new then.
-        let highest = highest_by_instance
-            .entry((listener_id.to_owned(), instance))
-            .or_insert(None);
+        let mut guard = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let instances = &mut *guard;
+        instances.clock += 1;
+        let now = instances.clock;
+        let key = (listener_id.to_owned(), instance);
+        if !instances.windows.contains_key(&key) && instances.windows.len() >= MAX_INSTANCES {
+            let oldest = instances
+                .windows
+                .iter()
+                .min_by_key(|(_, window)| window.last_used)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                instances.windows.remove(&oldest);
+            }
+        }
         let before = records.len();
+        let mut window: Option<&mut SeenWindow> = instances.windows.get_mut(&key);
+        let mut created = None;
         let fresh: Vec<_> = records
             .into_iter()
-            .filter(|record| {
-                let new = highest.is_none_or(|seen| record.id > seen);
-                if new {
-                    *highest = Some(record.id);
+            .filter(|record| match window.as_deref_mut().or(created.as_mut()) {
+                Some(window) => window.first_sight(record.id),
+                None => {
+                    created = Some(SeenWindow::new(record.id));
+                    true
                 }
-                new
             })
             .collect();
+        if let Some(window) = window {
+            window.last_used = now;
+        }
+        if let Some(mut window) = created {
+            window.last_used = now;
+            instances.windows.insert(key, window);
+        }
         let copies = (before - fresh.len()) as u64;
         (fresh, copies)
     }
@@ -79,6 +173,39 @@ mod tests {
         assert_eq!((ids(&fresh), copies), (vec![0, 1, 2], 0));
         let (_, copies) = dedup.fresh("host-a", 3, records(0..=0));
         assert_eq!(copies, 1);
+    }
+
+    #[test]
+    fn records_out_of_id_order_pass_once_each() {
+        // Two replayers each saw half; one goes down and its half arrives here late.
+        let dedup = Deduplicator::default();
+        let evens: Vec<_> = (0..100u64).step_by(2).collect();
+        let odds: Vec<_> = (1..100u64).step_by(2).collect();
+        let pick = |ids: &[u64]| {
+            ids.iter()
+                .map(|&id| proto::RequestRecord {
+                    id,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>()
+        };
+        let (fresh, _) = dedup.fresh("host-a", 1, pick(&evens));
+        assert_eq!(fresh.len(), 50);
+        let (fresh, copies) = dedup.fresh("host-a", 1, pick(&odds));
+        assert_eq!((fresh.len(), copies), (50, 0));
+        let (fresh, copies) = dedup.fresh("host-a", 1, pick(&odds[..10]));
+        assert_eq!((fresh.len(), copies), (0, 10));
+    }
+
+    #[test]
+    fn ids_older_than_the_window_pass_rather_than_being_lost() {
+        let dedup = Deduplicator::default();
+        dedup.fresh("host-a", 1, records(WINDOW * 3..=WINDOW * 3 + 5));
+        let (fresh, copies) = dedup.fresh("host-a", 1, records(10..=12));
+        assert_eq!((ids(&fresh), copies), (vec![10, 11, 12], 0));
+        // Within the window the slots slid onto are clean, not leftovers of older ids.
+        let (fresh, _) = dedup.fresh("host-a", 1, records(WINDOW * 3 + 6..=WINDOW * 3 + 8));
+        assert_eq!(fresh.len(), 3);
     }
 
     #[test]

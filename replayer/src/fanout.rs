@@ -10,6 +10,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, header};
 use tapwire_shared::http1::{BodyFraming, ParsedRequest};
 use tapwire_shared::{RequestRecord, proto};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use governor::DefaultDirectRateLimiter;
@@ -40,6 +41,31 @@ pub struct ReplayRequest {
     pub captured_at_ns: u64,
     /// Host set by a global rewrite; a target's own rewrite wins over it.
     pub host_override: Option<HeaderValue>,
+    /// Held until every target is done with the request: the batch it came in is
+    /// acknowledged once all its requests have let go.
+    pub batch: Option<Arc<BatchDone>>,
+}
+
+/// Fires when every request of a batch is finished with by every target (answered, failed or
+/// dropped, and counted either way): only then may the replayer acknowledge the batch, so a
+/// replayer that dies with requests still queued has not acknowledged them and the listener
+/// sends them again.
+#[derive(Debug)]
+pub struct BatchDone(Option<oneshot::Sender<()>>);
+
+impl BatchDone {
+    pub fn new() -> (Arc<BatchDone>, oneshot::Receiver<()>) {
+        let (done, finished) = oneshot::channel();
+        (Arc::new(BatchDone(Some(done))), finished)
+    }
+}
+
+impl Drop for BatchDone {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// Headers that belong to one connection (RFC 9110 section 7.6.1), not to the request.
@@ -98,6 +124,7 @@ impl ReplayRequest {
             identity_hash: xxh3_64(identity.as_bytes()),
             captured_at_ns: record.captured_at_ns,
             host_override: None,
+            batch: None,
         })
     }
 }
@@ -156,8 +183,8 @@ impl FanOut {
         self.metrics.production_responses_received.inc_by(count);
     }
 
-    /// Offers one received record to every target.
-    pub fn dispatch(&self, wire: proto::RequestRecord, listener_id: &str) {
+    /// Offers one received record to every target; `batch` is held until they are done with it.
+    pub fn dispatch(&self, wire: proto::RequestRecord, listener_id: &str, batch: &Arc<BatchDone>) {
         self.metrics.records_received.inc();
         let request = RequestRecord::try_from(wire)
             .map_err(|error| {
@@ -187,6 +214,7 @@ impl FanOut {
                 .apply(&mut request.path_and_query, &mut request.headers);
             request.host_override = self.rewrites.host().cloned();
         }
+        request.batch = Some(Arc::clone(batch));
         let request = Arc::new(request);
         for target in &self.targets {
             target.offer(&request);

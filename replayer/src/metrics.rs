@@ -149,6 +149,8 @@ pub struct ReplayerMetrics {
     pub records_duplicate: Counter,
     /// Listener streams refused for a missing or wrong token.
     pub streams_unauthenticated: Counter,
+    /// Listener connections refused by TLS: plaintext, no certificate, or an untrusted one.
+    pub tls_handshakes_failed: Counter,
     /// Production responses from listeners that track them (kept for comparison).
     pub production_responses_received: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
@@ -187,6 +189,7 @@ impl ReplayerMetrics {
             records_received: Counter::default(),
             records_duplicate: Counter::default(),
             streams_unauthenticated: Counter::default(),
+            tls_handshakes_failed: Counter::default(),
             production_responses_received: Counter::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected_family.get_or_create_owned(&RejectLabel { reason })),
@@ -214,6 +217,11 @@ impl ReplayerMetrics {
             "streams_unauthenticated",
             "Listener streams refused for a missing or wrong token",
             metrics.streams_unauthenticated.clone(),
+        );
+        registry.register(
+            "tls_handshakes_failed",
+            "Listener connections refused by TLS: plaintext, no certificate or an untrusted one",
+            metrics.tls_handshakes_failed.clone(),
         );
         registry.register(
             "records_duplicate",

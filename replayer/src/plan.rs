@@ -18,6 +18,8 @@ use crate::rewrite::Rewrites;
 pub struct EnginePlan {
     /// The bearer token listeners must present, if any.
     pub token: Option<String>,
+    /// TLS for the listener link, if configured.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     pub global: GlobalPlan,
     pub targets: Vec<TargetPlan>,
     pub timing: Timing,
@@ -136,8 +138,16 @@ impl ReplayerConfig {
             .as_deref()
             .map(|path| read_token(path).map_err(|error| ConfigError::new("token_file", error)))
             .transpose()?;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|settings| {
+                crate::tls::server_config(settings).map_err(|error| ConfigError::new("tls", error))
+            })
+            .transpose()?;
         Ok(EnginePlan {
             token,
+            tls,
             global,
             targets,
             timing: self.timing,

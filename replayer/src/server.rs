@@ -1,25 +1,36 @@
 //! The gRPC side: accepts record streams from any number of listeners, paces each stream
 //! (original timing, queued global rate), hands its records to the fan-out, and acknowledges
 //! each batch. Pacing a stream holds that listener back (its acknowledgements wait), never the
-//! others. On shutdown every open stream is ended with `UNAVAILABLE`, so listeners know to
-//! reconnect elsewhere rather than wait.
+//! others. A stream that sends what cannot be decoded is ended with the decoder's status
+//! (`INTERNAL`, `OUT_OF_RANGE`...). On shutdown every open stream is ended with `UNAVAILABLE`,
+//! so listeners know to reconnect elsewhere rather than wait, even a listener that has stopped
+//! reading its acknowledgements.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use subtle::ConstantTimeEq;
 use tapwire_shared::proto::{BatchAck, RecordBatch, replay_server::Replay};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Duration, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Timing;
 use crate::dedup::Deduplicator;
-use crate::fanout::FanOut;
+use crate::fanout::{BatchDone, FanOut};
 
 /// Acks queued per stream before the stream stops reading batches.
 const ACK_QUEUE: usize = 64;
+/// Batches of one stream dispatched and waiting for their targets before the stream stops
+/// reading more (a listener keeps fewer unacknowledged than this anyway).
+const MAX_BATCHES_IN_FLIGHT: usize = 256;
+/// On shutdown, how long a stream waits for targets to finish its dispatched batches so it
+/// can acknowledge them (within the server's grace for closing connections).
+const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(3);
+/// How long a stream ended by shutdown waits for room in its ack queue to say why.
+const END_STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// Refuses streams without the configured bearer token. The comparison takes the same time
 /// whatever the token presented, so it leaks nothing about the real one.
@@ -69,7 +80,10 @@ pub struct Pacing {
 }
 
 pub struct ReplayService {
-    fanout: Arc<FanOut>,
+    /// Only streams hold the fan-out: once they have ended, dropping `run`'s handle closes the
+    /// target queues, even while a connection that cannot flush (its listener reads nothing)
+    /// still holds this service.
+    fanout: Weak<FanOut>,
     /// Shared by all streams: a listener's resend arrives on its next stream.
     dedup: Arc<Deduplicator>,
     pacing: Pacing,
@@ -79,7 +93,7 @@ pub struct ReplayService {
 impl ReplayService {
     pub fn new(fanout: Arc<FanOut>, pacing: Pacing, shutdown: watch::Receiver<bool>) -> Self {
         ReplayService {
-            fanout,
+            fanout: Arc::downgrade(&fanout),
             dedup: Arc::default(),
             pacing,
             shutdown,
@@ -110,6 +124,9 @@ impl Replay for ReplayService {
         &self,
         request: Request<Streaming<RecordBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let Some(fanout) = self.fanout.upgrade() else {
+            return Err(Status::unavailable("replayer shutting down"));
+        };
         let peer = request.remote_addr();
         let batches = request.into_inner();
         let (acks, outgoing) = mpsc::channel(ACK_QUEUE);
@@ -117,7 +134,7 @@ impl Replay for ReplayService {
             peer,
             batches,
             acks,
-            Arc::clone(&self.fanout),
+            fanout,
             Arc::clone(&self.dedup),
             self.pacing,
             self.shutdown.clone(),
@@ -140,19 +157,56 @@ async fn serve_stream(
         speed: pacing.speed,
         start: None,
     });
+    // Batches dispatched and not yet acknowledged, oldest first: each is acknowledged, in
+    // order, once every target is done with its requests.
+    let mut in_flight: VecDeque<(BatchAck, oneshot::Receiver<()>)> = VecDeque::new();
     loop {
+        let room = in_flight.len() < MAX_BATCHES_IN_FLIGHT;
+        let front_done = async {
+            match in_flight.front_mut() {
+                Some((_, done)) => {
+                    let _ = done.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let batch = tokio::select! {
-            batch = batches.message() => batch,
+            () = front_done => {
+                let Some((ack, _)) = in_flight.pop_front() else { continue };
+                match queue_reply(&acks, Ok(ack), &mut shutdown).await {
+                    Reply::Queued => continue,
+                    Reply::ListenerGone => break,
+                    Reply::Stopping => {
+                        finish_for_shutdown(&acks, in_flight).await;
+                        break;
+                    }
+                }
+            }
+            batch = batches.message(), if room => batch,
             () = stopping(&mut shutdown) => {
-                let _ = acks.send(Err(Status::unavailable("replayer shutting down"))).await;
+                finish_for_shutdown(&acks, in_flight).await;
                 break;
             }
         };
         let batch = match batch {
             Ok(Some(batch)) => batch,
-            Ok(None) => break,
+            Ok(None) => {
+                // The listener is done sending; it still waits for these acks.
+                for (ack, done) in in_flight.drain(..) {
+                    let _ = done.await;
+                    if !matches!(
+                        queue_reply(&acks, Ok(ack), &mut shutdown).await,
+                        Reply::Queued
+                    ) {
+                        break;
+                    }
+                }
+                break;
+            }
             Err(status) => {
                 tracing::warn!(?peer, listener = %listener_id, %status, "listener stream failed");
+                // Ending with OK would tell the listener its stream closed cleanly.
+                let _ = queue_reply(&acks, Err(status), &mut shutdown).await;
                 break;
             }
         };
@@ -160,7 +214,11 @@ async fn serve_stream(
             listener_id = batch.listener_id.clone();
             tracing::info!(?peer, listener = %listener_id, "listener connected");
         }
-        let accepted = batch.records.len() as u32;
+        let ack = BatchAck {
+            sequence: batch.sequence,
+            accepted: batch.records.len() as u32,
+        };
+        let (batch_done, finished) = BatchDone::new();
         let (records, copies) = dedup.fresh(&listener_id, batch.listener_instance, batch.records);
         fanout.duplicates(copies);
         for record in records {
@@ -168,19 +226,65 @@ async fn serve_stream(
                 timing.wait_for(record.captured_at_ns).await;
             }
             fanout.until_global_rate_allows().await;
-            fanout.dispatch(record, &listener_id);
+            fanout.dispatch(record, &listener_id, &batch_done);
         }
         // Comparing staging's answers with these is the replayer's next job; count them now.
         fanout.production_responses(batch.responses.len() as u64);
-        let ack = BatchAck {
-            sequence: batch.sequence,
-            accepted,
-        };
-        if acks.send(Ok(ack)).await.is_err() {
+        // From here only the requests hold it: it fires when the last one is done.
+        drop(batch_done);
+        in_flight.push_back((ack, finished));
+    }
+    tracing::info!(?peer, listener = %listener_id, "listener stream ended");
+}
+
+/// On shutdown: acknowledges the batches whose requests the targets finish within
+/// [`SHUTDOWN_ACK_WAIT`], in order, then ends the stream with `UNAVAILABLE` so the listener
+/// moves the rest to another replayer (or keeps it for this one's return).
+async fn finish_for_shutdown(
+    acks: &mpsc::Sender<Result<BatchAck, Status>>,
+    in_flight: VecDeque<(BatchAck, oneshot::Receiver<()>)>,
+) {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_ACK_WAIT;
+    for (ack, done) in in_flight {
+        if tokio::time::timeout_at(deadline, done).await.is_err() {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, acks.send(Ok(ack)))
+            .await
+            .is_err()
+        {
             break;
         }
     }
-    tracing::info!(?peer, listener = %listener_id, "listener stream ended");
+    end_for_shutdown(acks).await;
+}
+
+enum Reply {
+    Queued,
+    ListenerGone,
+    Stopping,
+}
+
+/// Waits for room in the ack queue, which a listener that reads no acks never makes: shutdown
+/// must not wait on it. With room, the reply is queued even when stopping.
+async fn queue_reply(
+    acks: &mpsc::Sender<Result<BatchAck, Status>>,
+    reply: Result<BatchAck, Status>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Reply {
+    tokio::select! {
+        biased;
+        queued = acks.send(reply) => match queued {
+            Ok(()) => Reply::Queued,
+            Err(_) => Reply::ListenerGone,
+        },
+        () = stopping(shutdown) => Reply::Stopping,
+    }
+}
+
+async fn end_for_shutdown(acks: &mpsc::Sender<Result<BatchAck, Status>>) {
+    let status = Status::unavailable("replayer shutting down");
+    let _ = tokio::time::timeout(END_STATUS_WAIT, acks.send(Err(status))).await;
 }
 
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {

@@ -2,6 +2,8 @@
 //! walked, and what a complete request says. The listener's cutter uses the first three to find
 //! request boundaries in a byte stream; the replayer uses [`ParsedRequest`] to rebuild a request
 //! for a target. Not having enough bytes yet is a normal outcome (`Ok(None)`), not an error.
+//! Redaction ([`redact_headers`], [`crate::redact`]) rewrites captured messages through the same
+//! grammar.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
@@ -125,26 +127,29 @@ pub fn parse_response_head(
         httparse::Status::Complete(len) => len,
     };
     let status = response.code.unwrap_or_default();
-    // RFC 9112 section 6.3: these responses end at their head whatever their headers say.
-    let bodiless = answers_head || (100..200).contains(&status) || status == 204 || status == 304;
-    let framing = if bodiless {
-        BodyFraming::Empty
-    } else {
-        match body_framing(response.headers) {
-            Ok(BodyFraming::Empty) if !has_content_length(response.headers) => {
-                BodyFraming::UntilClose
-            }
-            Ok(framing) => framing,
-            // A transfer coding other than chunked is delimited by the close.
-            Err(HttpError::UnsupportedTransferEncoding) => BodyFraming::UntilClose,
-            Err(error) => return Err(error),
-        }
-    };
     Ok(Some(ResponseHead {
         len,
         status,
-        framing,
+        framing: response_framing(status, answers_head, response.headers)?,
     }))
+}
+
+fn response_framing(
+    status: u16,
+    answers_head: bool,
+    headers: &[httparse::Header<'_>],
+) -> Result<BodyFraming, HttpError> {
+    // RFC 9112 section 6.3: these responses end at their head whatever their headers say.
+    let bodiless = answers_head || (100..200).contains(&status) || status == 204 || status == 304;
+    if bodiless {
+        return Ok(BodyFraming::Empty);
+    }
+    match body_framing(headers) {
+        Ok(BodyFraming::Empty) if !has_content_length(headers) => Ok(BodyFraming::UntilClose),
+        // A transfer coding other than chunked is delimited by the close.
+        Err(HttpError::UnsupportedTransferEncoding) => Ok(BodyFraming::UntilClose),
+        other => other,
+    }
 }
 
 fn has_content_length(headers: &[httparse::Header<'_>]) -> bool {
@@ -157,49 +162,105 @@ fn has_content_length(headers: &[httparse::Header<'_>]) -> bool {
 pub const REDACTED: &str = "REDACTED";
 
 /// `message` (a complete request or response) with the values of the headers named in
-/// `names` (lowercase) replaced by [`REDACTED`]; the start line, other headers and body are
-/// kept byte for byte. The message is returned as is when no such header is present.
+/// `names` (lowercase) replaced by [`REDACTED`]; everything else is kept byte for byte. The
+/// message is returned as is when no such header is present.
 pub fn redact_headers(message: &Bytes, names: &[String]) -> Result<Bytes, HttpError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    // A request and a response differ only in their start line, which is copied as is.
-    let head_len = if message.starts_with(b"HTTP/") {
-        let mut response = httparse::Response::new(&mut slots);
-        match response.parse(message).map_err(HttpError::MalformedHead)? {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial => return Err(HttpError::Truncated),
-        }
-    } else {
-        let mut request = httparse::Request::new(&mut slots);
-        match request.parse(message).map_err(HttpError::MalformedHead)? {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial => return Err(HttpError::Truncated),
-        }
-    };
-    let headers: Vec<&httparse::Header<'_>> =
-        slots.iter().take_while(|h| !h.name.is_empty()).collect();
+    let head = MessageHead::parse(message, &mut slots)?;
     let redacted = |name: &str| names.iter().any(|n| n.eq_ignore_ascii_case(name));
-    if !headers.iter().any(|h| redacted(h.name)) {
+    if !head.headers.iter().any(|h| redacted(h.name)) {
         return Ok(message.clone());
     }
-    let start_line_len = message
-        .windows(2)
-        .position(|pair| pair == b"\r\n")
-        .map_or(0, |end| end + 2);
-    let mut out = BytesMut::with_capacity(message.len());
-    out.extend_from_slice(&message[..start_line_len]);
-    for header in headers {
-        out.extend_from_slice(header.name.as_bytes());
-        out.extend_from_slice(b": ");
-        if redacted(header.name) {
-            out.extend_from_slice(REDACTED.as_bytes());
+    head.rewrite(
+        message,
+        |name| redacted(name).then_some(REDACTED.as_bytes()),
+        &message[head.len..],
+    )
+}
+
+/// The head of a complete captured message, request or response, taken apart for rewriting
+/// the message: what redaction needs, where the cutters need [`RequestHead`] and
+/// [`ResponseHead`].
+pub(crate) struct MessageHead<'h, 'b> {
+    /// Bytes from the start of the message to the end of the blank line after the headers.
+    pub(crate) len: usize,
+    pub(crate) headers: &'h [httparse::Header<'b>],
+    /// A response's status code; `None` for a request.
+    status: Option<u16>,
+}
+
+impl<'h, 'b> MessageHead<'h, 'b> {
+    /// Parses the head of `message`, a request or a response as its start line says.
+    pub(crate) fn parse(
+        message: &'b [u8],
+        slots: &'h mut [httparse::Header<'b>],
+    ) -> Result<Self, HttpError> {
+        let complete = |status: httparse::Result<usize>| match status {
+            Ok(httparse::Status::Complete(len)) => Ok(len),
+            Ok(httparse::Status::Partial) => Err(HttpError::Truncated),
+            Err(error) => Err(HttpError::MalformedHead(error)),
+        };
+        if message.starts_with(b"HTTP/") {
+            let mut response = httparse::Response::new(slots);
+            let len = complete(response.parse(message))?;
+            Ok(MessageHead {
+                len,
+                status: Some(response.code.unwrap_or_default()),
+                headers: response.headers,
+            })
         } else {
-            out.extend_from_slice(header.value);
+            let mut request = httparse::Request::new(slots);
+            let len = complete(request.parse(message))?;
+            Ok(MessageHead {
+                len,
+                status: None,
+                headers: request.headers,
+            })
         }
-        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&message[head_len..]);
-    Ok(out.freeze())
+
+    /// How the body is delimited. A response is taken to answer a request other than HEAD (a
+    /// captured response to HEAD simply has no bytes after its head).
+    pub(crate) fn framing(&self) -> Result<BodyFraming, HttpError> {
+        match self.status {
+            None => body_framing(self.headers),
+            Some(status) => response_framing(status, false, self.headers),
+        }
+    }
+
+    /// `message` (whose head this is) with each header value for which `new_value` returns
+    /// bytes replaced by them, and `body` in place of everything after the head. The start
+    /// line, header names, whitespace and line endings are kept byte for byte.
+    pub(crate) fn rewrite<'v>(
+        &self,
+        message: &[u8],
+        new_value: impl Fn(&str) -> Option<&'v [u8]>,
+        body: &[u8],
+    ) -> Result<Bytes, HttpError> {
+        let mut out = BytesMut::with_capacity(self.len + body.len());
+        let mut copied = 0;
+        for header in self.headers {
+            let Some(value) = new_value(header.name) else {
+                continue;
+            };
+            // httparse hands out values as slices of the message (empty ones included).
+            let span = span_in(&message[..self.len], header.value)
+                .ok_or(HttpError::MalformedHead(httparse::Error::HeaderValue))?;
+            out.extend_from_slice(&message[copied..span.start]);
+            out.extend_from_slice(value);
+            copied = span.end;
+        }
+        out.extend_from_slice(&message[copied..self.len]);
+        out.extend_from_slice(body);
+        Ok(out.freeze())
+    }
+}
+
+/// Where `part`, a slice taken from `whole`, lies in it.
+fn span_in(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
 }
 
 /// Methods a resynchronising cutter accepts as the start of a request line.
@@ -602,6 +663,17 @@ mod tests {
         );
         let untouched = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(redact_headers(&untouched, &names).unwrap(), untouched);
+    }
+
+    #[test]
+    fn redaction_keeps_the_rest_of_the_head_byte_for_byte() {
+        let raw = Bytes::from_static(
+            b"GET / HTTP/1.1\nX-Empty:\r\nauthorization:Bearer abc  \r\nHost:\ta\n\r\nbody",
+        );
+        assert_eq!(
+            redact_headers(&raw, &["authorization".to_owned(), "x-empty".to_owned()]).unwrap(),
+            "GET / HTTP/1.1\nX-Empty:REDACTED\r\nauthorization:REDACTED  \r\nHost:\ta\n\r\nbody"
+        );
     }
 
     #[test]

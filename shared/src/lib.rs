@@ -6,9 +6,12 @@
 //! - [`token`]: reading the bearer token that authenticates listeners to replayers.
 //! - [`http1`]: the HTTP/1.x grammar: where a request ends (for the listener's cutter) and what it
 //!   says (for the replayer's rebuild). The one place tapwire parses HTTP.
+//! - [`redact`]: what a listener blanks out of a captured message (headers, JSON body fields)
+//!   before the message leaves the host.
 
 pub mod http1;
 pub mod record;
+pub mod redact;
 pub mod token;
 
 /// Generated gRPC types for package `tapwire.v1`.

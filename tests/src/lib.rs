@@ -9,6 +9,7 @@
 //! - [`pcap_fixture`]: pcap files of crafted TCP segments, for exact capture scenarios.
 //! - [`pipeline`]: production + listener + replayer + targets, wired together on loopback.
 
+pub mod certs;
 pub mod feed;
 pub mod pcap_fixture;
 pub mod pipeline;

@@ -32,6 +32,8 @@ pub struct PipelineOptions {
     /// Where the replayer's gRPC server listens; a fixed port lets a restarted replayer take
     /// over.
     pub replayer_grpc_listen: String,
+    /// Scheme and host the listener dials the replayer's port with (https://localhost for TLS).
+    pub replayer_url_base: String,
     /// A replayer TOML configuration used instead of flags; `{target0}`, `{target1}`... stand
     /// for the targets' URLs. The listen addresses are added.
     pub replayer_config: Option<String>,
@@ -48,6 +50,7 @@ impl Default for PipelineOptions {
             replayer_args: Vec::new(),
             replayer_config: None,
             replayer_grpc_listen: "127.0.0.1:0".into(),
+            replayer_url_base: "http://127.0.0.1".into(),
             wait_for_link: true,
         }
     }
@@ -56,6 +59,7 @@ impl Default for PipelineOptions {
 /// A running pipeline. Dropping it kills the processes.
 pub struct Pipeline {
     replayer_args: Vec<String>,
+    listener_args: Vec<String>,
     /// Holds the replayer's config file for as long as a restart may read it.
     _config_dir: tempfile::TempDir,
     pub production: RecordingServer,
@@ -128,7 +132,7 @@ impl Pipeline {
             "--port".into(),
             production.addr().port().to_string(),
             "--replayer".into(),
-            format!("http://{replayer_grpc}"),
+            format!("{}:{}", options.replayer_url_base, replayer_grpc.port()),
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
             "--listener-id".into(),
@@ -147,6 +151,7 @@ impl Pipeline {
         }
         Ok(Pipeline {
             replayer_args,
+            listener_args,
             _config_dir: config_dir,
             production,
             targets,
@@ -182,6 +187,27 @@ impl Pipeline {
         self.replayer_metrics = ready_addr(&self.replayer, "metrics endpoint listening").await?;
         self.replayer_grpc = ready_addr(&self.replayer, "grpc server listening").await?;
         Ok(())
+    }
+
+    /// Starts the listener again with the same arguments (after it was stopped), and waits
+    /// for it to capture.
+    pub async fn restart_listener(&mut self) -> anyhow::Result<()> {
+        self.listener = Process::spawn("tapwire-listener", &self.listener_args)?;
+        self.listener_metrics = ready_addr(&self.listener, "metrics endpoint listening").await?;
+        self.listener
+            .wait_for_line("capture started", READY_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    /// SIGTERM to the listener; its final accounting line.
+    pub async fn stop_listener(&mut self) -> anyhow::Result<SummaryLine> {
+        stop_and_summarise(
+            &mut self.listener,
+            "listener stopped",
+            Duration::from_secs(15),
+        )
+        .await
     }
 
     pub fn listener_usage(&self) -> anyhow::Result<ResourceUsage> {

@@ -114,6 +114,11 @@ impl Process {
             .with_context(|| format!("{} has exited", self.name))
     }
 
+    /// How the process exited, or None while it runs.
+    pub fn exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         self.log.lines.lock().expect("log lock").join("\n")

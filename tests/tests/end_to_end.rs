@@ -548,3 +548,75 @@ async fn the_listener_drops_root_after_opening_the_capture() {
     let report = pipeline.finish(20).await.unwrap();
     assert!(report.is_complete(), "{}", report.table());
 }
+
+/// Sends one raw HTTP/1.1 request on its own connection and reads the response to its end.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_json_fields_never_leave_the_production_host() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        listener_args: vec!["--redact-json-field".into(), "password".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let production = pipeline.production.addr();
+    let post = |sequence: u64, body: &str| {
+        format!(
+            "POST /login HTTP/1.1\r\nHost: prod\r\nx-tapwire-seq: {sequence}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    raw_exchange(
+        production,
+        &post(0, r#"{"user":"ann","password":"hunter2"}"#),
+    )
+    .await;
+    raw_exchange(
+        production,
+        &post(
+            1,
+            r#"{"users":[{"name":"bob","password":{"old":"x","new":"y"}}],"note":"password"}"#,
+        ),
+    )
+    .await;
+    let chunked = r#"{"password":"s3cr3t","keep":1}"#;
+    raw_exchange(
+        production,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: prod\r\nx-tapwire-seq: 2\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunked}\r\n0\r\n\r\n",
+            chunked.len()
+        ),
+    )
+    .await;
+    // Not JSON although it says so: not sent at all rather than sent unredacted.
+    raw_exchange(production, &post(3, r#"{"password":"oops""#)).await;
+    assert!(pipeline.wait_for_targets(3, REPLAY_TIMEOUT).await);
+
+    let replayed = pipeline.targets[0].received();
+    let body = |sequence: u64| String::from_utf8(replayed[&sequence][0].body.to_vec()).unwrap();
+    assert_eq!(body(0), r#"{"user":"ann","password":"REDACTED"}"#);
+    assert_eq!(
+        body(1),
+        r#"{"users":[{"name":"bob","password":"REDACTED"}],"note":"password"}"#
+    );
+    assert_eq!(body(2), r#"{"password":"REDACTED","keep":1}"#);
+    assert!(!replayed.contains_key(&3));
+    let report = pipeline.finish(4).await.unwrap();
+    assert_eq!(report.captured, 4, "{}", report.table());
+    assert_eq!(report.streamed, 3, "{}", report.table());
+    assert_eq!(
+        report.listener_dropped.get("unredactable"),
+        Some(&1),
+        "{}",
+        report.table()
+    );
+}

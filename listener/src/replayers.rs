@@ -1,0 +1,158 @@
+//! Which replayers there are: the `--replayer` URLs, a name that resolves to several addresses
+//! (a Kubernetes headless Service) standing for one replayer per address, turned into gRPC
+//! endpoints with the link's timeouts, windows and TLS. Names are resolved again periodically,
+//! so replayers that come and go (pods rescheduled) are followed.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use tonic::transport::{ClientTlsConfig, Endpoint, Uri};
+
+/// HTTP/2 flow-control window on the replayer link.
+const LINK_WINDOW_BYTES: u32 = 8 << 20;
+
+/// The configured replayers and how to reach them.
+#[derive(Debug, Clone)]
+pub struct ReplayerSet {
+    urls: Vec<Uri>,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl ReplayerSet {
+    /// `tls` must be set exactly when the URLs are `https://` (checked by the caller).
+    pub fn new(urls: Vec<Uri>, tls: Option<ClientTlsConfig>) -> Self {
+        ReplayerSet { urls, tls }
+    }
+
+    /// Whether any URL is a name, whose addresses may change.
+    pub fn has_names(&self) -> bool {
+        self.urls.iter().any(|url| ip_of(url).is_none())
+    }
+
+    /// One endpoint per replayer address, in a stable order. A name that does not resolve now
+    /// is kept as a name (resolved again at each connection attempt); `previous` holds what
+    /// an earlier resolution found for it, which is kept instead when there was one.
+    pub fn endpoints(
+        &self,
+        previous: &[Endpoint],
+    ) -> Result<Vec<Endpoint>, tonic::transport::Error> {
+        let mut endpoints = Vec::new();
+        for url in &self.urls {
+            let addresses = match resolve(url) {
+                Some(addresses) => addresses,
+                None => {
+                    let kept: Vec<_> = previous
+                        .iter()
+                        .filter(|endpoint| endpoint_of_url(endpoint, url))
+                        .cloned()
+                        .collect();
+                    if !kept.is_empty() {
+                        endpoints.extend(kept);
+                        continue;
+                    }
+                    vec![url.clone()]
+                }
+            };
+            for address in addresses {
+                endpoints.push(self.endpoint(url, address)?);
+            }
+        }
+        Ok(endpoints)
+    }
+
+    fn endpoint(&self, url: &Uri, address: Uri) -> Result<Endpoint, tonic::transport::Error> {
+        let mut endpoint = Endpoint::from(address)
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            // Detects a replayer host that vanished without closing the connection.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            // One long-lived stream carries everything: h2's 64 KiB default window would cap
+            // it at one window per round trip.
+            .initial_stream_window_size(LINK_WINDOW_BYTES)
+            .initial_connection_window_size(LINK_WINDOW_BYTES);
+        if let Some(tls) = &self.tls {
+            // The certificate names the host, whichever of its addresses is dialled.
+            let host = url.host().unwrap_or_default().trim_matches(['[', ']']);
+            endpoint = endpoint.tls_config(tls.clone().domain_name(host))?;
+        }
+        Ok(endpoint)
+    }
+}
+
+fn ip_of(url: &Uri) -> Option<IpAddr> {
+    url.host()?.trim_matches(['[', ']']).parse().ok()
+}
+
+fn port_of(url: &Uri) -> u16 {
+    url.port_u16()
+        .unwrap_or(if url.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        })
+}
+
+/// Whether `endpoint` was made from `url`: the URL itself, or one of its addresses.
+fn endpoint_of_url(endpoint: &Endpoint, url: &Uri) -> bool {
+    let uri = endpoint.uri();
+    uri.host() == url.host() || (ip_of(uri).is_some() && uri.port_u16() == Some(port_of(url)))
+}
+
+/// The addresses a URL names: itself for an IP or a name with one address, one URL per
+/// address for a name with several; `None` when the name does not resolve.
+fn resolve(url: &Uri) -> Option<Vec<Uri>> {
+    if ip_of(url).is_some() {
+        return Some(vec![url.clone()]);
+    }
+    let host = url.host()?;
+    let mut addresses: Vec<SocketAddr> = (host, port_of(url)).to_socket_addrs().ok()?.collect();
+    addresses.sort();
+    addresses.dedup();
+    if addresses.len() < 2 {
+        return Some(vec![url.clone()]);
+    }
+    let scheme = url.scheme_str().unwrap_or("http");
+    Some(
+        addresses
+            .into_iter()
+            .filter_map(|address| format!("{scheme}://{address}").parse().ok())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ip_url_is_one_replayer_and_a_name_keeps_its_host_for_tls() {
+        let set = ReplayerSet::new(
+            vec![
+                "http://127.0.0.1:7070".parse().unwrap(),
+                "http://localhost:7071".parse().unwrap(),
+            ],
+            None,
+        );
+        let endpoints = set.endpoints(&[]).unwrap();
+        let uris: Vec<String> = endpoints.iter().map(|e| e.uri().to_string()).collect();
+        // localhost may resolve to 127.0.0.1 and ::1: one replayer per address then.
+        assert_eq!(uris[0], "http://127.0.0.1:7070/");
+        assert!(uris.len() >= 2, "{uris:?}");
+        assert!(uris[1..].iter().all(|u| u.ends_with(":7071/")), "{uris:?}");
+        assert!(set.has_names());
+    }
+
+    #[test]
+    fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+        let url: Uri = "http://replayers.invalid:7070".parse().unwrap();
+        let set = ReplayerSet::new(vec![url], None);
+        let earlier = vec![Endpoint::from_static("http://10.0.0.7:7070")];
+        let endpoints = set.endpoints(&earlier).unwrap();
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].uri().to_string(), "http://10.0.0.7:7070/");
+        // Never resolved: kept as a name, tried at each connection attempt.
+        let endpoints = set.endpoints(&[]).unwrap();
+        assert_eq!(endpoints[0].uri().host(), Some("replayers.invalid"));
+    }
+}
