@@ -20,9 +20,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: fixed-rate pipeline benchmark (see bench/pipeline.sh for options).
+## bench: fixed-rate pipeline benchmark, then the listener-replayer link benchmark
+## (see bench/pipeline.sh and bench/link.sh for options).
 bench:
 	bench/pipeline.sh
+	bench/link.sh
 
 deps:
 	@scripts/ensure-deps.sh

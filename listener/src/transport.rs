@@ -84,6 +84,7 @@ struct SharedQueue {
     arrived: Notify,
     max_records: usize,
     bytes: Arc<Semaphore>,
+    max_bytes: usize,
 }
 
 impl SharedQueue {
@@ -123,6 +124,7 @@ pub fn record_queue(
         arrived: Notify::new(),
         max_records,
         bytes: Arc::new(Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS))),
+        max_bytes: max_bytes.min(Semaphore::MAX_PERMITS),
     });
     (
         RecordQueue {
@@ -249,6 +251,12 @@ impl QueueReceiver {
     fn bytes(&self) -> Arc<Semaphore> {
         Arc::clone(&self.shared.bytes)
     }
+
+    /// The most a restored batch may reserve: half the budget, so one batch larger than the
+    /// whole budget cannot wait for it forever.
+    fn restore_reservation(&self, len: usize) -> u32 {
+        u32::try_from(len.min(self.shared.max_bytes / 2)).unwrap_or(u32::MAX)
+    }
 }
 
 /// How the links batch, pace and protect records.
@@ -257,6 +265,9 @@ pub struct LinkConfig {
     pub replayers: ReplayerSet,
     pub settings: LinkSettings,
 }
+
+/// Records routed in one go once the router is awake.
+const ROUTE_BURST: usize = 256;
 
 /// How often the router looks again at which replayers are up, flushes a partly filled spill
 /// batch and resumes reading the spool, when no record arrives to make it look.
@@ -306,6 +317,7 @@ pub async fn stream_to_replayers(
             .as_ref()
             .filter(|_| !spooling)
             .and_then(Spool::next_len);
+        let reservation = records.restore_reservation(restore_len.unwrap_or(0));
         tokio::select! {
             biased;
             queued = records.recv() => {
@@ -319,11 +331,18 @@ pub async fn stream_to_replayers(
                     }
                     // Stopping without a spool: what is left is counted as dropped{shutdown}.
                     _ if stopping => drop(queued),
-                    _ => route(&handles, link::Routed::Record(queued)).await,
+                    _ => {
+                        route(&handles, link::Routed::Record(queued)).await;
+                        // Whatever else is waiting goes without another turn of the loop.
+                        for _ in 0..ROUTE_BURST {
+                            let Some(next) = records.try_recv() else { break };
+                            route(&handles, link::Routed::Record(next)).await;
+                        }
+                    }
                 }
             }
             permit = Arc::clone(&budget).acquire_many_owned(
-                u32::try_from(restore_len.unwrap_or(0)).unwrap_or(u32::MAX)), if restore_len.is_some() =>
+                reservation), if restore_len.is_some() =>
             {
                 let restored = spool.as_mut().and_then(Spool::pop_oldest);
                 if let (Ok(permit), Some(batch)) = (permit, restored) {

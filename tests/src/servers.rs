@@ -1,10 +1,11 @@
 //! A small HTTP/1.1 server (hyper) that answers every request with 200 and can record what it
-//! received, so tests can compare what production saw with what each target saw.
+//! received, so tests can compare what production saw with what each target saw, and note when
+//! each numbered request arrived, so benchmarks can time a request from production to a target.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,10 @@ struct State {
     delay: Duration,
     /// Requests by their sequence header, every copy kept so duplicates are visible.
     received: Mutex<HashMap<u64, Vec<ReceivedRequest>>>,
+    /// Off until [`RecordingServer::keep_arrivals`]: servers nobody times pay one atomic load.
+    keep_arrivals: AtomicBool,
+    /// When each numbered request first arrived.
+    arrivals: Mutex<HashMap<u64, Instant>>,
 }
 
 /// A running server on 127.0.0.1; it stops when the runtime does.
@@ -72,6 +77,8 @@ impl RecordingServer {
             record,
             delay,
             received: Mutex::new(HashMap::new()),
+            keep_arrivals: AtomicBool::new(false),
+            arrivals: Mutex::new(HashMap::new()),
         });
         let accept_state = Arc::clone(&state);
         tokio::spawn(async move {
@@ -116,6 +123,20 @@ impl RecordingServer {
     pub fn received(&self) -> HashMap<u64, Vec<ReceivedRequest>> {
         self.state.received.lock().expect("recording lock").clone()
     }
+
+    /// From now on, notes when each request carrying a [`SEQUENCE_HEADER`] first arrives,
+    /// without recording the request itself; read them with [`RecordingServer::arrivals`].
+    pub fn keep_arrivals(&self) {
+        self.state.keep_arrivals.store(true, Ordering::Relaxed);
+    }
+
+    /// When each numbered request first arrived (complete), since [`keep_arrivals`]; later
+    /// copies of a request are not counted.
+    ///
+    /// [`keep_arrivals`]: RecordingServer::keep_arrivals
+    pub fn arrivals(&self) -> HashMap<u64, Instant> {
+        self.state.arrivals.lock().expect("arrivals lock").clone()
+    }
 }
 
 async fn handle(
@@ -128,12 +149,22 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    if state.record {
-        let sequence = parts
+    let keep_arrival = state.keep_arrivals.load(Ordering::Relaxed);
+    let sequence: Option<u64> = if state.record || keep_arrival {
+        parts
             .headers
             .get(SEQUENCE_HEADER)
-            .and_then(|value| value.to_str().ok()?.parse().ok());
-        if let Some(sequence) = sequence {
+            .and_then(|value| value.to_str().ok()?.parse().ok())
+    } else {
+        None
+    };
+    if let Some(sequence) = sequence {
+        let arrived_at = Instant::now();
+        if keep_arrival {
+            let mut arrivals = state.arrivals.lock().expect("arrivals lock");
+            arrivals.entry(sequence).or_insert(arrived_at);
+        }
+        if state.record {
             let received = ReceivedRequest {
                 method: parts.method.clone(),
                 path_and_query: parts
@@ -142,7 +173,7 @@ async fn handle(
                     .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
                 headers: parts.headers.clone(),
                 body,
-                arrived_at: Instant::now(),
+                arrived_at,
                 peer,
             };
             let mut map = state.received.lock().expect("recording lock");

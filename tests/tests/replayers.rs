@@ -132,3 +132,63 @@ async fn two_replayers_share_connections_and_a_dead_ones_move_to_the_other() {
         report.table()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayer_stopped_under_load_hands_its_connections_over_cleanly() {
+    tapwire_testkit::pipeline::require_root().unwrap();
+    let target = RecordingServer::start(true).await.unwrap();
+    let mut second = Process::spawn(
+        "tapwire-replayer",
+        &[
+            "--grpc-listen".into(),
+            "127.0.0.1:0".into(),
+            "--target".into(),
+            target.url(),
+        ],
+    )
+    .unwrap();
+    let second_grpc = addr_in(
+        &second
+            .wait_for_line("grpc server listening", TIMEOUT)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 0,
+        replayer_args: vec!["--target".into(), target.url()],
+        listener_args: vec!["--replayer".into(), format!("http://{second_grpc}")],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    until_listener_metric(&pipeline, "tapwire_listener_replayer_up", |up| up == 2).await;
+    let production = pipeline.production.clone();
+    let total = 3000;
+    let load = tokio::spawn(traffic::fixed_rate(
+        production.addr(),
+        traffic::FixedRate {
+            rate: Some(1000.0),
+            total,
+            connections: 16,
+            body_bytes: 0,
+        },
+    ));
+    target.wait_for_served(1000, TIMEOUT).await;
+    // SIGTERM: it acknowledges what its targets finish, then tells the listener to move.
+    let status = second.terminate(TIMEOUT).await.unwrap();
+    assert!(status.success(), "{}", second.log());
+    assert_eq!(load.await.unwrap().ok, total);
+    assert!(target.wait_for_served(total, TIMEOUT).await >= total);
+
+    let received = target.received();
+    assert_eq!(production.received().len() as u64, total);
+    for sequence in production.received().keys() {
+        let copies = received.get(sequence).map_or(0, Vec::len);
+        assert_eq!(copies, 1, "request {sequence} replayed {copies} times");
+    }
+    let report = pipeline.finish(total).await.unwrap();
+    assert_eq!(report.captured, total, "{}", report.table());
+    assert_eq!(report.streamed, total, "{}", report.table());
+    assert!(report.listener_dropped.is_empty(), "{}", report.table());
+}
