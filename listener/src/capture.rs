@@ -18,7 +18,9 @@ use crate::reassembly::{Direction, FlowEvent, FlowObserver, Reassembler};
 use crate::transport::RecordQueue;
 
 /// The kernel hands over a block of packets when it fills or after this long: the most a
-/// captured packet waits before the listener sees it.
+/// captured packet waits before the listener sees it. Measured at 5k requests/s: 20 ms gives a
+/// capture-to-replay p50 of 14 ms for 7 µs of listener CPU per request; 5 ms gave 3.5 ms for
+/// 15 µs. Production's CPU matters more than replay latency.
 const BLOCK_TIMEOUT_MS: i32 = 20;
 /// Longest sleep waiting for packets, so housekeeping and shutdown always get a turn.
 const POLL_TIMEOUT_MS: u16 = 100;

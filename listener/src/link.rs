@@ -151,6 +151,11 @@ impl PendingBatch {
         self.batch.records.len() as u64
     }
 
+    /// The shard of its first record: where it goes when it moves.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
     pub fn responses(&self) -> u64 {
         self.batch.responses.len() as u64
     }
@@ -168,18 +173,10 @@ fn endpoint_addr(endpoint: Option<&proto::Endpoint>) -> Option<std::net::SocketA
 
 /// What the router hands a link.
 pub enum Routed {
-    Record(QueuedRecord),
+    /// Records in capture order, all owned by this link (one channel message for many).
+    Records(Vec<QueuedRecord>),
     /// A whole batch: handed over by a link that went down, or restored from the spool.
     Batch(PendingBatch),
-}
-
-impl Routed {
-    pub fn shard(&self) -> u32 {
-        match self {
-            Routed::Record(record) => record.shard,
-            Routed::Batch(batch) => batch.shard,
-        }
-    }
 }
 
 /// The router's (and the other links') side of one link.
@@ -524,21 +521,22 @@ impl Link {
         let _ = self.done.send(left);
     }
 
-    /// Takes a record or batch while down.
+    /// Takes records or a batch while down.
     fn keep(&mut self, routed: Routed) {
-        match routed {
-            Routed::Batch(batch) => self.pending.push_back(batch),
-            Routed::Record(record) => {
-                let settings = Arc::clone(&self.settings);
-                match self.pending.back_mut() {
-                    Some(last) if !last.sent_before && !last.is_full(&settings) => {
-                        last.add(record, &settings);
-                    }
-                    _ => {
-                        let mut batch = PendingBatch::new(&settings);
-                        batch.add(record, &settings);
-                        self.pending.push_back(batch);
-                    }
+        let records = match routed {
+            Routed::Batch(batch) => return self.pending.push_back(batch),
+            Routed::Records(records) => records,
+        };
+        let settings = Arc::clone(&self.settings);
+        for record in records {
+            match self.pending.back_mut() {
+                Some(last) if !last.sent_before && !last.is_full(&settings) => {
+                    last.add(record, &settings);
+                }
+                _ => {
+                    let mut batch = PendingBatch::new(&settings);
+                    batch.add(record, &settings);
+                    self.pending.push_back(batch);
                 }
             }
         }
@@ -641,7 +639,7 @@ impl Link {
                     };
                     let mut batch = match routed {
                         Routed::Batch(batch) => batch,
-                        Routed::Record(record) => self.fill_batch(record),
+                        Routed::Records(records) => self.fill_batch(records),
                     };
                     next_sequence += 1;
                     batch.number(next_sequence, &self.metrics);
@@ -662,27 +660,31 @@ impl Link {
         }
     }
 
-    /// A batch of `first` and whatever records are waiting right behind it.
-    fn fill_batch(&mut self, first: QueuedRecord) -> PendingBatch {
+    /// A batch of `records` and whatever records are waiting right behind them; what does not
+    /// fit waits for the next batch.
+    fn fill_batch(&mut self, records: Vec<QueuedRecord>) -> PendingBatch {
         let settings = Arc::clone(&self.settings);
         let mut batch = PendingBatch::new(&settings);
-        if batch.add(first, &settings) {
-            return batch;
-        }
-        while let Ok(routed) = self.input.try_recv() {
-            match routed {
-                Routed::Record(record) => {
-                    if batch.add(record, &settings) {
-                        break;
+        let mut records = records.into_iter();
+        loop {
+            while let Some(record) = records.next() {
+                if batch.add(record, &settings) {
+                    let rest: Vec<_> = records.collect();
+                    if !rest.is_empty() {
+                        self.stash = Some(Routed::Records(rest));
                     }
-                }
-                handed_over @ Routed::Batch(_) => {
-                    self.stash = Some(handed_over);
-                    break;
+                    return batch;
                 }
             }
+            match self.input.try_recv() {
+                Ok(Routed::Records(more)) => records = more.into_iter(),
+                Ok(handed_over @ Routed::Batch(_)) => {
+                    self.stash = Some(handed_over);
+                    return batch;
+                }
+                Err(_) => return batch,
+            }
         }
-        batch
     }
 
     fn acknowledge(&mut self, sequence: u64) {

@@ -72,6 +72,11 @@ impl QueuedRecord {
     pub(crate) fn item_len(&self) -> usize {
         self.item.len()
     }
+
+    /// The shard of its client connection.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
 }
 
 struct QueueState {
@@ -332,12 +337,13 @@ pub async fn stream_to_replayers(
                     // Stopping without a spool: what is left is counted as dropped{shutdown}.
                     _ if stopping => drop(queued),
                     _ => {
-                        route(&handles, link::Routed::Record(queued)).await;
-                        // Whatever else is waiting goes without another turn of the loop.
-                        for _ in 0..ROUTE_BURST {
+                        // Whatever else is waiting goes along: one message per link.
+                        let mut burst = vec![queued];
+                        while burst.len() < ROUTE_BURST {
                             let Some(next) = records.try_recv() else { break };
-                            route(&handles, link::Routed::Record(next)).await;
+                            burst.push(next);
                         }
+                        route_records(&handles, burst).await;
                     }
                 }
             }
@@ -346,8 +352,7 @@ pub async fn stream_to_replayers(
             {
                 let restored = spool.as_mut().and_then(Spool::pop_oldest);
                 if let (Ok(permit), Some(batch)) = (permit, restored) {
-                    let batch = PendingBatch::restored(batch, Some(permit));
-                    route(&handles, link::Routed::Batch(batch)).await;
+                    route_batch(&handles, PendingBatch::restored(batch, Some(permit))).await;
                 }
             }
             _ = tick.tick() => {}
@@ -358,7 +363,7 @@ pub async fn stream_to_replayers(
             match spool.as_mut() {
                 Some(spool) if spooling && nothing_waiting => spool.write(batch.into_batch()),
                 Some(_) if spooling => spill = Some(batch),
-                _ => route(&handles, link::Routed::Batch(batch)).await,
+                _ => route_batch(&handles, batch).await,
             }
         }
     }
@@ -378,12 +383,38 @@ pub async fn stream_to_replayers(
     spool
 }
 
-/// Hands a record or batch to the live replayer owning its shard; with none up, to the shard's
-/// usual owner, which keeps it until its replayer returns.
-async fn route(handles: &[Arc<LinkHandle>], routed: link::Routed) {
-    let shard = routed.shard();
-    if let Some(link) = link::owner(handles, shard, None).or_else(|| link::home(handles, shard)) {
-        link.send(routed).await;
+/// The live replayer owning `shard`; with none up, the shard's usual owner, which keeps what
+/// it gets until its replayer returns.
+fn owner_of(handles: &[Arc<LinkHandle>], shard: u32) -> Option<&Arc<LinkHandle>> {
+    link::owner(handles, shard, None).or_else(|| link::home(handles, shard))
+}
+
+/// Hands each record to the link owning its shard, in capture order per link.
+async fn route_records(handles: &[Arc<LinkHandle>], records: Vec<QueuedRecord>) {
+    if let [only] = handles {
+        return only.send(link::Routed::Records(records)).await;
+    }
+    let mut by_link: Vec<(&Arc<LinkHandle>, Vec<QueuedRecord>)> = Vec::new();
+    for record in records {
+        let Some(owner) = owner_of(handles, record.shard) else {
+            continue;
+        };
+        match by_link
+            .iter_mut()
+            .find(|(link, _)| Arc::ptr_eq(link, owner))
+        {
+            Some((_, records)) => records.push(record),
+            None => by_link.push((owner, vec![record])),
+        }
+    }
+    for (link, records) in by_link {
+        link.send(link::Routed::Records(records)).await;
+    }
+}
+
+async fn route_batch(handles: &[Arc<LinkHandle>], batch: PendingBatch) {
+    if let Some(link) = owner_of(handles, batch.shard()) {
+        link.send(link::Routed::Batch(batch)).await;
     }
 }
 

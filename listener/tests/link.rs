@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use tapwire_listener::link::{self, LinkSet, LinkSettings, Routed};
 use tapwire_listener::metrics::ListenerMetrics;
 use tapwire_listener::replayers::ReplayerSet;
-use tapwire_listener::transport::{LinkConfig, record_queue, stream_to_replayers};
+use tapwire_listener::transport::{LinkConfig, QueuedRecord, record_queue, stream_to_replayers};
 use tapwire_shared::RequestRecord;
 use tapwire_shared::proto::replay_server::{Replay, ReplayServer};
 use tapwire_shared::proto::{BatchAck, RecordBatch};
@@ -238,20 +238,16 @@ async fn replayers_that_appear_get_connections_and_those_that_go_hand_them_on() 
         }
     };
     let route_all = |queued: &mut tapwire_listener::transport::QueueReceiver| {
-        let mut routed = Vec::new();
-        while let Some(record) = queued.try_recv() {
-            routed.push(Routed::Record(record));
-        }
-        routed
+        std::iter::from_fn(|| queued.try_recv()).collect::<Vec<_>>()
     };
-    let deliver = |links: &Arc<LinkSet>, routed: Vec<Routed>| {
+    let deliver = |links: &Arc<LinkSet>, records: Vec<QueuedRecord>| {
         let handles = links.current();
         async move {
-            for routed in routed {
-                let owner = link::owner(&handles, routed.shard(), None)
-                    .or_else(|| link::home(&handles, routed.shard()))
+            for record in records {
+                let owner = link::owner(&handles, record.shard(), None)
+                    .or_else(|| link::home(&handles, record.shard()))
                     .unwrap();
-                owner.send(routed).await;
+                owner.send(Routed::Records(vec![record])).await;
             }
         }
     };
