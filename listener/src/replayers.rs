@@ -64,9 +64,10 @@ impl ReplayerSet {
         let mut endpoint = Endpoint::from(address)
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            // Detects a replayer host that vanished without closing the connection.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            // Detects a replayer host that vanished without closing the connection, within
+            // interval + timeout.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
             // One long-lived stream carries everything: h2's 64 KiB default window would cap
             // it at one window per round trip.
             .initial_stream_window_size(LINK_WINDOW_BYTES)

@@ -67,8 +67,27 @@ pub struct Process {
 impl Process {
     pub fn spawn(binary: &str, args: &[String]) -> anyhow::Result<Process> {
         let path = binary_path(binary)?;
-        let mut child = Command::new(&path)
-            .args(args)
+        Process::start(binary, Command::new(&path).args(args))
+    }
+
+    /// Runs a tapwire binary inside a network namespace (`ip netns exec`, which becomes it).
+    pub fn spawn_in_namespace(
+        namespace: &str,
+        binary: &str,
+        args: &[String],
+    ) -> anyhow::Result<Process> {
+        let path = binary_path(binary)?;
+        Process::start(
+            binary,
+            Command::new("ip")
+                .args(["netns", "exec", namespace])
+                .arg(&path)
+                .args(args),
+        )
+    }
+
+    fn start(binary: &str, command: &mut Command) -> anyhow::Result<Process> {
+        let mut child = command
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -79,7 +98,7 @@ impl Process {
             // Never leave a capture running behind a failed test.
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", path.display()))?;
+            .with_context(|| format!("cannot start {binary}"))?;
         let stderr = child.stderr.take().context("child stderr")?;
         let (progress, _) = watch::channel((0, false));
         let log = Arc::new(Log {

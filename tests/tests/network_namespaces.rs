@@ -1,7 +1,8 @@
-//! Capture across a real link: clients in their own network namespace reach production through
-//! a veth pair with a 1500-byte MTU and segmentation offloads off, so every large request
-//! crosses the wire as many MTU-sized segments. The namespace and veth pair are made by the test
-//! and torn down after it; traffic only ever goes to their addresses.
+//! Across a real link: clients in their own network namespace reach production through a veth
+//! pair with a 1500-byte MTU and segmentation offloads off, so every large request crosses the
+//! wire as many MTU-sized segments; and a replayer in a namespace whose link goes silent (no
+//! reset, no FIN) is detected by the link's keepalive. The namespaces and veth pairs are made
+//! by the tests and torn down after them; traffic only ever goes to their addresses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -10,8 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, require_root};
-use tapwire_testkit::process::binary_path;
+use tapwire_testkit::process::{Process, addr_in, binary_path};
+use tapwire_testkit::scrape::scrape;
+use tapwire_testkit::servers::RecordingServer;
 use tapwire_testkit::servers::SEQUENCE_HEADER;
+use tapwire_testkit::traffic;
 
 /// Runs a command, failing with its stderr.
 fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -33,7 +37,9 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
 struct ClientNamespace {
     name: String,
     host_interface: String,
+    client_interface: String,
     host_ip: IpAddr,
+    client_ip: IpAddr,
 }
 
 impl ClientNamespace {
@@ -52,7 +58,9 @@ impl ClientNamespace {
         let namespace = ClientNamespace {
             name: name.clone(),
             host_interface: host_interface.clone(),
+            client_interface: client_interface.clone(),
             host_ip: host_ip.parse()?,
+            client_ip: client_ip.parse()?,
         };
         run("ip", &["netns", "add", &name])?;
         run(
@@ -223,4 +231,102 @@ async fn large_posts_over_a_1500_byte_mtu_link_arrive_intact() {
         at_target[&curl_sequence][0].headers["expect"],
         "100-continue"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayer_whose_link_goes_silent_is_detected_and_its_connections_move() {
+    require_root().unwrap();
+    let namespace = ClientNamespace::create().unwrap();
+    let wait = Duration::from_secs(60);
+    // One target both replayers reach: on the host's end of the veth pair.
+    let target = RecordingServer::start_on(namespace.host_ip, true)
+        .await
+        .unwrap();
+    let far = Process::spawn_in_namespace(
+        &namespace.name,
+        "tapwire-replayer",
+        &[
+            "--grpc-listen".into(),
+            format!("{}:7070", namespace.client_ip),
+            "--metrics-listen".into(),
+            format!("{}:0", namespace.client_ip),
+            "--target".into(),
+            target.url(),
+        ],
+    )
+    .unwrap();
+    let far_metrics = addr_in(
+        &far.wait_for_line("metrics endpoint listening", wait)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    far.wait_for_line("grpc server listening", wait)
+        .await
+        .unwrap();
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 0,
+        replayer_args: vec!["--target".into(), target.url()],
+        listener_args: vec![
+            "--replayer".into(),
+            format!("http://{}:7070", namespace.client_ip),
+        ],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let links_up = || async {
+        scrape(pipeline.listener_metrics)
+            .await
+            .unwrap()
+            .sum("tapwire_listener_replayer_up", &[])
+    };
+    let started = tokio::time::Instant::now();
+    while links_up().await < 2 {
+        assert!(started.elapsed() < wait, "both links never came up");
+        // The listener has no event for link changes; its metrics are the signal.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let production = pipeline.production.addr();
+    assert_eq!(
+        traffic::send_mix_range(production, 0..200, 16).await.ok,
+        200
+    );
+    assert_eq!(target.wait_for_served(200, wait).await, 200);
+    let far_share = scrape(far_metrics)
+        .await
+        .unwrap()
+        .sum("tapwire_replayer_records_received_total", &[]);
+    assert!(far_share > 0, "the far replayer got no connections");
+
+    // The far end goes silent: no reset, no FIN; packets simply vanish.
+    namespace
+        .exec("ip", &["link", "set", &namespace.client_interface, "down"])
+        .unwrap();
+    let silent_at = tokio::time::Instant::now();
+    assert_eq!(
+        traffic::send_mix_range(production, 200..400, 16).await.ok,
+        200
+    );
+    while links_up().await > 1 {
+        assert!(
+            silent_at.elapsed() < wait,
+            "a silent replayer was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let noticed = silent_at.elapsed();
+    // What was sent into the silence moves to the live replayer.
+    assert_eq!(target.wait_for_served(400, wait).await, 400);
+    eprintln!("silent replayer noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(20),
+        "noticed after {noticed:?}"
+    );
+    let received = target.received();
+    for sequence in 0..400 {
+        let copies = received.get(&sequence).map_or(0, Vec::len);
+        assert_eq!(copies, 1, "request {sequence} replayed {copies} times");
+    }
+    drop(far);
 }
