@@ -1,6 +1,7 @@
 //! The replayer's gRPC port faces whatever connects to it. These tests run the real replayer
 //! binary and hit its port with what no listener should send (undecodable messages, messages
-//! over the size limit, bytes that are not HTTP/2, a message cut short) and with listeners that
+//! over the size limit, a gzip batch that inflates past it, bytes that are not HTTP/2, a message
+//! cut short) and with listeners that
 //! send slowly or never read their acknowledgements. Each abusive stream ends on its own with a
 //! gRPC error status and holds back nobody else: the well-behaved listeners alongside get every
 //! record acknowledged and replayed exactly once, and the replayer still stops cleanly.
@@ -713,4 +714,51 @@ async fn one_slow_listener_does_not_starve_the_others() {
     assert_eq!(received_live, total);
     assert_eq!(target.served(), total);
     drop(deaf);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_batch_that_inflates_past_the_limit_is_refused() {
+    tapwire_testkit::pipeline::require_root().unwrap();
+    let target = RecordingServer::start(true).await.unwrap();
+    let mut replayer = Replayer::start(&target).await.unwrap();
+
+    // 65 MiB of one byte: a few hundred KiB gzipped, over the limit once inflated.
+    let mut bomb = batch("bomb", 1, 0..1);
+    let mut request =
+        BytesMut::from(&b"POST /bomb HTTP/1.1\r\nHost: b\r\nContent-Length: 68157440\r\n\r\n"[..]);
+    request.put_bytes(b'x', 65 << 20);
+    bomb.records[0].request = request.freeze();
+    let mut client = ReplayClient::connect(format!("http://{}", replayer.grpc))
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_encoding_message_size(usize::MAX);
+    let (batches, outgoing) = mpsc::channel(1);
+    batches.send(bomb).await.unwrap();
+    let status = match timeout(TIMEOUT, client.stream(ReceiverStream::new(outgoing))).await {
+        Ok(Ok(response)) => {
+            let mut acks = response.into_inner();
+            match timeout(TIMEOUT, acks.next())
+                .await
+                .expect("the bomb's call hung")
+            {
+                Some(Err(status)) => status,
+                other => panic!("the bomb was not refused: {other:?}"),
+            }
+        }
+        Ok(Err(status)) => status,
+        Err(_) => panic!("the bomb's call hung"),
+    };
+    drop(batches);
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Nothing of it was replayed, and a well-behaved listener is served as before.
+    feed_as(replayer.grpc, "after-bomb", 500, None)
+        .await
+        .unwrap();
+    assert_eq!(target.wait_for_served(500, TIMEOUT).await, 500);
+    replayer.ensure_running().unwrap();
+    assert_eq!(replayer.records_received().await.unwrap(), 500);
+    let totals = replayer.stop().await.unwrap();
+    assert_eq!(totals.get("received"), 500);
 }
