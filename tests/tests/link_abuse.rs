@@ -1,10 +1,10 @@
 //! The replayer's gRPC port faces whatever connects to it. These tests run the real replayer
 //! binary and hit its port with what no listener should send (undecodable messages, messages
 //! over the size limit, a gzip batch that inflates past it, bytes that are not HTTP/2, a message
-//! cut short) and with listeners that
-//! send slowly or never read their acknowledgements. Each abusive stream ends on its own with a
-//! gRPC error status and holds back nobody else: the well-behaved listeners alongside get every
-//! record acknowledged and replayed exactly once, and the replayer still stops cleanly.
+//! cut short) and with listeners that send slowly or never read their acknowledgements. Each
+//! abusive stream ends on its own with a gRPC error status and holds back nobody else: the
+//! well-behaved listeners alongside get every record acknowledged and replayed exactly once,
+//! and the replayer still stops cleanly.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
