@@ -27,7 +27,7 @@ struct Args {
     /// 0 sends GETs; otherwise POSTs with a body of this many bytes.
     #[arg(long, default_value_t = 0)]
     body_bytes: usize,
-    /// Extra flag for tapwire-listener (repeatable), e.g. `--listener-arg=--queue-bytes=8388608`.
+    /// Extra flag for tapwire-listener (repeatable), e.g. `--listener-arg=--buffer-bytes=8388608`.
     #[arg(long = "listener-arg", allow_hyphen_values = true)]
     listener_args: Vec<String>,
 }
