@@ -98,8 +98,11 @@ async fn stream_records(
         .into_inner();
     let started = Instant::now();
     let started_unix_ns = unix_ns();
-    // Each feed is a listener process of its own as far as de-duplication goes.
-    let instance = started_unix_ns ^ u64::from(std::process::id()).rotate_left(32) ^ total;
+    // Each feed is a listener process of its own as far as de-duplication goes: no two feeds
+    // share an instance, even started in the same nanosecond.
+    static FEEDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let instance = u64::from(std::process::id()) << 32
+        | FEEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let batch_count = total.div_ceil(BATCH);
     let listener_id = listener.clone().unwrap_or_else(|| "feed".to_owned());
     let sender = tokio::spawn(async move {

@@ -271,6 +271,48 @@ impl Pipeline {
     }
 }
 
+/// A replayer started on its own, outside a [`Pipeline`]: replaying to `target`, its gRPC and
+/// metrics endpoints on loopback ports of its choosing.
+pub struct Replayer {
+    pub process: Process,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Replayer {
+    pub async fn start(target: &str, extra_args: &[String]) -> anyhow::Result<Replayer> {
+        let mut args: Vec<String> = [
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--target",
+            target,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra_args.iter().cloned());
+        let process = Process::spawn("tapwire-replayer", &args)?;
+        let metrics = ready_addr(&process, "metrics endpoint listening").await?;
+        let grpc = ready_addr(&process, "grpc server listening").await?;
+        Ok(Replayer {
+            process,
+            grpc,
+            metrics,
+        })
+    }
+
+    /// SIGTERM: it drains, must exit cleanly; its final accounting.
+    pub async fn stop(&mut self) -> anyhow::Result<SummaryLine> {
+        stop_and_summarise(
+            &mut self.process,
+            "replayer stopped",
+            Duration::from_secs(30),
+        )
+        .await
+    }
+}
+
 /// SIGTERM, a clean exit, and the summary line the process logged on its way out.
 async fn stop_and_summarise(
     process: &mut Process,

@@ -124,6 +124,17 @@ impl RecordingServer {
         self.state.received.lock().expect("recording lock").clone()
     }
 
+    /// The requests among `sequences` that did not arrive exactly once, with how many times
+    /// they did: empty when each arrived once.
+    pub fn not_exactly_once(&self, sequences: impl IntoIterator<Item = u64>) -> Vec<(u64, usize)> {
+        let received = self.state.received.lock().expect("recording lock");
+        sequences
+            .into_iter()
+            .map(|sequence| (sequence, received.get(&sequence).map_or(0, Vec::len)))
+            .filter(|&(_, copies)| copies != 1)
+            .collect()
+    }
+
     /// From now on, notes when each request carrying a [`SEQUENCE_HEADER`] first arrives,
     /// without recording the request itself; read them with [`RecordingServer::arrivals`].
     pub fn keep_arrivals(&self) {

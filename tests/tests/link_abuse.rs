@@ -18,8 +18,7 @@ use h2::client::{ResponseFuture, SendRequest};
 use prost::Message;
 use tapwire_shared::proto::{self, replay_client::ReplayClient};
 use tapwire_testkit::feed::{feed_as, named_path, named_record};
-use tapwire_testkit::pipeline::SummaryLine;
-use tapwire_testkit::process::{Process, addr_in};
+use tapwire_testkit::pipeline::Replayer;
 use tapwire_testkit::scrape::scrape;
 use tapwire_testkit::servers::RecordingServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,71 +38,24 @@ const STREAM_PATH: &str = "/tapwire.v1.Replay/Stream";
 const RECEIVED: &str = "tapwire_replayer_records_received_total";
 
 /// The real replayer, replaying to one recording target.
-struct Replayer {
-    process: Process,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
+async fn start_replayer(target: &RecordingServer) -> anyhow::Result<Replayer> {
+    // Room for every record: a queue-full drop would hide what these tests count.
+    Replayer::start(&target.url(), &["--target-queue".into(), "100000".into()]).await
 }
 
-impl Replayer {
-    async fn start(target: &RecordingServer) -> anyhow::Result<Replayer> {
-        let args = [
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--target",
-            &target.url(),
-            // Room for every record: a queue-full drop would hide what these tests count.
-            "--target-queue",
-            "100000",
-        ]
-        .map(String::from);
-        let process = Process::spawn("tapwire-replayer", &args)?;
-        let metrics = listening_addr(&process, "metrics endpoint listening").await?;
-        let grpc = listening_addr(&process, "grpc server listening").await?;
-        Ok(Replayer {
-            process,
-            grpc,
-            metrics,
-        })
-    }
+async fn records_received(replayer: &Replayer) -> anyhow::Result<u64> {
+    Ok(scrape(replayer.metrics).await?.sum(RECEIVED, &[]))
+}
 
-    async fn records_received(&self) -> anyhow::Result<u64> {
-        Ok(scrape(self.metrics).await?.sum(RECEIVED, &[]))
-    }
-
-    /// Fails if the process has exited.
-    fn ensure_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.process.exit_status()? {
-            bail!(
-                "the replayer exited with {status}; log:\n{}",
-                self.process.log()
-            );
-        }
-        Ok(())
-    }
-
-    /// SIGTERM: the replayer must exit 0 within `TIMEOUT`; returns its final accounting.
-    async fn stop(&mut self) -> anyhow::Result<SummaryLine> {
-        let status = self.process.terminate(TIMEOUT).await?;
-        ensure!(
-            status.success(),
+/// Fails if the process has exited.
+fn ensure_running(replayer: &mut Replayer) -> anyhow::Result<()> {
+    if let Some(status) = replayer.process.exit_status()? {
+        bail!(
             "the replayer exited with {status}; log:\n{}",
-            self.process.log()
+            replayer.process.log()
         );
-        SummaryLine::parse(
-            &self
-                .process
-                .wait_for_line("replayer stopped", TIMEOUT)
-                .await?,
-        )
     }
-}
-
-async fn listening_addr(process: &Process, message: &str) -> anyhow::Result<SocketAddr> {
-    let line = process.wait_for_line(message, TIMEOUT).await?;
-    addr_in(&line).with_context(|| format!("no addr= in {line:?}"))
+    Ok(())
 }
 
 /// A raw HTTP/2 connection to the replayer's gRPC port, for streams no gRPC client would send.
@@ -410,7 +362,7 @@ fn not_exactly_once(paths: &HashMap<String, u64>, listener: &str, count: u64) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_replayer_keeps_serving_well_behaved_listeners_under_malformed_and_oversized_streams() {
     let target = RecordingServer::start(true).await.unwrap();
-    let mut replayer = Replayer::start(&target).await.unwrap();
+    let mut replayer = start_replayer(&target).await.unwrap();
     let grpc = replayer.grpc;
 
     // Two calls that send the start of a message and then nothing: one is ended by its client
@@ -513,8 +465,8 @@ async fn the_replayer_keeps_serving_well_behaved_listeners_under_malformed_and_o
         "unexpected requests: {paths:?}"
     );
 
-    replayer.ensure_running().unwrap();
-    assert_eq!(replayer.records_received().await.unwrap(), total);
+    ensure_running(&mut replayer).unwrap();
+    assert_eq!(records_received(&replayer).await.unwrap(), total);
 
     // The other stalled call is still open; shutting down ends it rather than waiting on it.
     let mut still_stalled = stalled.remove(0);
@@ -588,7 +540,7 @@ async fn trickle(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_slow_listener_does_not_starve_the_others() {
     let target = RecordingServer::start(true).await.unwrap();
-    let mut replayer = Replayer::start(&target).await.unwrap();
+    let mut replayer = start_replayer(&target).await.unwrap();
     let grpc = replayer.grpc;
 
     // The deaf listener grants its acknowledgements no flow-control window at all, as if it
@@ -669,8 +621,8 @@ async fn one_slow_listener_does_not_starve_the_others() {
     let trickled = trickle_batches * per_trickle_batch;
     let least = normal + trickled + deaf_stalled_at;
     assert!(target.wait_for_served(least, TIMEOUT).await >= least);
-    replayer.ensure_running().unwrap();
-    let received_live = replayer.records_received().await.unwrap();
+    ensure_running(&mut replayer).unwrap();
+    let received_live = records_received(&replayer).await.unwrap();
 
     // The deaf listener is still connected, its stream stalled: shutdown must not wait on it.
     let stopping = Instant::now();
@@ -720,7 +672,7 @@ async fn one_slow_listener_does_not_starve_the_others() {
 async fn a_compressed_batch_that_inflates_past_the_limit_is_refused() {
     tapwire_testkit::pipeline::require_root().unwrap();
     let target = RecordingServer::start(true).await.unwrap();
-    let mut replayer = Replayer::start(&target).await.unwrap();
+    let mut replayer = start_replayer(&target).await.unwrap();
 
     // 65 MiB of one byte: a few hundred KiB gzipped, over the limit once inflated.
     let mut bomb = batch("bomb", 1, 0..1);
@@ -757,8 +709,8 @@ async fn a_compressed_batch_that_inflates_past_the_limit_is_refused() {
         .await
         .unwrap();
     assert_eq!(target.wait_for_served(500, TIMEOUT).await, 500);
-    replayer.ensure_running().unwrap();
-    assert_eq!(replayer.records_received().await.unwrap(), 500);
+    ensure_running(&mut replayer).unwrap();
+    assert_eq!(records_received(&replayer).await.unwrap(), 500);
     let totals = replayer.stop().await.unwrap();
     assert_eq!(totals.get("received"), 500);
 }

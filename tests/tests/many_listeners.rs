@@ -5,34 +5,17 @@
 use std::time::Duration;
 
 use tapwire_testkit::feed::feed;
-use tapwire_testkit::pipeline::{SummaryLine, require_root};
-use tapwire_testkit::process::{Process, addr_in};
+use tapwire_testkit::pipeline::{Replayer, require_root};
 use tapwire_testkit::servers::RecordingServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_listeners_are_all_served() {
     require_root().unwrap();
     let target = RecordingServer::start(false).await.unwrap();
-    let mut replayer = Process::spawn(
-        "tapwire-replayer",
-        &[
-            "--grpc-listen".into(),
-            "127.0.0.1:0".into(),
-            "--target".into(),
-            target.url(),
-            "--target-queue".into(),
-            "100000".into(),
-        ],
-    )
-    .unwrap();
-    let ready = Duration::from_secs(20);
-    let grpc = addr_in(
-        &replayer
-            .wait_for_line("grpc server listening", ready)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let mut replayer = Replayer::start(&target.url(), &["--target-queue".into(), "100000".into()])
+        .await
+        .unwrap();
+    let grpc = replayer.grpc;
 
     let (listeners, per_listener) = (50, 400);
     let feeds: Vec<_> = (0..listeners)
@@ -51,14 +34,7 @@ async fn fifty_concurrent_listeners_are_all_served() {
         total
     );
 
-    replayer.terminate(Duration::from_secs(15)).await.unwrap();
-    let totals = SummaryLine::parse(
-        &replayer
-            .wait_for_line("replayer stopped", Duration::from_secs(15))
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let totals = replayer.stop().await.unwrap();
     assert_eq!(totals.get("received"), total);
     assert_eq!(totals.get("duplicates"), 0);
 }

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tapwire_testkit::pipeline::{Pipeline, PipelineOptions};
-use tapwire_testkit::process::{Process, addr_in};
+use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, Replayer};
 use tapwire_testkit::scrape::scrape;
 use tapwire_testkit::servers::RecordingServer;
 use tapwire_testkit::traffic;
@@ -33,46 +32,27 @@ async fn until_listener_metric(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replayers_share_connections_and_a_dead_ones_move_to_the_other() {
+/// A target, a second replayer of its own, and a pipeline whose listener streams to both the
+/// pipeline's replayer and the second one; returns once both links are up.
+async fn two_replayers() -> (RecordingServer, Replayer, Pipeline) {
     tapwire_testkit::pipeline::require_root().unwrap();
     let target = RecordingServer::start(true).await.unwrap();
-    let replayer_args = |metrics: bool| {
-        let mut args: Vec<String> = vec![
-            "--grpc-listen".into(),
-            "127.0.0.1:0".into(),
-            "--target".into(),
-            target.url(),
-        ];
-        if metrics {
-            args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-        }
-        args
-    };
-    let mut second = Process::spawn("tapwire-replayer", &replayer_args(true)).unwrap();
-    let second_metrics = addr_in(
-        &second
-            .wait_for_line("metrics endpoint listening", TIMEOUT)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let second_grpc = addr_in(
-        &second
-            .wait_for_line("grpc server listening", TIMEOUT)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let second = Replayer::start(&target.url(), &[]).await.unwrap();
     let pipeline = Pipeline::start(PipelineOptions {
         targets: 0,
         replayer_args: vec!["--target".into(), target.url()],
-        listener_args: vec!["--replayer".into(), format!("http://{second_grpc}")],
+        listener_args: vec!["--replayer".into(), format!("http://{}", second.grpc)],
         ..PipelineOptions::default()
     })
     .await
     .unwrap();
     until_listener_metric(&pipeline, "tapwire_listener_replayer_up", |up| up == 2).await;
+    (target, second, pipeline)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replayers_share_connections_and_a_dead_ones_move_to_the_other() {
+    let (target, mut second, pipeline) = two_replayers().await;
     let production = pipeline.production.addr();
 
     // Both up: many client connections, spread over both replayers.
@@ -89,7 +69,7 @@ async fn two_replayers_share_connections_and_a_dead_ones_move_to_the_other() {
         snapshot.sum("tapwire_replayer_records_received_total", &[])
     };
     let first_share = received(&scrape(pipeline.replayer_metrics).await.unwrap());
-    let second_share = received(&scrape(second_metrics).await.unwrap());
+    let second_share = received(&scrape(second.metrics).await.unwrap());
     assert_eq!(first_share + second_share, 400);
     assert!(
         first_share > 0 && second_share > 0,
@@ -97,7 +77,7 @@ async fn two_replayers_share_connections_and_a_dead_ones_move_to_the_other() {
     );
 
     // One dies: its connections move to the other at once.
-    second.kill().await.unwrap();
+    second.process.kill().await.unwrap();
     let noticed =
         until_listener_metric(&pipeline, "tapwire_listener_replayer_up", |up| up == 1).await;
     assert!(
@@ -115,11 +95,7 @@ async fn two_replayers_share_connections_and_a_dead_ones_move_to_the_other() {
         moved_at.elapsed()
     );
 
-    let received = target.received();
-    for sequence in 0..800 {
-        let copies = received.get(&sequence).map_or(0, Vec::len);
-        assert_eq!(copies, 1, "request {sequence} replayed {copies} times");
-    }
+    assert_eq!(target.not_exactly_once(0..800), [], "(request, copies)");
     let report = pipeline.finish(800).await.unwrap();
     assert_eq!(report.captured, 800, "{}", report.table());
     assert_eq!(report.streamed, 800, "{}", report.table());
@@ -135,34 +111,7 @@ async fn two_replayers_share_connections_and_a_dead_ones_move_to_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayer_stopped_under_load_hands_its_connections_over_cleanly() {
-    tapwire_testkit::pipeline::require_root().unwrap();
-    let target = RecordingServer::start(true).await.unwrap();
-    let mut second = Process::spawn(
-        "tapwire-replayer",
-        &[
-            "--grpc-listen".into(),
-            "127.0.0.1:0".into(),
-            "--target".into(),
-            target.url(),
-        ],
-    )
-    .unwrap();
-    let second_grpc = addr_in(
-        &second
-            .wait_for_line("grpc server listening", TIMEOUT)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let pipeline = Pipeline::start(PipelineOptions {
-        targets: 0,
-        replayer_args: vec!["--target".into(), target.url()],
-        listener_args: vec!["--replayer".into(), format!("http://{second_grpc}")],
-        ..PipelineOptions::default()
-    })
-    .await
-    .unwrap();
-    until_listener_metric(&pipeline, "tapwire_listener_replayer_up", |up| up == 2).await;
+    let (target, mut second, pipeline) = two_replayers().await;
     let production = pipeline.production.clone();
     let total = 3000;
     let load = tokio::spawn(traffic::fixed_rate(
@@ -176,17 +125,13 @@ async fn a_replayer_stopped_under_load_hands_its_connections_over_cleanly() {
     ));
     target.wait_for_served(1000, TIMEOUT).await;
     // SIGTERM: it acknowledges what its targets finish, then tells the listener to move.
-    let status = second.terminate(TIMEOUT).await.unwrap();
-    assert!(status.success(), "{}", second.log());
+    second.stop().await.unwrap();
     assert_eq!(load.await.unwrap().ok, total);
     assert!(target.wait_for_served(total, TIMEOUT).await >= total);
 
-    let received = target.received();
-    assert_eq!(production.received().len() as u64, total);
-    for sequence in production.received().keys() {
-        let copies = received.get(sequence).map_or(0, Vec::len);
-        assert_eq!(copies, 1, "request {sequence} replayed {copies} times");
-    }
+    let sequences: Vec<u64> = production.received().into_keys().collect();
+    assert_eq!(sequences.len() as u64, total);
+    assert_eq!(target.not_exactly_once(sequences), [], "(request, copies)");
     let report = pipeline.finish(total).await.unwrap();
     assert_eq!(report.captured, total, "{}", report.table());
     assert_eq!(report.streamed, total, "{}", report.table());

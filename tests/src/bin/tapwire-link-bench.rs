@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tapwire_testkit::feed::feed_as;
-use tapwire_testkit::pipeline::{Pipeline, PipelineOptions};
-use tapwire_testkit::process::{Process, addr_in};
+use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, Replayer};
+use tapwire_testkit::process::Process;
 use tapwire_testkit::scrape::scrape;
 use tapwire_testkit::servers::RecordingServer;
 use tapwire_testkit::traffic::{self, FixedRate};
@@ -91,42 +91,6 @@ async fn main() -> anyhow::Result<()> {
         Run::Replayers(args) => replayers(args).await,
         Run::Latency(args) => latency(args).await,
     }
-}
-
-/// A replayer started on its own, outside a [`Pipeline`].
-struct Replayer {
-    process: Process,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Replayer {
-    async fn start(target: &str, extra: &[String]) -> anyhow::Result<Replayer> {
-        let mut args: Vec<String> = [
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--target",
-            target,
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(extra.iter().cloned());
-        let process = Process::spawn("tapwire-replayer", &args)?;
-        let metrics = ready_addr(&process, "metrics endpoint listening").await?;
-        let grpc = ready_addr(&process, "grpc server listening").await?;
-        Ok(Replayer {
-            process,
-            grpc,
-            metrics,
-        })
-    }
-}
-
-async fn ready_addr(process: &Process, message: &str) -> anyhow::Result<SocketAddr> {
-    let line = process.wait_for_line(message, READY).await?;
-    addr_in(&line).with_context(|| format!("no addr= in {line:?}"))
 }
 
 fn cpu_seconds(process: &Process) -> anyhow::Result<f64> {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use tapwire_testkit::feed::feed;
-use tapwire_testkit::pipeline::SummaryLine;
-use tapwire_testkit::process::{Process, addr_in};
+use tapwire_testkit::pipeline::{Replayer, SummaryLine};
 use tapwire_testkit::scrape::scrape;
 
 /// Replayer throughput and rate accuracy.
@@ -34,45 +33,15 @@ struct Args {
     seconds: u64,
 }
 
-const READY: Duration = Duration::from_secs(20);
 const GRACE: Duration = Duration::from_secs(30);
 
-async fn start_replayer(
-    target: &str,
-    extra: &[String],
-) -> anyhow::Result<(Process, std::net::SocketAddr, std::net::SocketAddr)> {
-    let mut args: Vec<String> = [
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--target",
-        target,
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().cloned());
-    let replayer = Process::spawn("tapwire-replayer", &args)?;
-    let metrics = addr_in(
-        &replayer
-            .wait_for_line("metrics endpoint listening", READY)
-            .await?,
-    )
-    .context("metrics addr")?;
-    let grpc = addr_in(
-        &replayer
-            .wait_for_line("grpc server listening", READY)
-            .await?,
-    )
-    .context("grpc addr")?;
-    Ok((replayer, grpc, metrics))
-}
-
-async fn stop_and_totals(mut replayer: Process, target: &str) -> anyhow::Result<SummaryLine> {
-    replayer.terminate(GRACE).await?;
+/// Stops the replayer (it drains) and returns its totals for `target`.
+async fn stop_and_totals(mut replayer: Replayer, target: &str) -> anyhow::Result<SummaryLine> {
+    replayer.stop().await?;
     let name = target.trim_end_matches('/');
     SummaryLine::parse(
         &replayer
+            .process
             .wait_for_line(&format!("target totals target={name} "), GRACE)
             .await?,
     )
@@ -109,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let direct = oha(&target, args.requests, args.connections)?;
     let queue = args.requests.to_string();
-    let (replayer, grpc, metrics) = start_replayer(
+    let replayer = Replayer::start(
         &target,
         &[
             "--concurrency".into(),
@@ -120,11 +89,11 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let started = Instant::now();
-    feed(grpc, args.requests, None).await?;
+    feed(replayer.grpc, args.requests, None).await?;
     // Delivered when the target has answered every request.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let responses = scrape(metrics)
+        let responses = scrape(replayer.metrics)
             .await?
             .sum("tapwire_replayer_responses_total", &[]);
         if responses >= args.requests {
@@ -162,10 +131,9 @@ async fn main() -> anyhow::Result<()> {
         "rate/s", "offered", "expected", "delivered", "error"
     );
     for rate in &args.rates {
-        let (replayer, grpc, _) =
-            start_replayer(&target, &["--rate".into(), rate.to_string()]).await?;
+        let replayer = Replayer::start(&target, &["--rate".into(), rate.to_string()]).await?;
         let offered = 2 * u64::from(*rate) * args.seconds;
-        feed(grpc, offered, Some(2.0 * f64::from(*rate))).await?;
+        feed(replayer.grpc, offered, Some(2.0 * f64::from(*rate))).await?;
         let totals = stop_and_totals(replayer, &target).await?;
         let delivered = totals.get("responses");
         // Rates are kept on the capture clock: the records span exactly `seconds` of it.
