@@ -14,7 +14,7 @@ use crate::reassembly::ReassemblyLimits;
 use crate::replayers::ReplayerSet;
 use crate::transport::{Ascii, BufferPolicy, LinkConfig, MetadataValue};
 
-/// Request bytes per gRPC batch. Small batches reach the replayer sooner and keep the encode
+/// Message bytes (requests and responses) per gRPC batch. Small batches reach the replayer sooner and keep the encode
 /// buffers small (measured: 4 MiB batches cost 30 MiB more RSS and lost requests at 10k/s).
 const BATCH_BYTES: usize = 256 << 10;
 /// Largest --max-request-bytes: a record must fit in one gRPC message (the replayer takes 64 MiB).
@@ -148,7 +148,8 @@ pub struct ListenerConfig {
     #[arg(long, value_name = "NAME", help_heading = "Replayer link")]
     pub listener_id: Option<String>,
 
-    /// Most records held for the replayers: queued, in flight or unacknowledged.
+    /// Most records queued for the links (those in flight are bounded by --buffer-bytes and
+    /// --max-unacked-batches).
     #[arg(long, default_value_t = 65_536, value_name = "RECORDS", help_heading = "Buffering",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub buffer_records: u64,
@@ -259,7 +260,8 @@ impl ListenerConfig {
         }
     }
 
-    /// The links' settings: reads the token and TLS files, resolves replayer names.
+    /// The links' settings: reads the token and TLS files, checks the replayer URLs against
+    /// the TLS flags (names are resolved by the links).
     pub fn link(&self) -> Result<LinkConfig, LinkSetupError> {
         let listener_id = self.listener_id.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()

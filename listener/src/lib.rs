@@ -1,5 +1,6 @@
 //! tapwire-listener: runs on a production host, captures the HTTP/1.x requests arriving at a
-//! service, and streams them to a replayer. Data moves through the modules in this order:
+//! service, and streams them to one or more replayers. Data moves through the modules in this
+//! order:
 //!
 //! - [`capture`]: libpcap handle, BPF filter, and the capture loop on its own thread.
 //! - [`packet`]: link layer, IP and TCP decoding of each frame into a [`packet::Segment`].

@@ -1,8 +1,9 @@
 //! One link per replayer: a long-lived, batched, acknowledged gRPC stream. Records count as sent
 //! when the replayer acknowledges them; unacknowledged batches are kept (within the byte budget)
 //! and sent again after a reconnect with jittered exponential backoff. While its replayer is
-//! down a link hands what it holds to a live one, so the connections it owned move within one
-//! reconnect attempt; the replayers drop copies by record id.
+//! down a link hands what it holds to a live one, so the connections it owned move at once. A
+//! replayer drops the copies it has already seen; a record it replayed but had not acknowledged
+//! when it died is replayed again by the next one (counted as resent).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -59,7 +60,8 @@ pub struct PendingBatch {
     shard: u32,
     /// Its sequence on the current stream; 0 when not sent on it.
     sequence: u64,
-    /// Established streams that failed while this batch was the oldest unacknowledged one.
+    /// Streams that failed, acknowledging nothing, after this batch went out on them as the
+    /// oldest unacknowledged one.
     failed_streams: u32,
     /// Sent on some stream before: sending it again may replay its records twice.
     sent_before: bool,
@@ -80,15 +82,14 @@ impl PendingBatch {
 
     /// A batch read back from the spool, holding `permit` for its bytes.
     pub fn restored(batch: proto::RecordBatch, permit: Option<OwnedSemaphorePermit>) -> Self {
-        let shard = batch.records.first().map_or(0, |record| {
-            match (
-                endpoint_addr(record.client.as_ref()),
-                endpoint_addr(record.server.as_ref()),
-            ) {
-                (Some(client), Some(server)) => shard_of(client, server),
-                _ => 0,
-            }
-        });
+        let shard = batch
+            .records
+            .first()
+            .and_then(|record| {
+                let client = record.client.as_ref()?.socket_addr()?;
+                Some(shard_of(client, record.server.as_ref()?.socket_addr()?))
+            })
+            .unwrap_or(0);
         let bytes_len = batch.records.iter().map(|r| r.request.len()).sum::<usize>()
             + batch
                 .responses
@@ -132,6 +133,14 @@ impl PendingBatch {
         self.batch.records.is_empty() && self.batch.responses.is_empty()
     }
 
+    /// Whether records may still be added: built by this process (a batch restored from the
+    /// spool keeps an earlier process's instance), never sent, not full.
+    fn is_open(&self, settings: &LinkSettings) -> bool {
+        self.batch.listener_instance == settings.instance
+            && !self.sent_before
+            && !self.is_full(settings)
+    }
+
     /// Numbers the batch for the stream it is about to be sent on; counts a resend.
     fn number(&mut self, sequence: u64, metrics: &ListenerMetrics) {
         if self.sent_before {
@@ -161,16 +170,6 @@ impl PendingBatch {
     }
 }
 
-fn endpoint_addr(endpoint: Option<&proto::Endpoint>) -> Option<std::net::SocketAddr> {
-    let endpoint = endpoint?;
-    let ip: std::net::IpAddr = match endpoint.ip.len() {
-        4 => <[u8; 4]>::try_from(&endpoint.ip[..]).ok()?.into(),
-        16 => <[u8; 16]>::try_from(&endpoint.ip[..]).ok()?.into(),
-        _ => return None,
-    };
-    Some((ip, u16::try_from(endpoint.port).ok()?).into())
-}
-
 /// What the router hands a link.
 pub enum Routed {
     /// Records in capture order, all owned by this link (one channel message for many).
@@ -185,7 +184,6 @@ pub struct LinkHandle {
     /// The replayer's weight key in rendezvous hashing: a hash of its address, so shards stay
     /// put when other replayers come or go.
     key: u64,
-    endpoint: Endpoint,
     up: Arc<AtomicBool>,
     input: std::sync::Mutex<Option<mpsc::Sender<Routed>>>,
     done: tokio::sync::Mutex<Option<oneshot::Receiver<Vec<proto::RecordBatch>>>>,
@@ -203,11 +201,13 @@ impl LinkHandle {
             .clone()
     }
 
-    /// Waits for room in the link's input; the item is dropped if the link has stopped.
-    pub async fn send(&self, routed: Routed) {
-        if let Some(sender) = self.sender() {
-            let _ = sender.send(routed).await;
-        }
+    /// Waits for room in the link's input; gives the item back if the link no longer takes any
+    /// (retired, or stopped).
+    pub async fn send(&self, routed: Routed) -> Result<(), Routed> {
+        let Some(sender) = self.sender() else {
+            return Err(routed);
+        };
+        sender.send(routed).await.map_err(|refused| refused.0)
     }
 
     /// Offers a batch without waiting; gives it back if the link has no room (or stopped).
@@ -239,10 +239,6 @@ impl LinkHandle {
             return Vec::new();
         };
         done.await.unwrap_or_default()
-    }
-
-    pub fn replayer(&self) -> &str {
-        &self.replayer
     }
 }
 
@@ -320,13 +316,6 @@ impl LinkSet {
         )
     }
 
-    pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.current()
-            .iter()
-            .map(|handle| handle.endpoint.clone())
-            .collect()
-    }
-
     /// Starts links for new endpoints and retires the links of endpoints no longer listed:
     /// a retired link finishes what it has in flight, or hands it over, then stops.
     pub fn update(self: &Arc<Self>, endpoints: Vec<Endpoint>) {
@@ -351,6 +340,13 @@ impl LinkSet {
                 .push(Arc::clone(&handle));
             next.push(handle);
         }
+        let next: Arc<[Arc<LinkHandle>]> = next.into();
+        // Published before the retired links stop taking records, so the router re-routes to
+        // the new set what a retired link gives back.
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&next);
         for gone in current
             .iter()
             .filter(|old| !next.iter().any(|new| new.replayer == old.replayer))
@@ -359,10 +355,6 @@ impl LinkSet {
             gone.up.store(false, Ordering::Relaxed);
             gone.close_input();
         }
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = next.into();
     }
 
     fn spawn_link(self: &Arc<Self>, endpoint: Endpoint, replayer: String) -> Arc<LinkHandle> {
@@ -391,27 +383,31 @@ impl LinkSet {
         Arc::new(LinkHandle {
             replayer,
             key,
-            endpoint,
             up,
             input: std::sync::Mutex::new(Some(input_sender)),
             done: tokio::sync::Mutex::new(Some(done_receiver)),
         })
     }
 
-    /// Closes every link's input and waits for each to finish its acknowledgements (or to be
-    /// told to stop); returns what they still held.
+    /// Closes every link's input and waits for each to finish its acknowledgements, or its
+    /// hand-over, or to be told to stop; returns what they still held.
     pub async fn finish(&self) -> Vec<proto::RecordBatch> {
         let all = self
             .all
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        for handle in &all {
-            handle.close_input();
-        }
+        // Links that are down first: they hand what they hold to live ones, whose inputs must
+        // still be open to take it.
+        let (down, up): (Vec<_>, Vec<_>) = all.into_iter().partition(|handle| !handle.is_up());
         let mut left = Vec::new();
-        for handle in &all {
-            left.extend(handle.finished().await);
+        for phase in [down, up] {
+            for handle in &phase {
+                handle.close_input();
+            }
+            for handle in &phase {
+                left.extend(handle.finished().await);
+            }
         }
         left
     }
@@ -465,7 +461,13 @@ impl Link {
                 break;
             };
             self.set_up(false);
-            if !matches!(error, LinkError::Connect(_)) && !self.acknowledged_any {
+            // A replayer going away (connect error, UNAVAILABLE) says nothing about the batch.
+            let batch_refused = match &error {
+                LinkError::Connect(_) => false,
+                LinkError::Stream(status) => status.code() != tonic::Code::Unavailable,
+                LinkError::Closed => true,
+            };
+            if batch_refused && !self.acknowledged_any {
                 self.give_up_on_a_stuck_batch();
             }
             for batch in &mut self.pending {
@@ -513,6 +515,11 @@ impl Link {
         if let Some(stashed) = self.stash.take() {
             self.keep(stashed);
         }
+        // What the router already handed over is reported too, not dropped with the channel.
+        self.input.close();
+        while let Ok(routed) = self.input.try_recv() {
+            self.keep(routed);
+        }
         let left: Vec<_> = self
             .pending
             .drain(..)
@@ -530,7 +537,7 @@ impl Link {
         let settings = Arc::clone(&self.settings);
         for record in records {
             match self.pending.back_mut() {
-                Some(last) if !last.sent_before && !last.is_full(&settings) => {
+                Some(last) if last.is_open(&settings) => {
                     last.add(record, &settings);
                 }
                 _ => {
@@ -559,7 +566,8 @@ impl Link {
     }
 
     fn give_up_on_a_stuck_batch(&mut self) {
-        let Some(oldest) = self.pending.front_mut() else {
+        // Only a batch that went out on the failed stream (a refused stream open sent nothing).
+        let Some(oldest) = self.pending.front_mut().filter(|batch| batch.sequence != 0) else {
             return;
         };
         oldest.failed_streams += 1;

@@ -120,7 +120,8 @@ pub struct ListenerMetrics {
     pub flows_shed: Counter,
     /// Bytes held for incomplete requests and out-of-order segments.
     pub buffered_bytes: Gauge,
-    /// Records captured and neither acknowledged nor dropped: queued or in flight.
+    /// Records captured or restored and neither acknowledged nor dropped: queued, in flight
+    /// or spooled.
     pub records_buffered: Gauge,
     /// Records found in the spool at start, left by an earlier run.
     pub records_restored: Counter,

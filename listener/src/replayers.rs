@@ -29,35 +29,27 @@ impl ReplayerSet {
         self.urls.iter().any(|url| ip_of(url).is_none())
     }
 
-    /// One endpoint per replayer address, in a stable order. A name that does not resolve now
-    /// is kept as a name (resolved again at each connection attempt); `previous` holds what
-    /// an earlier resolution found for it, which is kept instead when there was one.
-    pub fn endpoints(
+    /// Per configured URL, one endpoint per replayer address, in a stable order. A name that
+    /// does not resolve now keeps what `previous` (an earlier result, same order) found for it,
+    /// or else stays a name, resolved again at each connection attempt.
+    pub fn resolve(
         &self,
-        previous: &[Endpoint],
-    ) -> Result<Vec<Endpoint>, tonic::transport::Error> {
-        let mut endpoints = Vec::new();
-        for url in &self.urls {
-            let addresses = match resolve(url) {
-                Some(addresses) => addresses,
-                None => {
-                    let kept: Vec<_> = previous
-                        .iter()
-                        .filter(|endpoint| endpoint_of_url(endpoint, url))
-                        .cloned()
-                        .collect();
-                    if !kept.is_empty() {
-                        endpoints.extend(kept);
-                        continue;
-                    }
-                    vec![url.clone()]
-                }
+        previous: &[Vec<Endpoint>],
+    ) -> Result<Vec<Vec<Endpoint>>, tonic::transport::Error> {
+        let mut resolved = Vec::new();
+        for (index, url) in self.urls.iter().enumerate() {
+            let earlier = previous.get(index).filter(|earlier| !earlier.is_empty());
+            let endpoints = match (resolve(url), earlier) {
+                (Some(addresses), _) => addresses
+                    .into_iter()
+                    .map(|address| self.endpoint(url, address))
+                    .collect::<Result<_, _>>()?,
+                (None, Some(earlier)) => earlier.clone(),
+                (None, None) => vec![self.endpoint(url, url.clone())?],
             };
-            for address in addresses {
-                endpoints.push(self.endpoint(url, address)?);
-            }
+            resolved.push(endpoints);
         }
-        Ok(endpoints)
+        Ok(resolved)
     }
 
     fn endpoint(&self, url: &Uri, address: Uri) -> Result<Endpoint, tonic::transport::Error> {
@@ -92,12 +84,6 @@ fn port_of(url: &Uri) -> u16 {
         } else {
             80
         })
-}
-
-/// Whether `endpoint` was made from `url`: the URL itself, or one of its addresses.
-fn endpoint_of_url(endpoint: &Endpoint, url: &Uri) -> bool {
-    let uri = endpoint.uri();
-    uri.host() == url.host() || (ip_of(uri).is_some() && uri.port_u16() == Some(port_of(url)))
 }
 
 /// The addresses a URL names: itself for an IP or a name with one address, one URL per
@@ -135,8 +121,12 @@ mod tests {
             ],
             None,
         );
-        let endpoints = set.endpoints(&[]).unwrap();
-        let uris: Vec<String> = endpoints.iter().map(|e| e.uri().to_string()).collect();
+        let resolved = set.resolve(&[]).unwrap();
+        let uris: Vec<String> = resolved
+            .concat()
+            .iter()
+            .map(|e| e.uri().to_string())
+            .collect();
         assert_eq!(uris[0], "http://127.0.0.1:7070/");
         // localhost may resolve to 127.0.0.1 and ::1: one replayer per address then.
         assert!(uris.len() >= 2, "{uris:?}");
@@ -154,12 +144,12 @@ mod tests {
     fn a_name_that_stops_resolving_keeps_its_last_addresses() {
         let url: Uri = "http://replayers.invalid:7070".parse().unwrap();
         let set = ReplayerSet::new(vec![url], None);
-        let earlier = vec![Endpoint::from_static("http://10.0.0.7:7070")];
-        let endpoints = set.endpoints(&earlier).unwrap();
-        assert_eq!(endpoints.len(), 1);
-        assert_eq!(endpoints[0].uri().to_string(), "http://10.0.0.7:7070/");
+        let earlier = vec![vec![Endpoint::from_static("http://10.0.0.7:7070")]];
+        let resolved = set.resolve(&earlier).unwrap();
+        assert_eq!(resolved[0].len(), 1);
+        assert_eq!(resolved[0][0].uri().to_string(), "http://10.0.0.7:7070/");
         // Never resolved: kept as a name, tried at each connection attempt.
-        let endpoints = set.endpoints(&[]).unwrap();
-        assert_eq!(endpoints[0].uri().host(), Some("replayers.invalid"));
+        let resolved = set.resolve(&[]).unwrap();
+        assert_eq!(resolved[0][0].uri().host(), Some("replayers.invalid"));
     }
 }

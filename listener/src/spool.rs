@@ -21,6 +21,9 @@ use crate::transport::BufferPolicy;
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 4 << 20;
+/// No frame is larger (the replayer's message limit): a larger length read back means the file
+/// is corrupt, not a reason to allocate gigabytes.
+const MAX_FRAME_BYTES: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -55,7 +58,17 @@ pub struct Spool {
     writer: Option<File>,
     /// Reading the oldest segment: the open file, positioned at its next frame.
     reader: Option<BufReader<File>>,
+    /// Totals over every segment's unread frames, kept as frames come and go.
+    on_disk: Totals,
     metrics: ListenerMetrics,
+}
+
+/// Requests, responses and bytes in the spool.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    requests: u64,
+    responses: u64,
+    bytes: u64,
 }
 
 impl Spool {
@@ -89,11 +102,15 @@ impl Spool {
             next_sequence: found.last().map_or(0, |(sequence, _)| sequence + 1),
             writer: None,
             reader: None,
+            on_disk: Totals::default(),
             metrics,
         };
         for (_, path) in found {
             let segment = scan(&path)?;
             let (requests, responses) = segment.counts();
+            spool.on_disk.requests += requests;
+            spool.on_disk.responses += responses;
+            spool.on_disk.bytes += segment.bytes;
             spool.metrics.records_restored.inc_by(requests);
             spool.metrics.responses_restored.inc_by(responses);
             tracing::info!(path = %path.display(), requests, responses, "restoring spooled records");
@@ -111,15 +128,15 @@ impl Spool {
 
     /// Requests on disk, not yet read back.
     pub fn requests(&self) -> u64 {
-        self.segments.iter().map(|s| s.counts().0).sum()
+        self.on_disk.requests
     }
 
     pub fn responses(&self) -> u64 {
-        self.segments.iter().map(|s| s.counts().1).sum()
+        self.on_disk.responses
     }
 
     fn bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.bytes).sum()
+        self.on_disk.bytes
     }
 
     fn update_gauge(&self) {
@@ -178,9 +195,11 @@ impl Spool {
             .back_mut()
             .expect("a segment was opened above");
         segment.bytes += frame_len;
-        segment
-            .frames
-            .push_back((batch.records.len() as u64, batch.responses.len() as u64));
+        let (requests, responses) = (batch.records.len() as u64, batch.responses.len() as u64);
+        segment.frames.push_back((requests, responses));
+        self.on_disk.requests += requests;
+        self.on_disk.responses += responses;
+        self.on_disk.bytes += frame_len;
         Ok(())
     }
 
@@ -218,7 +237,10 @@ impl Spool {
             let segment = self.segments.front_mut().expect("checked above");
             match read_frame(reader) {
                 Some(batch) => {
-                    segment.frames.pop_front();
+                    if let Some((requests, responses)) = segment.frames.pop_front() {
+                        self.on_disk.requests -= requests;
+                        self.on_disk.responses -= responses;
+                    }
                     self.update_gauge();
                     return Some(batch);
                 }
@@ -240,6 +262,9 @@ impl Spool {
             self.writer = None;
         }
         let (requests, responses) = segment.counts();
+        self.on_disk.requests -= requests;
+        self.on_disk.responses -= responses;
+        self.on_disk.bytes -= segment.bytes;
         self.count_dropped(reason, requests, responses);
         if let Err(error) = std::fs::remove_file(&segment.path) {
             tracing::warn!(path = %segment.path.display(), %error, "cannot delete a spool segment");
@@ -266,7 +291,11 @@ impl Segment {
 fn read_frame(reader: &mut impl Read) -> Option<proto::RecordBatch> {
     let mut len = [0u8; 4];
     reader.read_exact(&mut len).ok()?;
-    let mut frame = vec![0u8; u32::from_le_bytes(len) as usize];
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return None;
+    }
+    let mut frame = vec![0u8; len];
     reader.read_exact(&mut frame).ok()?;
     proto::RecordBatch::decode(frame.as_slice()).ok()
 }
@@ -371,6 +400,23 @@ mod tests {
         }
         assert_eq!(metrics.dropped(DropReason::SpoolFull).get(), 10);
         assert_eq!(ids(&spool.pop_oldest().unwrap())[0], 10, "the oldest went");
+    }
+
+    #[test]
+    fn a_corrupt_frame_length_ends_its_segment_without_allocating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path(), 1 << 30, BufferPolicy::DropNewest);
+        spool.write(batch(0, 5));
+        let path = spool.segments[0].path.clone();
+        drop(spool);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        file.write_all(b"garbage").unwrap();
+
+        let (mut spool, metrics) = open(dir.path(), 1 << 30, BufferPolicy::DropNewest);
+        assert_eq!(metrics.records_restored.get(), 5);
+        assert_eq!(ids(&spool.pop_oldest().unwrap()), vec![0, 1, 2, 3, 4]);
+        assert!(spool.pop_oldest().is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tapwire_shared::{RequestRecord, ResponseRecord};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 pub use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::link::{self, LinkHandle, LinkSet, LinkSettings, PendingBatch};
+use crate::link::{self, LinkHandle, LinkSet, LinkSettings, PendingBatch, Routed};
 use crate::metrics::{DropReason, ListenerMetrics};
 use crate::replayers::ReplayerSet;
 use crate::spool::Spool;
@@ -81,7 +81,17 @@ impl QueuedRecord {
 
 struct QueueState {
     records: VecDeque<QueuedRecord>,
+    /// Message bytes of `records`: what evicting all of them would free.
+    queued_bytes: usize,
     senders_gone: bool,
+}
+
+impl QueueState {
+    fn pop(&mut self) -> Option<QueuedRecord> {
+        let record = self.records.pop_front()?;
+        self.queued_bytes -= record.item_len();
+        Some(record)
+    }
 }
 
 struct SharedQueue {
@@ -124,6 +134,7 @@ pub fn record_queue(
     let shared = Arc::new(SharedQueue {
         state: Mutex::new(QueueState {
             records: VecDeque::new(),
+            queued_bytes: 0,
             senders_gone: false,
         }),
         arrived: Notify::new(),
@@ -199,16 +210,19 @@ impl RecordQueue {
         loop {
             let fits = state.records.len() < self.shared.max_records;
             if fits && let Ok(bytes) = Arc::clone(&self.shared.bytes).try_acquire_many_owned(size) {
+                state.queued_bytes += item.len();
                 state.records.push_back(QueuedRecord { item, shard, bytes });
                 drop(state);
                 self.shared.arrived.notify_one();
                 return true;
             }
-            if self.policy == BufferPolicy::DropNewest {
+            // Evicting frees the oldest records' bytes, but not what is in flight: evict only
+            // when that can make room.
+            let room = self.shared.bytes.available_permits() + state.queued_bytes;
+            if self.policy == BufferPolicy::DropNewest || (size as usize) > room {
                 return false;
             }
-            // Evicting frees the oldest record's bytes; what is in flight cannot be evicted.
-            let Some(oldest) = state.records.pop_front() else {
+            let Some(oldest) = state.pop() else {
                 return false;
             };
             match oldest.item {
@@ -233,7 +247,7 @@ impl QueueReceiver {
             let arrived = self.shared.arrived.notified();
             {
                 let mut state = self.shared.lock();
-                if let Some(record) = state.records.pop_front() {
+                if let Some(record) = state.pop() {
                     return Some(record);
                 }
                 if state.senders_gone {
@@ -245,7 +259,7 @@ impl QueueReceiver {
     }
 
     pub fn try_recv(&mut self) -> Option<QueuedRecord> {
-        self.shared.lock().records.pop_front()
+        self.shared.lock().pop()
     }
 
     fn is_empty(&self) -> bool {
@@ -290,15 +304,15 @@ pub async fn stream_to_replayers(
     stop: watch::Receiver<bool>,
 ) -> Option<Spool> {
     let settings = Arc::new(config.settings);
-    let endpoints = match config.replayers.endpoints(&[]) {
-        Ok(endpoints) => endpoints,
+    let resolved = match config.replayers.resolve(&[]) {
+        Ok(resolved) => resolved,
         Err(error) => {
             tracing::error!(%error, "cannot set up the replayer endpoints");
             return spool;
         }
     };
     let links = LinkSet::start(
-        endpoints,
+        resolved.concat(),
         Arc::clone(&settings),
         metrics.clone(),
         stop.clone(),
@@ -307,6 +321,7 @@ pub async fn stream_to_replayers(
         tokio::spawn(follow_replayer_names(
             config.replayers.clone(),
             Arc::clone(&links),
+            resolved,
         ))
     });
     let budget = records.bytes();
@@ -338,12 +353,13 @@ pub async fn stream_to_replayers(
                     _ if stopping => drop(queued),
                     _ => {
                         // Whatever else is waiting goes along: one message per link.
-                        let mut burst = vec![queued];
+                        let mut burst = Vec::with_capacity(ROUTE_BURST);
+                        burst.push(queued);
                         while burst.len() < ROUTE_BURST {
                             let Some(next) = records.try_recv() else { break };
                             burst.push(next);
                         }
-                        route_records(&handles, burst).await;
+                        route(&links, Routed::Records(burst)).await;
                     }
                 }
             }
@@ -352,7 +368,7 @@ pub async fn stream_to_replayers(
             {
                 let restored = spool.as_mut().and_then(Spool::pop_oldest);
                 if let (Ok(permit), Some(batch)) = (permit, restored) {
-                    route_batch(&handles, PendingBatch::restored(batch, Some(permit))).await;
+                    route(&links, Routed::Batch(PendingBatch::restored(batch, Some(permit)))).await;
                 }
             }
             _ = tick.tick() => {}
@@ -363,7 +379,7 @@ pub async fn stream_to_replayers(
             match spool.as_mut() {
                 Some(spool) if spooling && nothing_waiting => spool.write(batch.into_batch()),
                 Some(_) if spooling => spill = Some(batch),
-                _ => route_batch(&handles, batch).await,
+                _ => route(&links, Routed::Batch(batch)).await,
             }
         }
     }
@@ -389,10 +405,42 @@ fn owner_of(handles: &[Arc<LinkHandle>], shard: u32) -> Option<&Arc<LinkHandle>>
     link::owner(handles, shard, None).or_else(|| link::home(handles, shard))
 }
 
-/// Hands each record to the link owning its shard, in capture order per link.
-async fn route_records(handles: &[Arc<LinkHandle>], records: Vec<QueuedRecord>) {
+/// Hands records, or a batch, to the links owning their shards, in capture order per link. A
+/// link that no longer takes any (retired meanwhile, or stopped) gives them back and they go
+/// to the current set instead; at shutdown, with no link taking anything, they stay counted as
+/// buffered and end as dropped{shutdown}.
+async fn route(links: &LinkSet, routed: Routed) {
+    let mut waiting = vec![routed];
+    for _ in 0..ROUTE_ATTEMPTS {
+        let handles = links.current();
+        let mut refused = Vec::new();
+        for routed in waiting {
+            for (link, part) in split_by_owner(&handles, routed) {
+                if let Err(back) = link.send(part).await {
+                    refused.push(back);
+                }
+            }
+        }
+        if refused.is_empty() {
+            return;
+        }
+        waiting = refused;
+    }
+}
+
+/// Records grouped by the link owning their shard (a batch goes whole, by its first record).
+fn split_by_owner(handles: &[Arc<LinkHandle>], routed: Routed) -> Vec<(&Arc<LinkHandle>, Routed)> {
+    let records = match routed {
+        Routed::Batch(batch) => {
+            return owner_of(handles, batch.shard())
+                .map(|link| (link, Routed::Batch(batch)))
+                .into_iter()
+                .collect();
+        }
+        Routed::Records(records) => records,
+    };
     if let [only] = handles {
-        return only.send(link::Routed::Records(records)).await;
+        return vec![(only, Routed::Records(records))];
     }
     let mut by_link: Vec<(&Arc<LinkHandle>, Vec<QueuedRecord>)> = Vec::new();
     for record in records {
@@ -407,31 +455,36 @@ async fn route_records(handles: &[Arc<LinkHandle>], records: Vec<QueuedRecord>) 
             None => by_link.push((owner, vec![record])),
         }
     }
-    for (link, records) in by_link {
-        link.send(link::Routed::Records(records)).await;
-    }
+    by_link
+        .into_iter()
+        .map(|(link, records)| (link, Routed::Records(records)))
+        .collect()
 }
 
-async fn route_batch(handles: &[Arc<LinkHandle>], batch: PendingBatch) {
-    if let Some(link) = owner_of(handles, batch.shard()) {
-        link.send(link::Routed::Batch(batch)).await;
-    }
-}
+/// Times a refused hand-over is routed again before it is left to the shutdown accounting.
+const ROUTE_ATTEMPTS: usize = 3;
 
 /// How often replayer names are resolved again.
 const RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves the replayer names again and again, and starts or retires links as addresses
 /// appear or disappear (a headless Service's pods being rescheduled).
-async fn follow_replayer_names(replayers: ReplayerSet, links: Arc<LinkSet>) {
+async fn follow_replayer_names(
+    replayers: ReplayerSet,
+    links: Arc<LinkSet>,
+    mut resolved: Vec<Vec<tonic::transport::Endpoint>>,
+) {
     loop {
         tokio::time::sleep(RESOLVE_INTERVAL).await;
-        let previous = links.endpoints();
-        let set = replayers.clone();
+        let (set, previous) = (replayers.clone(), resolved.clone());
         // The system resolver blocks.
-        let resolved = tokio::task::spawn_blocking(move || set.endpoints(&previous)).await;
-        if let Ok(Ok(endpoints)) = resolved {
-            links.update(endpoints);
+        match tokio::task::spawn_blocking(move || set.resolve(&previous)).await {
+            Ok(Ok(fresh)) => {
+                links.update(fresh.concat());
+                resolved = fresh;
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot set up a resolved replayer"),
+            Err(_) => {}
         }
     }
 }
@@ -476,6 +529,23 @@ mod tests {
             assert_eq!(ids(&mut receiver), kept.collect::<Vec<_>>(), "{policy:?}");
             assert_eq!(metrics.dropped(reason).get(), 5, "{policy:?}");
         }
+    }
+
+    #[test]
+    fn drop_oldest_evicts_nothing_for_a_record_that_could_never_fit() {
+        let size = request(0).request.len();
+        let metrics = ListenerMetrics::register(&mut Registry::default());
+        let (queue, mut receiver) = record_queue(100, size * 5, metrics.clone());
+        let queue = queue.with_policy(BufferPolicy::DropOldest);
+        for id in 0..3 {
+            queue.push_request(request(id));
+        }
+        let mut huge = request(99);
+        huge.request = bytes::Bytes::from(vec![b'x'; size * 6]);
+        queue.push_request(huge);
+        assert_eq!(ids(&mut receiver), vec![0, 1, 2], "nothing evicted for it");
+        assert_eq!(metrics.dropped(DropReason::Evicted).get(), 0);
+        assert_eq!(metrics.dropped(DropReason::QueueFull).get(), 1);
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn replayers_that_appear_get_connections_and_those_that_go_hand_them_on() 
                 let owner = link::owner(&handles, record.shard(), None)
                     .or_else(|| link::home(&handles, record.shard()))
                     .unwrap();
-                owner.send(Routed::Records(vec![record])).await;
+                assert!(owner.send(Routed::Records(vec![record])).await.is_ok());
             }
         }
     };

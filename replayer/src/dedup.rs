@@ -1,7 +1,8 @@
 //! De-duplication of resent records. A listener sends unacknowledged batches again after a
-//! reconnect, and hands them to another replayer when its own goes down (at-least-once), so
-//! some records arrive twice, and not always in id order: with several replayers each sees a
-//! subset of a listener's ids. Per listener instance, a bitmap remembers which of the last
+//! reconnect (at-least-once), so some records arrive twice at the same replayer, and not always
+//! in id order: with several replayers each sees a subset of a listener's ids, and a replayer
+//! that goes down hands its batches to another. (What a replayer that died had replayed, the
+//! next one cannot know: those copies pass, and the listener counts them as resent.) Per listener instance, a bitmap remembers which of the last
 //! [`WINDOW`] ids were seen. A record further behind than that is let through: resends are
 //! never that far behind, but records restored from a listener's disk spool can be, and losing
 //! them would be worse than a rare second copy.

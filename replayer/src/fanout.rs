@@ -167,6 +167,11 @@ impl FanOut {
         (fanout, workers)
     }
 
+    /// Whether records wait for a global rate (queue mode) before dispatch.
+    pub fn paces(&self) -> bool {
+        self.pacing.is_some()
+    }
+
     /// Waits until the global rate allows another record (only in queue mode).
     pub async fn until_global_rate_allows(&self) {
         if let Some(pacing) = &self.pacing {

@@ -24,7 +24,7 @@ use crate::fanout::{BatchDone, FanOut};
 /// Acks queued per stream before the stream stops reading batches.
 const ACK_QUEUE: usize = 64;
 /// Batches of one stream dispatched and waiting for their targets before the stream stops
-/// reading more (a listener keeps fewer unacknowledged than this anyway).
+/// reading more: what one listener can have the targets working on at once.
 const MAX_BATCHES_IN_FLIGHT: usize = 256;
 /// On shutdown, how long a stream waits for targets to finish its dispatched batches so it
 /// can acknowledge them (within the server's grace for closing connections).
@@ -192,14 +192,20 @@ async fn serve_stream(
             Ok(Some(batch)) => batch,
             Ok(None) => {
                 // The listener is done sending; it still waits for these acks.
-                for (ack, done) in in_flight.drain(..) {
-                    let _ = done.await;
-                    if !matches!(
-                        queue_reply(&acks, Ok(ack), &mut shutdown).await,
-                        Reply::Queued
-                    ) {
-                        break;
+                let acknowledge_all = async {
+                    while let Some((ack, done)) = in_flight.pop_front() {
+                        let _ = done.await;
+                        if acks.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
                     }
+                };
+                let stopped = tokio::select! {
+                    () = acknowledge_all => false,
+                    () = stopping(&mut shutdown) => true,
+                };
+                if stopped {
+                    finish_for_shutdown(&acks, in_flight).await;
                 }
                 break;
             }
@@ -221,12 +227,32 @@ async fn serve_stream(
         let (batch_done, finished) = BatchDone::new();
         let (records, copies) = dedup.fresh(&listener_id, batch.listener_instance, batch.records);
         fanout.duplicates(copies);
+        let paced = original.is_some() || fanout.paces();
+        let mut stopped = false;
         for record in records {
-            if let Some(timing) = original.as_mut() {
-                timing.wait_for(record.captured_at_ns).await;
+            if paced {
+                // Pacing may wait long: shutdown must not wait behind it.
+                let due = async {
+                    if let Some(timing) = original.as_mut() {
+                        timing.wait_for(record.captured_at_ns).await;
+                    }
+                    fanout.until_global_rate_allows().await;
+                };
+                tokio::select! {
+                    biased;
+                    () = stopping(&mut shutdown) => {
+                        stopped = true;
+                        break;
+                    }
+                    () = due => {}
+                }
             }
-            fanout.until_global_rate_allows().await;
             fanout.dispatch(record, &listener_id, &batch_done);
+        }
+        if stopped {
+            // This batch is not acknowledged: the listener sends it again elsewhere.
+            finish_for_shutdown(&acks, in_flight).await;
+            break;
         }
         // Comparing staging's answers with these is the replayer's next job; count them now.
         fanout.production_responses(batch.responses.len() as u64);

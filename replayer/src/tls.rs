@@ -94,7 +94,12 @@ pub fn accept(
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            // The server gone (shut down) ends accepting too, so the port is released.
+            let accepted_connection = tokio::select! {
+                connection = listener.accept() => connection,
+                () = accepted.closed() => return,
+            };
+            let (tcp, peer) = match accepted_connection {
                 Ok(connection) => connection,
                 Err(error) => {
                     // Out of file descriptors and the like: pause rather than spin.
@@ -117,9 +122,6 @@ pub fn accept(
                     }
                 }
             });
-            if accepted.is_closed() {
-                return;
-            }
         }
     });
     ReceiverStream::new(incoming)

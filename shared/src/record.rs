@@ -116,23 +116,37 @@ fn endpoint_from_wire(
     endpoint: Option<proto::Endpoint>,
 ) -> Result<SocketAddr, RecordError> {
     let endpoint = endpoint.ok_or(RecordError::MissingEndpoint { id, field })?;
-    let ip = if let Ok(octets) = <[u8; 4]>::try_from(endpoint.ip.as_ref()) {
-        IpAddr::V4(Ipv4Addr::from(octets))
-    } else if let Ok(octets) = <[u8; 16]>::try_from(endpoint.ip.as_ref()) {
-        IpAddr::V6(Ipv6Addr::from(octets))
-    } else {
-        return Err(RecordError::BadAddress {
-            id,
-            field,
-            len: endpoint.ip.len(),
-        });
-    };
+    let ip = endpoint.ip_addr().ok_or(RecordError::BadAddress {
+        id,
+        field,
+        len: endpoint.ip.len(),
+    })?;
     let port = u16::try_from(endpoint.port).map_err(|_| RecordError::BadPort {
         id,
         field,
         port: endpoint.port,
     })?;
     Ok(SocketAddr::new(ip, port))
+}
+
+impl proto::Endpoint {
+    fn ip_addr(&self) -> Option<IpAddr> {
+        if let Ok(octets) = <[u8; 4]>::try_from(self.ip.as_ref()) {
+            Some(IpAddr::V4(Ipv4Addr::from(octets)))
+        } else if let Ok(octets) = <[u8; 16]>::try_from(self.ip.as_ref()) {
+            Some(IpAddr::V6(Ipv6Addr::from(octets)))
+        } else {
+            None
+        }
+    }
+
+    /// The address, if the wire form holds a valid one.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            self.ip_addr()?,
+            u16::try_from(self.port).ok()?,
+        ))
+    }
 }
 
 #[cfg(test)]
