@@ -58,8 +58,6 @@ pub struct PendingBatch {
     bytes_len: usize,
     /// The shard of its first record: where it goes when handed over.
     shard: u32,
-    /// Its sequence on the current stream; 0 when not sent on it.
-    sequence: u64,
     /// Streams that failed, acknowledging nothing, after this batch went out on them as the
     /// oldest unacknowledged one.
     failed_streams: u32,
@@ -81,7 +79,7 @@ impl PendingBatch {
     }
 
     /// A batch read back from the spool, holding `permit` for its bytes.
-    pub fn restored(batch: proto::RecordBatch, permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub fn restored(mut batch: proto::RecordBatch, permit: Option<OwnedSemaphorePermit>) -> Self {
         let shard = batch
             .records
             .first()
@@ -96,11 +94,12 @@ impl PendingBatch {
                 .iter()
                 .map(|r| r.response.len())
                 .sum::<usize>();
+        // Its sequence on the current stream lives in the wire batch; 0 until sent on one.
+        batch.sequence = 0;
         PendingBatch {
             batch,
             bytes_len,
             shard,
-            sequence: 0,
             failed_streams: 0,
             sent_before: false,
             permit,
@@ -147,7 +146,6 @@ impl PendingBatch {
             metrics.records_resent.inc_by(self.requests());
         }
         self.sent_before = true;
-        self.sequence = sequence;
         self.batch.sequence = sequence;
     }
 
@@ -471,7 +469,7 @@ impl Link {
                 self.give_up_on_a_stuck_batch();
             }
             for batch in &mut self.pending {
-                batch.sequence = 0;
+                batch.batch.sequence = 0;
             }
             if self.acknowledged_any {
                 backoff = BACKOFF_FIRST;
@@ -567,7 +565,11 @@ impl Link {
 
     fn give_up_on_a_stuck_batch(&mut self) {
         // Only a batch that went out on the failed stream (a refused stream open sent nothing).
-        let Some(oldest) = self.pending.front_mut().filter(|batch| batch.sequence != 0) else {
+        let Some(oldest) = self
+            .pending
+            .front_mut()
+            .filter(|batch| batch.batch.sequence != 0)
+        else {
             return;
         };
         oldest.failed_streams += 1;
@@ -697,7 +699,8 @@ impl Link {
 
     fn acknowledge(&mut self, sequence: u64) {
         while let Some(acknowledged) = self.pending.front() {
-            if acknowledged.sequence == 0 || acknowledged.sequence > sequence {
+            let sent_as = acknowledged.batch.sequence;
+            if sent_as == 0 || sent_as > sequence {
                 break;
             }
             self.metrics.records_sent.inc_by(acknowledged.requests());
