@@ -1,21 +1,21 @@
 //! Packet sources and the capture loop. A [`PacketSource`] is a live interface (libpcap with
 //! TPACKET_V3, non-blocking, woken by our own `poll`) or a pcap/pcapng file; both go through
-//! exactly the same path: decode, reassemble, cut, queue. The loop runs on its own thread and
-//! never blocks on the replayer link. Production traffic is only ever observed, never touched.
+//! exactly the same path: decode ([`packet`](crate::packet)), reassemble and cut
+//! ([`reassembly`](crate::reassembly)), make records ([`record`](crate::record)). The loop runs
+//! on its own thread and never waits for an output. Production traffic is only ever observed,
+//! never touched.
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use tapwire_shared::{RequestRecord, ResponseRecord};
+use tapwire_runtime::Shutdown;
 
 use crate::metrics::ListenerMetrics;
 use crate::packet::{self, FlowKey, LinkType};
-use crate::reassembly::{Direction, FlowEvent, FlowObserver, Reassembler};
-use crate::transport::RecordQueue;
+use crate::reassembly::{Direction, Reassembler};
+use crate::record::RecordStage;
 
 /// The kernel hands over a block of packets when it fills or after this long: the most a
 /// captured packet waits before the listener sees it. Measured at 5k requests/s: 20 ms gives a
@@ -142,23 +142,23 @@ impl PacketSource {
         })
     }
 
-    /// Captures until `stop` is set (live) or the file ends, then closes every flow and returns.
+    /// Captures until `stop` is requested (live) or the file ends, then closes every flow and
+    /// returns.
     pub fn run(
         self,
         reassembler: Reassembler,
-        queue: RecordQueue,
-        metrics: ListenerMetrics,
-        stop: Arc<AtomicBool>,
+        records: RecordStage,
+        stop: &Shutdown,
     ) -> Result<(), CaptureError> {
         let mut pipeline = PacketPipeline {
             link: self.link,
             ports: self.ports,
             reassembler,
-            sink: RecordSink { queue, metrics },
+            records,
             last_packet_ns: 0,
         };
         match self.input {
-            Input::Live(handle) => pipeline.run_live(handle, &stop),
+            Input::Live(handle) => pipeline.run_live(handle, stop),
             Input::File(handle) => pipeline.run_file(handle),
         }
     }
@@ -184,71 +184,13 @@ fn install_filter<T: pcap::Activated + ?Sized>(
     Ok(link)
 }
 
-/// Turns reassembly's events into records on the queue and counts.
-struct RecordSink {
-    queue: RecordQueue,
-    metrics: ListenerMetrics,
-}
-
-impl FlowObserver for RecordSink {
-    fn event(&mut self, flow: FlowKey, event: FlowEvent) {
-        match event {
-            FlowEvent::Request {
-                id,
-                bytes,
-                started_at_ns,
-            } => {
-                self.metrics.requests_captured.inc();
-                self.queue.push_request(RequestRecord {
-                    id,
-                    captured_at_ns: started_at_ns,
-                    client: flow.client,
-                    server: flow.server,
-                    request: bytes,
-                });
-            }
-            FlowEvent::Response {
-                request_id,
-                bytes,
-                started_at_ns,
-                latency_ns,
-            } => {
-                self.metrics.responses_captured.inc();
-                self.queue.push_response(
-                    ResponseRecord {
-                        request_id,
-                        captured_at_ns: started_at_ns,
-                        latency_ns,
-                        response: bytes,
-                    },
-                    flow.client,
-                    flow.server,
-                );
-            }
-            FlowEvent::Dropped(reason) => {
-                self.metrics.dropped(reason).inc();
-            }
-            FlowEvent::ResponseDropped(reason) => {
-                self.metrics.response_dropped(reason).inc();
-            }
-            FlowEvent::Switched(switch) => {
-                self.metrics.switched(switch).inc();
-            }
-        }
-    }
-
-    fn flow_shed(&mut self) {
-        self.metrics.flows_shed.inc();
-    }
-}
-
 /// Everything one captured frame passes through, owned by the capture thread.
 struct PacketPipeline {
     link: LinkType,
     /// The service's ports: segments to them are requests, from them responses.
     ports: Vec<u16>,
     reassembler: Reassembler,
-    sink: RecordSink,
+    records: RecordStage,
     last_packet_ns: u64,
 }
 
@@ -256,7 +198,7 @@ impl PacketPipeline {
     fn run_live(
         &mut self,
         mut handle: pcap::Capture<pcap::Active>,
-        stop: &AtomicBool,
+        stop: &Shutdown,
     ) -> Result<(), CaptureError> {
         let mut last_housekeeping = Instant::now();
         let mut stopping_since: Option<Instant> = None;
@@ -273,7 +215,7 @@ impl PacketPipeline {
                 last_housekeeping = Instant::now();
                 // Packet timestamps come from the wall clock, so idleness is judged against it.
                 self.housekeeping(wall_clock_ns());
-                record_kernel_drops(&mut handle, &self.sink.metrics);
+                record_kernel_drops(&mut handle, self.records.metrics());
             }
             // Once stopping, give the kernel time to hand over its last partly filled block:
             // requests it captured before the stop belong to this run.
@@ -284,7 +226,7 @@ impl PacketPipeline {
                     break;
                 }
                 Some(_) => {}
-                None if stop.load(Ordering::Relaxed) => stopping_since = Some(Instant::now()),
+                None if stop.is_requested() => stopping_since = Some(Instant::now()),
                 None => {}
             }
             let mut readable = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
@@ -293,7 +235,7 @@ impl PacketPipeline {
                 Err(errno) => return Err(CaptureError::Poll(errno)),
             }
         }
-        record_kernel_drops(&mut handle, &self.sink.metrics);
+        record_kernel_drops(&mut handle, self.records.metrics());
         self.close_all();
         Ok(())
     }
@@ -318,11 +260,11 @@ impl PacketPipeline {
     }
 
     fn process(&mut self, frame: &pcap::Packet<'_>) {
-        self.sink.metrics.packets_captured.inc();
+        self.records.metrics().packets_captured.inc();
         let mut segment = match packet::decode(self.link, frame.data) {
             Ok(segment) => segment,
             Err(error) => {
-                self.sink.metrics.packets_malformed.inc();
+                self.records.metrics().packets_malformed.inc();
                 tracing::debug!(%error, "skipped frame");
                 return;
             }
@@ -340,22 +282,22 @@ impl PacketPipeline {
             Direction::Response
         };
         self.reassembler
-            .ingest_directed(&segment, direction, now_ns, &mut self.sink);
+            .ingest_directed(&segment, direction, now_ns, &mut self.records);
     }
 
     fn housekeeping(&mut self, now_ns: u64) {
-        self.reassembler.expire(now_ns, &mut self.sink);
+        self.reassembler.expire(now_ns, &mut self.records);
         self.update_gauges();
     }
 
     /// End of capture: whatever is held behind holes is still cut, the holes counted.
     fn close_all(&mut self) {
-        self.reassembler.finish(&mut self.sink);
+        self.reassembler.finish(&mut self.records);
         self.update_gauges();
     }
 
     fn update_gauges(&self) {
-        let metrics = &self.sink.metrics;
+        let metrics = self.records.metrics();
         metrics
             .flows_active
             .set(self.reassembler.active_flows() as i64);

@@ -2,154 +2,224 @@
 //! service, and streams them to one or more replayers. Data moves through the modules in this
 //! order:
 //!
-//! - [`capture`]: libpcap handle, BPF filter, and the capture loop on its own thread.
+//! - [`capture`]: libpcap handle (or a pcap file), BPF filter, the capture loop on its own thread.
 //! - [`packet`]: link layer, IP and TCP decoding of each frame into a [`packet::Segment`].
 //! - [`reassembly`]: per-connection sequence ordering, retransmissions, flow lifetimes.
-//! - [`http`]: cutting each ordered byte stream into complete requests.
-//! - [`transport`]: the bounded buffer, and the routing of each connection to a replayer.
-//! - [`link`]: one batched, acknowledged gRPC stream per replayer ([`replayers`] says which);
-//!   [`spool`] keeps batches on disk while no replayer is up.
+//! - [`http`]: cutting each ordered byte stream into complete requests (and responses).
+//! - [`record`]: a cut message becomes a record: counted, redacted, given its [`shard`], handed
+//!   to every output ([`sink`] is the outputs' contract).
+//! - [`queue`]: the bounded buffer in front of the replayers, filled without ever waiting.
+//! - [`router`]: each record to the link of the replayer owning its shard ([`replayers`] says
+//!   which replayers there are), or to the disk [`spool`] while none is up.
+//! - [`link`]: one batched ([`batch`]), acknowledged gRPC stream per replayer.
 //!
-//! [`config`] holds the flags, [`metrics`] the counters that account for every request.
+//! [`config`] holds the flags and file keys, [`plan`] their validated form, [`metrics`] the
+//! counters that account for every request.
 
+pub mod batch;
 pub mod capture;
 pub mod config;
 pub mod http;
 pub mod link;
 pub mod metrics;
 pub mod packet;
+pub mod plan;
+pub mod queue;
 pub mod reassembly;
+pub mod record;
 pub mod replayers;
+pub mod router;
+pub mod shard;
+pub mod sink;
 pub mod spool;
-pub mod transport;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use tapwire_runtime::Shutdown;
 
 pub use config::ListenerConfig;
 use metrics::{DropReason, ListenerMetrics};
+pub use plan::ListenerPlan;
+use spool::Spool;
 
 /// How long the links may take to hand back what they hold once told to stop.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the listener until `shutdown` resolves (or capture fails), then drains what it can
-/// within the drain timeout and logs the final accounting.
-pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    // Read before capturing, so a bad token file stops the listener at once.
-    let link_config = config.link()?;
-    let mut registry = Registry::default();
-    let metrics = ListenerMetrics::register(&mut registry);
-    if let Some(addr) = config.metrics_listen {
-        tapwire_telemetry::serve_metrics(addr, Arc::new(registry)).await?;
-    }
-    let spool = match &config.spool_dir {
-        Some(dir) => Some(spool::Spool::open(
-            dir,
-            config.spool_bytes,
-            config.buffer_policy,
-            metrics.clone(),
-        )?),
-        None => None,
-    };
+/// Runs the listener until `shutdown` is requested (or capture ends or fails), then drains what
+/// it can within the drain timeout and logs the final accounting.
+pub async fn run(plan: ListenerPlan, shutdown: Shutdown) -> anyhow::Result<()> {
+    Listener::start(plan).await?.run(shutdown).await
+}
 
-    let source = match &config.input_pcap {
-        Some(path) => {
-            capture::PacketSource::open_file(path, &config.ports, config.track_responses)?
+/// A running listener: the capture thread feeding the queue, the router and links draining it.
+struct Listener {
+    metrics: ListenerMetrics,
+    capture: CaptureThread,
+    router: tokio::task::JoinHandle<Option<Spool>>,
+    /// Told to stop once the drain timeout has passed.
+    links_stop: Shutdown,
+    accounting: tokio::task::JoinHandle<()>,
+    drain_timeout: Duration,
+    spooling: bool,
+}
+
+/// The capture loop on its own thread, and how it ended.
+struct CaptureThread {
+    stop: Shutdown,
+    thread: Option<std::thread::JoinHandle<()>>,
+    ended: tokio::sync::oneshot::Receiver<Result<(), capture::CaptureError>>,
+}
+
+impl Listener {
+    /// Opens the metrics endpoint, the spool and the capture (then drops privileges), and
+    /// starts the capture thread and the router.
+    async fn start(plan: ListenerPlan) -> anyhow::Result<Listener> {
+        let mut registry = Registry::default();
+        let metrics = ListenerMetrics::register(&mut registry);
+        if let Some(addr) = plan.metrics_listen {
+            tapwire_runtime::serve_metrics(addr, Arc::new(registry)).await?;
         }
-        None => capture::PacketSource::open_live(&config.capture())?,
-    };
-    if let Some(user) = &config.user {
-        drop_privileges(user)?;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (queue, records) = transport::record_queue(
-        config.buffer_records as usize,
-        config.buffer_bytes,
-        metrics.clone(),
-    );
-    let queue = queue
-        .redacting(config.redaction())
-        .with_policy(config.buffer_policy);
-    let (capture_done, mut capture_result) = tokio::sync::oneshot::channel();
-    let capture_thread = {
-        let mut reassembler = reassembly::Reassembler::new(config.reassembly());
-        if config.track_responses {
+        let spool = plan
+            .spool
+            .as_ref()
+            .map(|spool| Spool::open(&spool.dir, spool.bytes, plan.buffer.policy, metrics.clone()))
+            .transpose()?;
+        let source = match &plan.input_pcap {
+            Some(path) => capture::PacketSource::open_file(
+                path,
+                &plan.capture.ports,
+                plan.capture.track_responses,
+            )?,
+            None => capture::PacketSource::open_live(&plan.capture)?,
+        };
+        if let Some(user) = &plan.user {
+            drop_privileges(user)?;
+        }
+        let (queue, queued) =
+            queue::record_queue(plan.buffer.records, plan.buffer.bytes, metrics.clone());
+        let queue = queue.with_policy(plan.buffer.policy);
+        let records =
+            record::RecordStage::new(metrics.clone(), plan.redaction, vec![Box::new(queue)]);
+        let mut reassembler = reassembly::Reassembler::new(plan.reassembly);
+        if plan.capture.track_responses {
             reassembler = reassembler.tracking_responses();
         }
-        let (metrics, stop) = (metrics.clone(), Arc::clone(&stop));
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || {
-                let result = source.run(reassembler, queue, metrics, stop);
-                let _ = capture_done.send(result);
-            })
-            .context("cannot start the capture thread")?
-    };
-    let accounting = tokio::spawn(report_accounting(metrics.clone()));
-    let (stop_links, links_stopping) = tokio::sync::watch::channel(false);
-    let mut link = tokio::spawn(transport::stream_to_replayers(
-        link_config,
-        records,
-        spool,
-        metrics.clone(),
-        links_stopping,
-    ));
+        let capture = CaptureThread::start(source, reassembler, records)?;
+        let links_stop = Shutdown::new();
+        let router = tokio::spawn(router::stream_to_replayers(
+            plan.link,
+            queued,
+            spool,
+            metrics.clone(),
+            links_stop.clone(),
+        ));
+        Ok(Listener {
+            accounting: tokio::spawn(report_accounting(metrics.clone())),
+            metrics,
+            capture,
+            router,
+            links_stop,
+            drain_timeout: plan.drain_timeout,
+            spooling: plan.spool.is_some(),
+        })
+    }
 
-    // A file source ends by itself; a live one runs until shutdown (or fails).
-    let capture_ended = tokio::select! {
-        () = shutdown => None,
-        result = &mut capture_result => Some(result),
-    };
-    stop.store(true, Ordering::Relaxed);
-    let capture_outcome = match capture_ended {
-        Some(result) => result,
-        None => capture_result.await,
-    };
-    // The thread has finished (it sent its result); joining cannot block for long.
-    let _ = capture_thread.join();
+    async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let captured = self.capture.run_until(shutdown).await;
+        let spool = self.drain().await;
+        self.account_at_exit(spool.as_ref());
+        captured
+    }
 
-    tracing::info!(timeout = ?config.drain_timeout, "capture stopped; draining to the replayers");
-    let spool = match tokio::time::timeout(config.drain_timeout, &mut link).await {
-        Ok(finished) => finished.ok().flatten(),
-        Err(_) => {
-            tracing::warn!(
-                spooling = config.spool_dir.is_some(),
-                "drain timeout passed; what is still unacknowledged is spooled, or dropped"
-            );
-            let _ = stop_links.send(true);
-            match tokio::time::timeout(STOP_GRACE, &mut link).await {
-                Ok(finished) => finished.ok().flatten(),
-                Err(_) => {
-                    link.abort();
-                    None
-                }
+    /// Lets the links send what is queued, up to the drain timeout; then tells them to stop and
+    /// collects the spool (which took what they still held).
+    async fn drain(&mut self) -> Option<Spool> {
+        tracing::info!(timeout = ?self.drain_timeout, "capture stopped; draining to the replayers");
+        if let Ok(finished) = tokio::time::timeout(self.drain_timeout, &mut self.router).await {
+            return finished.ok().flatten();
+        }
+        tracing::warn!(
+            spooling = self.spooling,
+            "drain timeout passed; what is still unacknowledged is spooled, or dropped"
+        );
+        self.links_stop.request();
+        match tokio::time::timeout(STOP_GRACE, &mut self.router).await {
+            Ok(finished) => finished.ok().flatten(),
+            Err(_) => {
+                self.router.abort();
+                None
             }
         }
-    };
-    accounting.abort();
-    // Whatever is neither sent, spooled nor already counted was in memory at exit.
-    let (spooled, spooled_responses) = spool
-        .as_ref()
-        .map_or((0, 0), |spool| (spool.requests(), spool.responses()));
-    metrics
-        .dropped(DropReason::Shutdown)
-        .inc_by(metrics.buffered().saturating_sub(spooled));
-    metrics.records_buffered.set(spooled as i64);
-    metrics.response_dropped(DropReason::Shutdown).inc_by(
-        metrics
-            .responses_buffered()
-            .saturating_sub(spooled_responses),
-    );
-    tracing::info!(summary = %metrics.summary(), "listener stopped");
+    }
 
-    match capture_outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => anyhow::bail!("the capture thread ended without reporting"),
+    /// Whatever is neither sent, spooled nor already counted was in memory at exit: dropped
+    /// for `shutdown`. Logs the final accounting.
+    fn account_at_exit(&self, spool: Option<&Spool>) {
+        self.accounting.abort();
+        let metrics = &self.metrics;
+        let (spooled, spooled_responses) =
+            spool.map_or((0, 0), |spool| (spool.requests(), spool.responses()));
+        metrics
+            .dropped(DropReason::Shutdown)
+            .inc_by(metrics.buffered().saturating_sub(spooled));
+        metrics.records_buffered.set(spooled as i64);
+        metrics.response_dropped(DropReason::Shutdown).inc_by(
+            metrics
+                .responses_buffered()
+                .saturating_sub(spooled_responses),
+        );
+        tracing::info!(summary = %metrics.summary(), "listener stopped");
+    }
+}
+
+impl CaptureThread {
+    fn start(
+        source: capture::PacketSource,
+        reassembler: reassembly::Reassembler,
+        records: record::RecordStage,
+    ) -> anyhow::Result<CaptureThread> {
+        let stop = Shutdown::new();
+        let (done, ended) = tokio::sync::oneshot::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("capture".into())
+                .spawn(move || {
+                    let _ = done.send(source.run(reassembler, records, &stop));
+                })
+                .context("cannot start the capture thread")?
+        };
+        Ok(CaptureThread {
+            stop,
+            thread: Some(thread),
+            ended,
+        })
+    }
+
+    /// Captures until `shutdown` (a file source also ends by itself), then stops the thread
+    /// and returns how capture ended.
+    async fn run_until(&mut self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let ended = tokio::select! {
+            () = shutdown.requested() => None,
+            result = &mut self.ended => Some(result),
+        };
+        self.stop.request();
+        let outcome = match ended {
+            Some(result) => result,
+            None => (&mut self.ended).await,
+        };
+        // The thread has finished (it sent its result); joining cannot block for long.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => anyhow::bail!("the capture thread ended without reporting"),
+        }
     }
 }
 
@@ -157,7 +227,7 @@ pub async fn run(config: ListenerConfig, shutdown: impl Future<Output = ()>) -> 
 /// `captured + restored = sent + buffered + dropped` can be checked at any time, not only at
 /// exit.
 async fn report_accounting(metrics: ListenerMetrics) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     for second in 0u64.. {
         tick.tick().await;
         metrics.records_buffered.set(metrics.buffered() as i64);

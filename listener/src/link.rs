@@ -11,16 +11,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
+use tapwire_runtime::Shutdown;
 use tapwire_shared::proto::{self, replay_client::ReplayClient};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
+use crate::batch::PendingBatch;
 use crate::metrics::{DropReason, ListenerMetrics};
-use crate::transport::{Captured, QueuedRecord, shard_of};
+use crate::queue::QueuedRecord;
+use crate::shard::{replayer_key, weight};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -51,120 +54,20 @@ pub struct LinkSettings {
     pub compress: bool,
 }
 
-/// A batch being filled, waiting, or sent and not yet acknowledged. It holds its records' share
-/// of the byte budget until it is acknowledged (or given up).
-pub struct PendingBatch {
-    batch: proto::RecordBatch,
-    bytes_len: usize,
-    /// The shard of its first record: where it goes when handed over.
-    shard: u32,
-    /// Streams that failed, acknowledging nothing, after this batch went out on them as the
-    /// oldest unacknowledged one.
-    failed_streams: u32,
-    /// Sent on some stream before: sending it again may replay its records twice.
-    sent_before: bool,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl PendingBatch {
-    pub fn new(settings: &LinkSettings) -> Self {
-        PendingBatch::restored(
-            proto::RecordBatch {
-                listener_id: settings.listener_id.clone(),
-                listener_instance: settings.instance,
-                ..Default::default()
-            },
-            None,
-        )
+impl LinkSettings {
+    /// An empty batch of this listener process.
+    pub fn new_batch(&self) -> PendingBatch {
+        PendingBatch::new(&self.listener_id, self.instance)
     }
 
-    /// A batch read back from the spool, holding `permit` for its bytes.
-    pub fn restored(mut batch: proto::RecordBatch, permit: Option<OwnedSemaphorePermit>) -> Self {
-        let shard = batch
-            .records
-            .first()
-            .and_then(|record| {
-                let client = record.client.as_ref()?.socket_addr()?;
-                Some(shard_of(client, record.server.as_ref()?.socket_addr()?))
-            })
-            .unwrap_or(0);
-        let bytes_len = batch.records.iter().map(|r| r.request.len()).sum::<usize>()
-            + batch
-                .responses
-                .iter()
-                .map(|r| r.response.len())
-                .sum::<usize>();
-        // Its sequence on the current stream lives in the wire batch; 0 until sent on one.
-        batch.sequence = 0;
-        PendingBatch {
-            batch,
-            bytes_len,
-            shard,
-            failed_streams: 0,
-            sent_before: false,
-            permit,
-        }
+    pub fn is_full(&self, batch: &PendingBatch) -> bool {
+        batch.len() >= self.max_batch_records || batch.bytes_len() >= self.max_batch_bytes
     }
 
-    /// Adds a record; `true` once the batch is full.
-    pub fn add(&mut self, queued: QueuedRecord, settings: &LinkSettings) -> bool {
-        if self.is_empty() {
-            self.shard = queued.shard;
-        }
-        self.bytes_len += queued.item_len();
-        match &mut self.permit {
-            Some(permit) => permit.merge(queued.bytes),
-            None => self.permit = Some(queued.bytes),
-        }
-        match queued.item {
-            Captured::Request(record) => self.batch.records.push(record.into()),
-            Captured::Response(record) => self.batch.responses.push(record.into()),
-        }
-        self.is_full(settings)
-    }
-
-    fn is_full(&self, settings: &LinkSettings) -> bool {
-        self.batch.records.len() + self.batch.responses.len() >= settings.max_batch_records
-            || self.bytes_len >= settings.max_batch_bytes
-    }
-
-    fn is_empty(&self) -> bool {
-        self.batch.records.is_empty() && self.batch.responses.is_empty()
-    }
-
-    /// Whether records may still be added: built by this process (a batch restored from the
-    /// spool keeps an earlier process's instance), never sent, not full.
-    fn is_open(&self, settings: &LinkSettings) -> bool {
-        self.batch.listener_instance == settings.instance
-            && !self.sent_before
-            && !self.is_full(settings)
-    }
-
-    /// Numbers the batch for the stream it is about to be sent on; counts a resend.
-    fn number(&mut self, sequence: u64, metrics: &ListenerMetrics) {
-        if self.sent_before {
-            metrics.records_resent.inc_by(self.requests());
-        }
-        self.sent_before = true;
-        self.batch.sequence = sequence;
-    }
-
-    /// The wire batch, releasing its share of the byte budget (it is leaving memory).
-    pub fn into_batch(self) -> proto::RecordBatch {
-        self.batch
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.batch.records.len() as u64
-    }
-
-    /// The shard of its first record: where it goes when it moves.
-    pub fn shard(&self) -> u32 {
-        self.shard
-    }
-
-    pub fn responses(&self) -> u64 {
-        self.batch.responses.len() as u64
+    /// Whether records may still join `batch`: built by this process (a batch restored from
+    /// the spool keeps an earlier process's instance), never sent, not full.
+    fn is_open(&self, batch: &PendingBatch) -> bool {
+        batch.instance() == self.instance && !batch.was_sent() && !self.is_full(batch)
     }
 }
 
@@ -179,8 +82,7 @@ pub enum Routed {
 /// The router's (and the other links') side of one link.
 pub struct LinkHandle {
     replayer: String,
-    /// The replayer's weight key in rendezvous hashing: a hash of its address, so shards stay
-    /// put when other replayers come or go.
+    /// The replayer's key in rendezvous hashing.
     key: u64,
     up: Arc<AtomicBool>,
     input: std::sync::Mutex<Option<mpsc::Sender<Routed>>>,
@@ -260,21 +162,6 @@ pub fn home(handles: &[Arc<LinkHandle>], shard: u32) -> Option<&Arc<LinkHandle>>
         .max_by_key(|handle| weight(shard, handle.key))
 }
 
-fn weight(shard: u32, link: u64) -> u64 {
-    // splitmix64 of (shard, link): cheap, well mixed, the same in every process.
-    let mut x = (link ^ u64::from(shard).rotate_left(32)).wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn key_of(replayer: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    replayer.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// The links in use, shared by the router and by the links themselves (to hand over); replaced
 /// when the set of replayers changes.
 pub struct LinkSet {
@@ -283,7 +170,7 @@ pub struct LinkSet {
     all: std::sync::Mutex<Vec<Arc<LinkHandle>>>,
     settings: Arc<LinkSettings>,
     metrics: ListenerMetrics,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
 }
 
 impl LinkSet {
@@ -292,7 +179,7 @@ impl LinkSet {
         endpoints: Vec<Endpoint>,
         settings: Arc<LinkSettings>,
         metrics: ListenerMetrics,
-        stop: watch::Receiver<bool>,
+        stop: Shutdown,
     ) -> Arc<LinkSet> {
         let set = Arc::new(LinkSet {
             current: std::sync::RwLock::new(Vec::new().into()),
@@ -361,7 +248,7 @@ impl LinkSet {
         // Up until proven otherwise, so records flow the moment the stream opens.
         let up = Arc::new(AtomicBool::new(true));
         self.metrics.replayer_up(&replayer).set(0);
-        let key = key_of(&replayer);
+        let key = replayer_key(&replayer);
         let link = Link {
             key,
             replayer: replayer.clone(),
@@ -423,7 +310,7 @@ struct Link {
     stash: Option<Routed>,
     up: Arc<AtomicBool>,
     metrics: ListenerMetrics,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
     done: oneshot::Sender<Vec<proto::RecordBatch>>,
     /// Oldest first: sent and unacknowledged, then handed over or kept while down.
     pending: VecDeque<PendingBatch>,
@@ -440,71 +327,133 @@ enum LinkError {
     Closed,
 }
 
+/// Reconnection delays: exponential from [`BACKOFF_FIRST`] to [`BACKOFF_MAX`], jittered so
+/// that a fleet of listeners does not reconnect in step; back to the first once a stream made
+/// progress.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: BACKOFF_FIRST,
+        }
+    }
+
+    fn delay(&mut self, stream_made_progress: bool) -> Duration {
+        if stream_made_progress {
+            self.next = BACKOFF_FIRST;
+        }
+        let delay = self.next.mul_f64(rand::rng().random_range(0.5..1.5));
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// How a period without a stream ended.
+enum Outage {
+    /// Time to try connecting again.
+    Retry,
+    /// Nothing left to send and no more coming, or told to stop.
+    Over,
+}
+
+/// The sending side of one open stream.
+struct OpenStream {
+    /// `None` once our side is closed (no more input): the replayer then finishes its acks.
+    batches: Option<mpsc::Sender<proto::RecordBatch>>,
+    next_sequence: u64,
+}
+
+impl OpenStream {
+    /// Numbers `batch` for this stream and sends it.
+    async fn send(
+        &mut self,
+        batch: &mut PendingBatch,
+        metrics: &ListenerMetrics,
+    ) -> Result<(), LinkError> {
+        self.next_sequence += 1;
+        batch.number(self.next_sequence, metrics);
+        match &self.batches {
+            Some(sender) if sender.send(batch.wire().clone()).await.is_err() => {
+                Err(LinkError::Closed)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Link {
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
         self.metrics.replayer_up(&self.replayer).set(i64::from(up));
     }
 
+    /// Streams until the input is closed and everything is acknowledged (or handed over), or
+    /// until told to stop; reconnects after every failure.
     async fn run(mut self, links: Arc<LinkSet>) {
-        let mut stop = self.stop.clone();
-        let mut backoff = BACKOFF_FIRST;
+        let stop = self.stop.clone();
+        let mut backoff = Backoff::new();
         loop {
             self.acknowledged_any = false;
             let result = tokio::select! {
                 result = self.run_stream() => result,
-                () = stopping(&mut stop) => break,
+                () = stop.requested() => break,
             };
             let Err(error) = result else {
                 break;
             };
-            self.set_up(false);
-            // A replayer going away (connect error, UNAVAILABLE) says nothing about the batch.
-            let batch_refused = match &error {
-                LinkError::Connect(_) => false,
-                LinkError::Stream(status) => status.code() != tonic::Code::Unavailable,
-                LinkError::Closed => true,
-            };
-            if batch_refused && !self.acknowledged_any {
-                self.give_up_on_a_stuck_batch();
-            }
-            for batch in &mut self.pending {
-                batch.batch.sequence = 0;
-            }
-            if self.acknowledged_any {
-                backoff = BACKOFF_FIRST;
-            }
-            let delay = jittered(backoff);
-            tracing::warn!(replayer = %self.replayer, %error, retry_in = ?delay,
+            let retry_in = self.after_failure(&error, &mut backoff);
+            tracing::warn!(replayer = %self.replayer, %error, ?retry_in,
                 unacknowledged_batches = self.pending.len(), "replayer link down");
-            let retry_at = Instant::now() + delay;
-            // While down: hand what is held to live links, and keep taking what the router
-            // still sends until it notices.
-            loop {
-                self.hand_over(&links.current());
-                if self.input_closed && self.pending.is_empty() && self.stash.is_none() {
-                    self.finish();
-                    return;
-                }
-                let now = Instant::now();
-                if now >= retry_at {
-                    break;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep_until(retry_at.min(now + HANDOVER_TICK)) => {}
-                    routed = self.input.recv(), if !self.input_closed => match routed {
-                        Some(routed) => self.keep(routed),
-                        None => self.input_closed = true,
-                    },
-                    () = stopping(&mut stop) => {
-                        self.finish();
-                        return;
-                    }
-                }
+            match self.while_down(Instant::now() + retry_in, &links).await {
+                Outage::Retry => {}
+                Outage::Over => break,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         self.finish();
+    }
+
+    /// Marks the link down and settles the failed stream's batches; returns when to retry.
+    fn after_failure(&mut self, error: &LinkError, backoff: &mut Backoff) -> Duration {
+        self.set_up(false);
+        // A replayer going away (connect error, UNAVAILABLE) says nothing about the batch.
+        let batch_refused = match error {
+            LinkError::Connect(_) => false,
+            LinkError::Stream(status) => status.code() != tonic::Code::Unavailable,
+            LinkError::Closed => true,
+        };
+        if batch_refused && !self.acknowledged_any {
+            self.give_up_on_a_stuck_batch();
+        }
+        for batch in &mut self.pending {
+            batch.forget_stream();
+        }
+        backoff.delay(self.acknowledged_any)
+    }
+
+    /// Until `retry_at`: hands what is held to live links, and keeps taking what the router
+    /// still sends until it notices.
+    async fn while_down(&mut self, retry_at: Instant, links: &LinkSet) -> Outage {
+        loop {
+            self.hand_over(&links.current());
+            if self.input_closed && self.pending.is_empty() && self.stash.is_none() {
+                return Outage::Over;
+            }
+            let now = Instant::now();
+            if now >= retry_at {
+                return Outage::Retry;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(retry_at.min(now + HANDOVER_TICK)) => {}
+                routed = self.input.recv(), if !self.input_closed => match routed {
+                    Some(routed) => self.keep(routed),
+                    None => self.input_closed = true,
+                },
+                () = self.stop.requested() => return Outage::Over,
+            }
+        }
     }
 
     /// Reports what was never acknowledged (to be spooled or counted by the caller).
@@ -532,15 +481,12 @@ impl Link {
             Routed::Batch(batch) => return self.pending.push_back(batch),
             Routed::Records(records) => records,
         };
-        let settings = Arc::clone(&self.settings);
         for record in records {
             match self.pending.back_mut() {
-                Some(last) if last.is_open(&settings) => {
-                    last.add(record, &settings);
-                }
+                Some(last) if self.settings.is_open(last) => last.add(record),
                 _ => {
-                    let mut batch = PendingBatch::new(&settings);
-                    batch.add(record, &settings);
+                    let mut batch = self.settings.new_batch();
+                    batch.add(record);
                     self.pending.push_back(batch);
                 }
             }
@@ -550,7 +496,7 @@ impl Link {
     /// Offers the held batches, oldest first, to the live links now owning their shards.
     fn hand_over(&mut self, handles: &[Arc<LinkHandle>]) {
         while let Some(batch) = self.pending.pop_front() {
-            let Some(owner) = owner(handles, batch.shard, Some(self.key)) else {
+            let Some(owner) = owner(handles, batch.shard(), Some(self.key)) else {
                 self.pending.push_front(batch);
                 return;
             };
@@ -568,12 +514,11 @@ impl Link {
         let Some(oldest) = self
             .pending
             .front_mut()
-            .filter(|batch| batch.batch.sequence != 0)
+            .filter(|batch| batch.sequence() != 0)
         else {
             return;
         };
-        oldest.failed_streams += 1;
-        if oldest.failed_streams < MAX_FAILED_STREAMS {
+        if oldest.count_failed_stream() < MAX_FAILED_STREAMS {
             return;
         }
         let Some(stuck) = self.pending.pop_front() else {
@@ -599,50 +544,26 @@ impl Link {
         self.input.recv().await
     }
 
+    /// One stream: what the last one left unacknowledged goes first, then whatever the router
+    /// sends, within the window of unacknowledged batches. Ends `Ok` once the input is closed
+    /// and everything is acknowledged.
     async fn run_stream(&mut self) -> Result<(), LinkError> {
-        let channel = self.endpoint.connect().await?;
-        let (batches, outgoing) = mpsc::channel(self.settings.max_unacked_batches);
-        let authorization = self.settings.authorization.clone();
-        let add_token = move |mut request: tonic::Request<()>| {
-            if let Some(value) = &authorization {
-                request
-                    .metadata_mut()
-                    .insert("authorization", value.clone());
-            }
-            Ok(request)
-        };
-        let mut client = ReplayClient::with_interceptor(channel, add_token);
-        if self.settings.compress {
-            client = client.send_compressed(CompressionEncoding::Gzip);
-        }
-        let mut acks = client
-            .stream(ReceiverStream::new(outgoing))
-            .await?
-            .into_inner();
+        let (mut stream, mut acks) = self.open_stream().await?;
         self.set_up(true);
         tracing::info!(replayer = %self.replayer, resending = self.pending.len(), "connected to replayer");
-        let mut next_sequence: u64 = 0;
-        // What the last stream left unacknowledged (or what was handed over) goes first,
-        // numbered for this stream.
         for waiting in &mut self.pending {
-            next_sequence += 1;
-            waiting.number(next_sequence, &self.metrics);
-            if batches.send(waiting.batch.clone()).await.is_err() {
-                return Err(LinkError::Closed);
-            }
+            stream.send(waiting, &self.metrics).await?;
         }
-        let mut batches = Some(batches);
         loop {
-            if self.input_closed && batches.is_some() && self.stash.is_none() {
-                // Close our side so the replayer finishes its acks.
-                batches = None;
+            if self.input_closed && self.stash.is_none() {
+                stream.batches = None;
             }
-            if batches.is_none() && self.pending.is_empty() {
+            if stream.batches.is_none() && self.pending.is_empty() {
                 return Ok(());
             }
             let window_open = self.pending.len() < self.settings.max_unacked_batches;
             tokio::select! {
-                routed = self.next_routed(), if window_open && batches.is_some() => {
+                routed = self.next_routed(), if window_open && stream.batches.is_some() => {
                     let Some(routed) = routed else {
                         self.input_closed = true;
                         continue;
@@ -651,16 +572,9 @@ impl Link {
                         Routed::Batch(batch) => batch,
                         Routed::Records(records) => self.fill_batch(records),
                     };
-                    next_sequence += 1;
-                    batch.number(next_sequence, &self.metrics);
-                    // Message bytes are shared, not copied: the kept batch costs pointers.
-                    let wire = batch.batch.clone();
+                    let sent = stream.send(&mut batch, &self.metrics).await;
                     self.pending.push_back(batch);
-                    if let Some(sender) = &batches
-                        && sender.send(wire).await.is_err()
-                    {
-                        return Err(LinkError::Closed);
-                    }
+                    sent?;
                 }
                 ack = acks.message() => match ack? {
                     Some(ack) => self.acknowledge(ack.sequence),
@@ -670,15 +584,45 @@ impl Link {
         }
     }
 
+    /// Connects and opens the bidirectional stream, presenting the token.
+    async fn open_stream(
+        &self,
+    ) -> Result<(OpenStream, tonic::Streaming<proto::BatchAck>), LinkError> {
+        let channel = self.endpoint.connect().await?;
+        let (batches, outgoing) = mpsc::channel(self.settings.max_unacked_batches);
+        let authorization = self.settings.authorization.clone();
+        let add_token = move |mut request: tonic::Request<()>| {
+            if let Some(value) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert(tapwire_shared::link::AUTHORIZATION, value.clone());
+            }
+            Ok(request)
+        };
+        let mut client = ReplayClient::with_interceptor(channel, add_token);
+        if self.settings.compress {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        let acks = client
+            .stream(ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
+        let stream = OpenStream {
+            batches: Some(batches),
+            next_sequence: 0,
+        };
+        Ok((stream, acks))
+    }
+
     /// A batch of `records` and whatever records are waiting right behind them; what does not
     /// fit waits for the next batch.
     fn fill_batch(&mut self, records: Vec<QueuedRecord>) -> PendingBatch {
-        let settings = Arc::clone(&self.settings);
-        let mut batch = PendingBatch::new(&settings);
+        let mut batch = self.settings.new_batch();
         let mut records = records.into_iter();
         loop {
             while let Some(record) = records.next() {
-                if batch.add(record, &settings) {
+                batch.add(record);
+                if self.settings.is_full(&batch) {
                     let rest: Vec<_> = records.collect();
                     if !rest.is_empty() {
                         self.stash = Some(Routed::Records(rest));
@@ -699,7 +643,7 @@ impl Link {
 
     fn acknowledge(&mut self, sequence: u64) {
         while let Some(acknowledged) = self.pending.front() {
-            let sent_as = acknowledged.batch.sequence;
+            let sent_as = acknowledged.sequence();
             if sent_as == 0 || sent_as > sequence {
                 break;
             }
@@ -709,15 +653,4 @@ impl Link {
             self.acknowledged_any = true;
         }
     }
-}
-
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone: nobody can ask to stop any more.
-    if stop.wait_for(|stopping| *stopping).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(rand::rng().random_range(0.5..1.5))
 }

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use tonic::transport::{ClientTlsConfig, Endpoint, Uri};
 
-/// HTTP/2 flow-control window on the replayer link.
-const LINK_WINDOW_BYTES: u32 = 8 << 20;
-
 /// The configured replayers and how to reach them.
 #[derive(Debug, Clone)]
 pub struct ReplayerSet {
@@ -60,10 +57,8 @@ impl ReplayerSet {
             // interval + timeout.
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3))
-            // One long-lived stream carries everything: h2's 64 KiB default window would cap
-            // it at one window per round trip.
-            .initial_stream_window_size(LINK_WINDOW_BYTES)
-            .initial_connection_window_size(LINK_WINDOW_BYTES);
+            .initial_stream_window_size(tapwire_shared::link::WINDOW_BYTES)
+            .initial_connection_window_size(tapwire_shared::link::WINDOW_BYTES);
         if let Some(tls) = &self.tls {
             // The certificate names the host, whichever of its addresses is dialled.
             let host = url.host().unwrap_or_default().trim_matches(['[', ']']);

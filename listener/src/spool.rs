@@ -17,13 +17,13 @@ use prost::Message;
 use tapwire_shared::proto;
 
 use crate::metrics::{DropReason, ListenerMetrics};
-use crate::transport::BufferPolicy;
+use crate::queue::BufferPolicy;
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 4 << 20;
 /// No frame is larger (the replayer's message limit): a larger length read back means the file
 /// is corrupt, not a reason to allocate gigabytes.
-const MAX_FRAME_BYTES: usize = 64 << 20;
+const MAX_FRAME_BYTES: usize = tapwire_shared::link::MAX_MESSAGE_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {

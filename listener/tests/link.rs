@@ -9,8 +9,10 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tapwire_listener::link::{self, LinkSet, LinkSettings, Routed};
 use tapwire_listener::metrics::ListenerMetrics;
+use tapwire_listener::queue::{QueuedRecord, record_queue};
 use tapwire_listener::replayers::ReplayerSet;
-use tapwire_listener::transport::{LinkConfig, QueuedRecord, record_queue, stream_to_replayers};
+use tapwire_listener::router::{LinkConfig, stream_to_replayers};
+use tapwire_runtime::Shutdown;
 use tapwire_shared::RequestRecord;
 use tapwire_shared::proto::replay_server::{Replay, ReplayServer};
 use tapwire_shared::proto::{BatchAck, RecordBatch};
@@ -110,7 +112,7 @@ async fn unacknowledged_batches_are_sent_again_after_a_reconnect() {
             compress: false,
         },
     };
-    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let stopping = Shutdown::new();
     let link = tokio::spawn(stream_to_replayers(
         config,
         records,
@@ -221,7 +223,7 @@ async fn replayers_that_appear_get_connections_and_those_that_go_hand_them_on() 
         max_unacked_batches: 8,
         compress: false,
     });
-    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let stopping = Shutdown::new();
     let links = LinkSet::start(
         vec![first_endpoint.clone()],
         settings,
@@ -237,7 +239,7 @@ async fn replayers_that_appear_get_connections_and_those_that_go_hand_them_on() 
             queue.push_request(record);
         }
     };
-    let route_all = |queued: &mut tapwire_listener::transport::QueueReceiver| {
+    let route_all = |queued: &mut tapwire_listener::queue::QueueReceiver| {
         std::iter::from_fn(|| queued.try_recv()).collect::<Vec<_>>()
     };
     let deliver = |links: &Arc<LinkSet>, records: Vec<QueuedRecord>| {

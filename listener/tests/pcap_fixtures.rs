@@ -2,14 +2,14 @@
 //! takes (`PacketSource` -> reassembly -> cutting -> queue). Each asserts which requests come
 //! out, byte for byte, and which drop counters move.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
 use prometheus_client::registry::Registry;
 use tapwire_listener::capture::PacketSource;
 use tapwire_listener::metrics::{DropReason, ListenerMetrics};
+use tapwire_listener::queue::record_queue;
 use tapwire_listener::reassembly::{Reassembler, ReassemblyLimits};
-use tapwire_listener::transport::{self, record_queue};
+use tapwire_listener::record::RecordStage;
+use tapwire_listener::sink;
+use tapwire_runtime::Shutdown;
 use tapwire_shared::http1::ProtocolSwitch;
 use tapwire_shared::{RequestRecord, ResponseRecord};
 use tapwire_testkit::pcap_fixture::{Connection, FixtureLink, Segment, write_pcap};
@@ -51,19 +51,17 @@ fn capture_with(link: FixtureLink, segments: &[Segment], track_responses: bool) 
     let metrics = ListenerMetrics::register(&mut Registry::default());
     let (queue, mut queued) = record_queue(1 << 16, 1 << 30, metrics.clone());
     let source = PacketSource::open_file(&path, &[PORT], track_responses).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
+    let records = RecordStage::new(metrics.clone(), Default::default(), vec![Box::new(queue)]);
     let mut reassembler = Reassembler::new(LIMITS);
     if track_responses {
         reassembler = reassembler.tracking_responses();
     }
-    source
-        .run(reassembler, queue, metrics.clone(), stop)
-        .unwrap();
+    source.run(reassembler, records, &Shutdown::new()).unwrap();
     let (mut records, mut responses) = (Vec::new(), Vec::new());
     while let Some(queued) = queued.try_recv() {
         match queued.into_item() {
-            transport::Captured::Request(record) => records.push(record),
-            transport::Captured::Response(response) => responses.push(response),
+            sink::Captured::Request(record) => records.push(record),
+            sink::Captured::Response(response) => responses.push(response),
         }
     }
     assert_eq!(metrics.requests_captured.get(), records.len() as u64);

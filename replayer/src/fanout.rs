@@ -1,194 +1,48 @@
 //! Fan-out: each received record is checked and parsed once into a [`ReplayRequest`], passed
-//! through the global filters, rate and rewrites, then offered to every target. Doing this once
-//! (not per target) counts a malformed capture once and shares the body bytes between targets
-//! without copying.
+//! through the global filters, admission rate and rewrites, then offered to every
+//! [`ReplaySink`] (each staging target). Doing this once, not per target, counts a malformed
+//! capture once and shares the body bytes between targets without copying.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, header};
-use tapwire_shared::http1::{BodyFraming, ParsedRequest};
 use tapwire_shared::{RequestRecord, proto};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use governor::DefaultDirectRateLimiter;
-use http::HeaderValue;
-use xxhash_rust::xxh3::xxh3_64;
-
-use crate::config::WhenLimited;
 use crate::filter::Filters;
-use crate::metrics::{RejectReason, ReplayerMetrics};
-use crate::plan::EnginePlan;
+use crate::metrics::ReplayerMetrics;
+use crate::outcome::RejectReason;
 use crate::rate::CaptureRate;
+use crate::request::{BatchDone, ReplayRequest};
 use crate::rewrite::Rewrites;
-use crate::target::Target;
+use crate::sink::ReplaySink;
 
-/// A captured request, ready to send to any target.
-#[derive(Debug)]
-pub struct ReplayRequest {
-    pub method: Method,
-    pub path_and_query: PathAndQuery,
-    /// Captured headers minus the hop-by-hop ones, which described the production connection.
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    /// Identifies the captured client connection (listener, client and server addresses).
-    pub session: u64,
-    /// Identifies the record; random sampling hashes it.
-    pub identity_hash: u64,
-    /// When production received it: rates count captured time.
-    pub captured_at_ns: u64,
-    /// Host set by a global rewrite; a target's own rewrite wins over it.
-    pub host_override: Option<HeaderValue>,
-    /// Held until every target is done with the request: the batch it came in is
-    /// acknowledged once all its requests have let go.
-    pub batch: Option<Arc<BatchDone>>,
-}
-
-/// Fires when every request of a batch is finished with by every target (answered, failed or
-/// dropped, and counted either way): only then may the replayer acknowledge the batch, so a
-/// replayer that dies with requests still queued has not acknowledged them and the listener
-/// sends them again.
-#[derive(Debug)]
-pub struct BatchDone(Option<oneshot::Sender<()>>);
-
-impl BatchDone {
-    pub fn new() -> (Arc<BatchDone>, oneshot::Receiver<()>) {
-        let (done, finished) = oneshot::channel();
-        (Arc::new(BatchDone(Some(done))), finished)
-    }
-}
-
-impl Drop for BatchDone {
-    fn drop(&mut self) {
-        if let Some(done) = self.0.take() {
-            let _ = done.send(());
-        }
-    }
-}
-
-/// Headers that belong to one connection (RFC 9110 section 7.6.1), not to the request.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-impl ReplayRequest {
-    pub fn from_record(record: &RequestRecord, listener_id: &str) -> Result<Self, RejectReason> {
-        let parsed =
-            ParsedRequest::parse(&record.request).map_err(|_| RejectReason::MalformedHttp)?;
-        // Only the path and query travel: the destination is always a configured target.
-        let path_and_query = if parsed.target.starts_with('/') {
-            parsed.target.parse::<PathAndQuery>().ok()
-        } else {
-            // Absolute form (`GET http://host/path`), as sent to proxies.
-            parsed
-                .target
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|uri| uri.scheme().is_some())
-                .and_then(|uri| uri.path_and_query().cloned())
-        }
-        .ok_or(RejectReason::UnreplayableTarget)?;
-        let mut headers = parsed.headers;
-        for name in HOP_BY_HOP {
-            headers.remove(name);
-        }
-        match parsed.framing {
-            // Keeping the header makes the client re-chunk the decoded body.
-            BodyFraming::Chunked => {
-                headers.remove(header::CONTENT_LENGTH);
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    header::HeaderValue::from_static("chunked"),
-                );
-            }
-            BodyFraming::Empty | BodyFraming::Length(_) | BodyFraming::UntilClose => {
-                headers.remove(header::TRANSFER_ENCODING);
-            }
-        }
-        let session_key = format!("{listener_id}|{}|{}", record.client, record.server);
-        let identity = format!("{listener_id}|{}", record.id);
-        Ok(ReplayRequest {
-            method: parsed.method,
-            path_and_query,
-            headers,
-            body: parsed.body,
-            session: xxh3_64(session_key.as_bytes()),
-            identity_hash: xxh3_64(identity.as_bytes()),
-            captured_at_ns: record.captured_at_ns,
-            host_override: None,
-            batch: None,
-        })
-    }
-}
-
-/// Every configured target, fed from one place, behind the global filters, rate and rewrites.
+/// Every sink, fed from one place, behind the global filters, admission rate and rewrites.
 pub struct FanOut {
     filters: Filters,
     rewrites: Rewrites,
     /// Checked per record when over-rate records are dropped.
     admission: Option<CaptureRate>,
-    /// Awaited per record by the stream (holding the listener back) when they are queued.
-    pacing: Option<DefaultDirectRateLimiter>,
-    targets: Vec<Target>,
+    sinks: Vec<Box<dyn ReplaySink>>,
     metrics: ReplayerMetrics,
 }
 
 impl FanOut {
-    /// Starts every target; the handles finish once the fan-out is dropped and targets drain.
-    pub fn start(plan: EnginePlan, metrics: &ReplayerMetrics) -> (FanOut, Vec<JoinHandle<()>>) {
-        let preserve_connections = plan.preserve_connections;
-        let (targets, workers) = plan
-            .targets
-            .into_iter()
-            .map(|target| Target::start(target, metrics, preserve_connections))
-            .unzip();
-        let global = plan.global;
-        let (admission, pacing) = match (global.rate, global.when_limited) {
-            (None, _) => (None, None),
-            (Some(rate), WhenLimited::Drop) => (Some(rate.admission), None),
-            (Some(rate), WhenLimited::Queue) => (None, Some(rate.pacing)),
-        };
-        let fanout = FanOut {
-            filters: global.filters,
-            rewrites: global.rewrites,
+    pub fn new(
+        filters: Filters,
+        rewrites: Rewrites,
+        admission: Option<CaptureRate>,
+        sinks: Vec<Box<dyn ReplaySink>>,
+        metrics: ReplayerMetrics,
+    ) -> Self {
+        FanOut {
+            filters,
+            rewrites,
             admission,
-            pacing,
-            targets,
-            metrics: metrics.clone(),
-        };
-        (fanout, workers)
-    }
-
-    /// Whether records wait for a global rate (queue mode) before dispatch.
-    pub fn paces(&self) -> bool {
-        self.pacing.is_some()
-    }
-
-    /// Waits until the global rate allows another record (only in queue mode).
-    pub async fn until_global_rate_allows(&self) {
-        if let Some(pacing) = &self.pacing {
-            pacing.until_ready().await;
+            sinks,
+            metrics,
         }
     }
 
-    /// Records a listener sent again that were already replayed.
-    pub fn duplicates(&self, count: u64) {
-        self.metrics.records_duplicate.inc_by(count);
-    }
-
-    pub fn production_responses(&self, count: u64) {
-        self.metrics.production_responses_received.inc_by(count);
-    }
-
-    /// Offers one received record to every target; `batch` is held until they are done with it.
+    /// Offers one received record to every sink; `batch` is held until they are done with it.
     pub fn dispatch(&self, wire: proto::RequestRecord, listener_id: &str, batch: &Arc<BatchDone>) {
         self.metrics.records_received.inc();
         let request = RequestRecord::try_from(wire)
@@ -221,49 +75,8 @@ impl FanOut {
         }
         request.batch = Some(Arc::clone(batch));
         let request = Arc::new(request);
-        for target in &self.targets {
-            target.offer(&request);
+        for sink in &self.sinks {
+            sink.offer(&request);
         }
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// A request as the fan-out would build it from a capture.
-    pub(crate) fn request(raw: &str) -> ReplayRequest {
-        let record = RequestRecord {
-            id: 1,
-            captured_at_ns: 0,
-            client: "10.0.0.1:4000".parse().unwrap(),
-            server: "10.0.0.2:80".parse().unwrap(),
-            request: Bytes::copy_from_slice(raw.as_bytes()),
-        };
-        ReplayRequest::from_record(&record, "test").unwrap()
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_not_replayed() {
-        let replay = request(
-            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Trace\r\nKeep-Alive: 5\r\nX-Kept: 1\r\n\r\n",
-        );
-        assert!(!replay.headers.contains_key("connection"));
-        assert!(!replay.headers.contains_key("keep-alive"));
-        assert_eq!(replay.headers["x-kept"], "1");
-    }
-
-    #[test]
-    fn absolute_form_targets_keep_only_path_and_query() {
-        let replay =
-            request("GET http://evil.example/steal?x=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n");
-        assert_eq!(replay.path_and_query.as_str(), "/steal?x=1");
-    }
-
-    #[test]
-    fn requests_of_one_connection_share_a_session() {
-        let a = request("GET /a HTTP/1.1\r\n\r\n");
-        let b = request("GET /b HTTP/1.1\r\n\r\n");
-        assert_eq!(a.session, b.session);
     }
 }

@@ -1,12 +1,15 @@
 //! Filters: which requests are replayed. Compiled once from [`FilterSettings`]; every refusal
-//! names the rule that made it, so each filtered request is counted by rule.
+//! names the [`FilterRule`] that made it, so each filtered request is counted by rule.
 
 use base64::Engine;
 use http::{HeaderName, header};
 use regex::Regex;
 
-use crate::config::{ConfigError, FilterSettings};
-use crate::fanout::ReplayRequest;
+use tapwire_shared::config::ConfigError;
+
+use crate::config::FilterSettings;
+use crate::outcome::FilterRule;
+use crate::request::ReplayRequest;
 
 /// Compiled filter rules; all must pass.
 #[derive(Debug, Clone, Default)]
@@ -79,16 +82,16 @@ impl Filters {
     }
 
     /// `Err(rule)` names the first rule that refuses the request.
-    pub fn check(&self, request: &ReplayRequest) -> Result<(), &'static str> {
+    pub fn check(&self, request: &ReplayRequest) -> Result<(), FilterRule> {
         if !self.allow_methods.is_empty() && !self.allow_methods.contains(&request.method) {
-            return Err("allow_methods");
+            return Err(FilterRule::AllowMethods);
         }
         let url = request.path_and_query.as_str();
         if !self.allow_url.is_empty() && !self.allow_url.iter().any(|r| r.is_match(url)) {
-            return Err("allow_url");
+            return Err(FilterRule::AllowUrl);
         }
         if self.deny_url.iter().any(|r| r.is_match(url)) {
-            return Err("deny_url");
+            return Err(FilterRule::DenyUrl);
         }
         let host = request
             .headers
@@ -96,10 +99,10 @@ impl Filters {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
         if !self.allow_host.is_empty() && !self.allow_host.iter().any(|r| r.is_match(host)) {
-            return Err("allow_host");
+            return Err(FilterRule::AllowHost);
         }
         if self.deny_host.iter().any(|r| r.is_match(host)) {
-            return Err("deny_host");
+            return Err(FilterRule::DenyHost);
         }
         let header_matches = |(name, value): &(HeaderName, Regex)| {
             request
@@ -109,15 +112,15 @@ impl Filters {
                 .any(|v| v.to_str().is_ok_and(|v| value.is_match(v)))
         };
         if !self.allow_header.iter().all(header_matches) {
-            return Err("allow_header");
+            return Err(FilterRule::AllowHeader);
         }
         if self.deny_header.iter().any(header_matches) {
-            return Err("deny_header");
+            return Err(FilterRule::DenyHeader);
         }
         if let Some(pattern) = &self.basic_auth
             && !basic_credentials(request).is_some_and(|credentials| pattern.is_match(&credentials))
         {
-            return Err("basic_auth");
+            return Err(FilterRule::BasicAuth);
         }
         Ok(())
     }
@@ -138,7 +141,7 @@ fn basic_credentials(request: &ReplayRequest) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::tests::request;
+    use crate::request::tests::request;
 
     fn filters(settings: FilterSettings) -> Filters {
         Filters::compile(&settings, "filters").unwrap()
@@ -154,7 +157,7 @@ mod tests {
                     allow_methods: vec!["post".into()],
                     ..Default::default()
                 },
-                Err("allow_methods"),
+                Err(FilterRule::AllowMethods),
             ),
             (
                 FilterSettings {
@@ -168,7 +171,7 @@ mod tests {
                     allow_url: vec!["^/admin".into()],
                     ..Default::default()
                 },
-                Err("allow_url"),
+                Err(FilterRule::AllowUrl),
             ),
             (
                 FilterSettings {
@@ -182,28 +185,28 @@ mod tests {
                     deny_url: vec!["id=1$".into()],
                     ..Default::default()
                 },
-                Err("deny_url"),
+                Err(FilterRule::DenyUrl),
             ),
             (
                 FilterSettings {
                     allow_host: vec!["^api\\.".into()],
                     ..Default::default()
                 },
-                Err("allow_host"),
+                Err(FilterRule::AllowHost),
             ),
             (
                 FilterSettings {
                     deny_host: vec!["shop".into()],
                     ..Default::default()
                 },
-                Err("deny_host"),
+                Err(FilterRule::DenyHost),
             ),
             (
                 FilterSettings {
                     allow_header: vec!["X-Env: ^staging$".into()],
                     ..Default::default()
                 },
-                Err("allow_header"),
+                Err(FilterRule::AllowHeader),
             ),
             (
                 FilterSettings {
@@ -217,14 +220,14 @@ mod tests {
                     deny_header: vec!["X-Env: prod".into()],
                     ..Default::default()
                 },
-                Err("deny_header"),
+                Err(FilterRule::DenyHeader),
             ),
             (
                 FilterSettings {
                     basic_auth: Some("^admin:".into()),
                     ..Default::default()
                 },
-                Err("basic_auth"),
+                Err(FilterRule::BasicAuth),
             ),
         ];
         for (settings, expected) in cases {

@@ -1,34 +1,30 @@
-//! The `tapwire-replayer` binary: parse flags (or the --config file), validate, set up logging,
-//! run until SIGTERM or Ctrl-C.
+//! The `tapwire-replayer` binary: read the flags (or the --config file), validate, set up
+//! logging, run until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use tapwire_replayer::config::ReplayerArgs;
+use tapwire_replayer::{EnginePlan, ReplayerConfig};
+use tapwire_runtime::Shutdown;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = ReplayerArgs::parse();
-    let check_only = args.check_config;
     // A configuration that cannot run is a usage error, like a bad flag: exit code 2.
-    let config = match args.into_config() {
-        Ok(config) => config,
+    let compiled = ReplayerConfig::load(std::env::args_os())
+        .and_then(|loaded| Ok((EnginePlan::compile(&loaded.config)?, loaded)));
+    let (plan, loaded) = match compiled {
+        Ok(compiled) => compiled,
         Err(error) => {
             eprintln!("error: invalid configuration: {error}");
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = config.compile() {
-        eprintln!("error: invalid configuration: {error}");
-        return ExitCode::from(2);
-    }
-    if check_only {
-        print!("{}", config.to_toml());
+    if loaded.check_only {
+        print!("{}", loaded.config.to_toml());
         eprintln!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    tapwire_telemetry::init_logging();
-    match tapwire_replayer::run(config, tapwire_telemetry::shutdown_signal()).await {
+    tapwire_runtime::init_logging();
+    match tapwire_replayer::run(plan, Shutdown::on_signals()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

@@ -9,71 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Why a request did not get a response from a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TargetDropReason {
-    /// Over the target's `--rate`.
-    RateLimited,
-    /// The target's queue was full: it is slower than the traffic.
-    TargetQueueFull,
-    /// No TCP connection to the target could be made.
-    ConnectError,
-    /// No complete response within `--timeout`.
-    Timeout,
-    /// The connection failed mid-exchange or the response was not valid HTTP.
-    HttpError,
-}
-
-impl TargetDropReason {
-    pub const ALL: [TargetDropReason; 5] = [
-        TargetDropReason::RateLimited,
-        TargetDropReason::TargetQueueFull,
-        TargetDropReason::ConnectError,
-        TargetDropReason::Timeout,
-        TargetDropReason::HttpError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetDropReason::RateLimited => "rate_limited",
-            TargetDropReason::TargetQueueFull => "target_queue_full",
-            TargetDropReason::ConnectError => "connect_error",
-            TargetDropReason::Timeout => "timeout",
-            TargetDropReason::HttpError => "http_error",
-        }
-    }
-}
-
-/// Why a received record was not replayed to any target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// The gRPC record itself was invalid (bad addresses).
-    InvalidRecord,
-    /// The captured bytes are not a complete HTTP/1.x request.
-    MalformedHttp,
-    /// The request-target cannot be replayed to another host (e.g. `CONNECT host:443`).
-    UnreplayableTarget,
-    /// Over `global_rate`.
-    GlobalRateLimited,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
-        RejectReason::InvalidRecord,
-        RejectReason::MalformedHttp,
-        RejectReason::UnreplayableTarget,
-        RejectReason::GlobalRateLimited,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::InvalidRecord => "invalid_record",
-            RejectReason::MalformedHttp => "malformed_http",
-            RejectReason::UnreplayableTarget => "unreplayable_target",
-            RejectReason::GlobalRateLimited => "global_rate_limited",
-        }
-    }
-}
+use crate::outcome::{FilterRule, RejectReason, TargetDropReason};
 
 macro_rules! label_value_from_as_str {
     ($($kind:ty),*) => {$(
@@ -84,7 +20,7 @@ macro_rules! label_value_from_as_str {
         }
     )*};
 }
-label_value_from_as_str!(TargetDropReason, RejectReason);
+label_value_from_as_str!(TargetDropReason, RejectReason, FilterRule);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TargetLabel {
@@ -111,31 +47,11 @@ struct RejectLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RuleLabel {
     target: String,
-    rule: &'static str,
+    rule: FilterRule,
 }
-
-/// Every rule a request can be filtered by: the filter rules, and `sample`.
-pub const FILTER_RULES: [&str; 9] = [
-    "allow_methods",
-    "allow_url",
-    "deny_url",
-    "allow_host",
-    "deny_host",
-    "allow_header",
-    "deny_header",
-    "basic_auth",
-    "sample",
-];
 
 /// The `target` label of filters that apply before the fan-out.
 pub const ALL_TARGETS: &str = "*";
-
-fn rule_index(rule: &str) -> usize {
-    FILTER_RULES
-        .iter()
-        .position(|known| *known == rule)
-        .expect("filters only name rules in FILTER_RULES")
-}
 
 /// Status classes, indexed by the status code's first digit minus one.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -160,7 +76,7 @@ pub struct ReplayerMetrics {
     latency: Family<TargetLabel, Histogram>,
     filtered_family: Family<RuleLabel, Counter>,
     /// Filters applied before the fan-out (`target="*"`).
-    filtered: [Counter; FILTER_RULES.len()],
+    filtered: [Counter; FilterRule::ALL.len()],
 }
 
 /// One target's metric handles, resolved once so replaying never looks labels up.
@@ -169,7 +85,7 @@ pub struct TargetMetrics {
     pub sent: Counter,
     responses: [Counter; STATUS_CLASSES.len()],
     dropped: [Counter; TargetDropReason::ALL.len()],
-    filtered: [Counter; FILTER_RULES.len()],
+    filtered: [Counter; FilterRule::ALL.len()],
     pub latency: Histogram,
 }
 
@@ -179,7 +95,7 @@ impl ReplayerMetrics {
         let registry = registry.sub_registry_with_prefix("tapwire_replayer");
         let rejected_family = Family::<RejectLabel, Counter>::default();
         let filtered_family = Family::<RuleLabel, Counter>::default();
-        let filtered = FILTER_RULES.map(|rule| {
+        let filtered = FilterRule::ALL.map(|rule| {
             filtered_family.get_or_create_owned(&RuleLabel {
                 target: ALL_TARGETS.to_owned(),
                 rule,
@@ -266,8 +182,8 @@ impl ReplayerMetrics {
     }
 
     /// Counter of requests refused by a global `rule`.
-    pub fn filtered(&self, rule: &str) -> &Counter {
-        &self.filtered[rule_index(rule)]
+    pub fn filtered(&self, rule: FilterRule) -> &Counter {
+        &self.filtered[rule as usize]
     }
 
     pub fn target(&self, target: &str) -> TargetMetrics {
@@ -288,7 +204,7 @@ impl ReplayerMetrics {
                     reason,
                 })
             }),
-            filtered: FILTER_RULES.map(|rule| {
+            filtered: FilterRule::ALL.map(|rule| {
                 self.filtered_family.get_or_create_owned(&RuleLabel {
                     target: target.to_owned(),
                     rule,
@@ -328,8 +244,8 @@ impl TargetMetrics {
     }
 
     /// Counter of this target's requests refused by `rule`.
-    pub fn filtered(&self, rule: &str) -> &Counter {
-        &self.filtered[rule_index(rule)]
+    pub fn filtered(&self, rule: FilterRule) -> &Counter {
+        &self.filtered[rule as usize]
     }
 
     /// One line for logs: this target's accounting.
@@ -352,10 +268,10 @@ impl TargetMetrics {
     }
 }
 
-fn write_filtered(line: &mut String, filtered: &[Counter; FILTER_RULES.len()]) {
-    for (rule, counter) in FILTER_RULES.iter().zip(filtered) {
+fn write_filtered(line: &mut String, filtered: &[Counter; FilterRule::ALL.len()]) {
+    for (rule, counter) in FilterRule::ALL.iter().zip(filtered) {
         if counter.get() > 0 {
-            let _ = write!(line, " filtered_{rule}={}", counter.get());
+            let _ = write!(line, " filtered_{}={}", rule.as_str(), counter.get());
         }
     }
 }

@@ -1,21 +1,28 @@
-//! A validated configuration compiled into what the engine runs: regexes compiled, rates turned
-//! into limiters, URLs parsed. [`ReplayerConfig::compile`] is the only way to a plan, so nothing
-//! starts on a configuration that could fail later.
+//! A validated configuration compiled into what the replayer runs: regexes compiled, rates turned
+//! into limiters, URLs parsed, token and TLS files read. [`EnginePlan::compile`] is the only way
+//! to a plan, and it runs once: nothing starts on a configuration that could fail later.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::DefaultDirectRateLimiter;
 use http::Uri;
+use tapwire_shared::config::ConfigError;
+use tapwire_shared::link::read_token;
 
-use tapwire_shared::token::read_token;
-
-use crate::config::{ConfigError, ReplayerConfig, Timing, WhenLimited, parse_target_url};
+use crate::config::{ReplayerConfig, Timing, WhenLimited, parse_target_url};
 use crate::filter::Filters;
-use crate::rate::{CaptureRate, Sampler, limiter};
+use crate::rate::{CaptureRate, Rate};
 use crate::rewrite::Rewrites;
+use crate::sample::Sampler;
 
-/// Everything the engine needs, compiled.
+/// Everything the replayer runs, compiled.
 pub struct EnginePlan {
+    pub grpc_listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long targets may take to finish their queues at shutdown.
+    pub drain_timeout: Duration,
     /// The bearer token listeners must present, if any.
     pub token: Option<String>,
     /// TLS for the listener link, if configured.
@@ -31,24 +38,11 @@ pub struct EnginePlan {
 pub struct GlobalPlan {
     pub filters: Filters,
     pub rewrites: Rewrites,
-    pub rate: Option<Rate>,
-    pub when_limited: WhenLimited,
-}
-
-/// A rate, both ways it is enforced: which requests fit (on the capture clock, when over-rate
-/// requests are dropped) and when they are sent (in real time).
-pub struct Rate {
-    pub admission: CaptureRate,
-    pub pacing: DefaultDirectRateLimiter,
-}
-
-impl Rate {
-    fn new(rate: u32, burst: Option<u32>, field: &str) -> Result<Rate, ConfigError> {
-        Ok(Rate {
-            admission: CaptureRate::new(rate, burst, field)?,
-            pacing: limiter(rate, burst, field)?,
-        })
-    }
+    /// The global rate when over-rate records are dropped: which fit, by capture time.
+    pub admission: Option<CaptureRate>,
+    /// The global rate when over-rate records wait: each source stream is held back until it
+    /// allows the next record.
+    pub pacing: Option<Arc<DefaultDirectRateLimiter>>,
 }
 
 /// One target, compiled.
@@ -67,28 +61,35 @@ pub struct TargetPlan {
     pub keep_host: bool,
 }
 
-impl ReplayerConfig {
-    /// Validates every field and compiles the plan; the error names the field at fault.
-    pub fn compile(&self) -> Result<EnginePlan, ConfigError> {
-        if self.targets.is_empty() {
+impl EnginePlan {
+    /// Validates every setting of `config` and compiles the plan; the error names the setting
+    /// at fault.
+    pub fn compile(config: &ReplayerConfig) -> Result<EnginePlan, ConfigError> {
+        if config.targets.is_empty() {
             return Err(ConfigError::new(
                 "target",
                 "at least one target is required",
             ));
         }
-        if !(self.speed.is_finite() && self.speed > 0.0) {
+        if !(config.speed.is_finite() && config.speed > 0.0) {
             return Err(ConfigError::new("speed", "must be a positive number"));
         }
-        let global = GlobalPlan {
-            filters: Filters::compile(&self.filters, "filters")?,
-            rewrites: Rewrites::compile(&self.rewrites, "rewrites")?,
-            rate: self
-                .global_rate
-                .map(|rate| Rate::new(rate, None, "global_rate"))
-                .transpose()?,
-            when_limited: self.when_limited,
+        let global_rate = config
+            .global_rate
+            .map(|rate| Rate::new(rate, None, "global_rate"))
+            .transpose()?;
+        let (admission, pacing) = match (global_rate, config.when_limited) {
+            (None, _) => (None, None),
+            (Some(rate), WhenLimited::Drop) => (Some(rate.admission), None),
+            (Some(rate), WhenLimited::Queue) => (None, Some(Arc::new(rate.pacing))),
         };
-        let targets = self
+        let global = GlobalPlan {
+            filters: Filters::compile(&config.filters, "filters")?,
+            rewrites: Rewrites::compile(&config.rewrites, "rewrites")?,
+            admission,
+            pacing,
+        };
+        let targets = config
             .targets
             .iter()
             .enumerate()
@@ -116,7 +117,7 @@ impl ReplayerConfig {
                         .rate
                         .map(|rate| Rate::new(rate, target.burst, &format!("{field}.rate")))
                         .transpose()?,
-                    when_limited: self.when_limited,
+                    when_limited: config.when_limited,
                     concurrency: target.concurrency as usize,
                     timeout: target.timeout,
                     queue: target.queue as usize,
@@ -133,26 +134,35 @@ impl ReplayerConfig {
                 format!("{} is configured twice", pair[0]),
             ));
         }
-        let token = self
+        let token = config
             .token_file
             .as_deref()
             .map(|path| read_token(path).map_err(|error| ConfigError::new("token_file", error)))
             .transpose()?;
-        let tls = self
-            .tls
-            .as_ref()
-            .map(|settings| {
-                crate::tls::server_config(settings).map_err(|error| ConfigError::new("tls", error))
-            })
-            .transpose()?;
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(
+                crate::source::tls::server_config(cert, key, config.tls.client_ca.as_deref())
+                    .map_err(|error| ConfigError::new("tls", error))?,
+            ),
+            (None, None) if config.tls.client_ca.is_none() => None,
+            _ => {
+                return Err(ConfigError::new(
+                    "tls",
+                    "cert and key (--tls-cert, --tls-key) go together, and client_ca (--tls-ca) needs them",
+                ));
+            }
+        };
         Ok(EnginePlan {
+            grpc_listen: config.grpc_listen,
+            metrics_listen: config.metrics_listen,
+            drain_timeout: config.drain_timeout,
             token,
             tls,
             global,
             targets,
-            timing: self.timing,
-            speed: self.speed,
-            preserve_connections: self.preserve_connections,
+            timing: config.timing,
+            speed: config.speed,
+            preserve_connections: config.preserve_connections,
         })
     }
 }

@@ -6,7 +6,9 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 
-use crate::config::{ConfigError, RewriteSettings};
+use tapwire_shared::config::ConfigError;
+
+use crate::config::RewriteSettings;
 
 /// What a redacted header's value becomes: the same marker the listener writes.
 const REDACTED: HeaderValue = HeaderValue::from_static(tapwire_shared::http1::REDACTED);
@@ -140,8 +142,8 @@ mod tests {
                 from: "^/v1/user/([^/]+)/ping".into(),
                 to: "/v2/user/$1/ping".into(),
             }],
-            set_query: [("debug".to_owned(), "1".to_owned())].into(),
-            set_headers: [("X-Replayed-By".to_owned(), "tapwire".to_owned())].into(),
+            set_query: vec![("debug".to_owned(), "1".to_owned())],
+            set_headers: vec![("X-Replayed-By".to_owned(), "tapwire".to_owned())],
             remove_headers: vec!["Cookie".into()],
             redact_headers: vec!["Authorization".into(), "X-Absent".into()],
             host: Some("staging.example".into()),

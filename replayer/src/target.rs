@@ -21,12 +21,15 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::WhenLimited;
-use crate::fanout::ReplayRequest;
 use crate::filter::Filters;
-use crate::metrics::{ReplayerMetrics, TargetDropReason, TargetMetrics};
+use crate::metrics::{ReplayerMetrics, TargetMetrics};
+use crate::outcome::{FilterRule, TargetDropReason};
 use crate::plan::TargetPlan;
-use crate::rate::{CaptureRate, Sampler};
+use crate::rate::CaptureRate;
+use crate::request::ReplayRequest;
 use crate::rewrite::Rewrites;
+use crate::sample::Sampler;
+use crate::sink::ReplaySink;
 
 /// Requests queued per preserved session.
 const SESSION_QUEUE: usize = 256;
@@ -89,15 +92,17 @@ impl Target {
         };
         (target, workers)
     }
+}
 
+impl ReplaySink for Target {
     /// Never waits: filtered, sampled-out, over-rate and over-capacity requests are counted.
-    pub fn offer(&self, request: &Arc<ReplayRequest>) {
+    fn offer(&self, request: &Arc<ReplayRequest>) {
         if let Err(rule) = self.filters.check(request) {
             self.metrics.filtered(rule).inc();
             return;
         }
         if self.sampler.as_ref().is_some_and(|s| !s.keeps(request)) {
-            self.metrics.filtered("sample").inc();
+            self.metrics.filtered(FilterRule::Sample).inc();
             return;
         }
         if let Some(admission) = &self.admission

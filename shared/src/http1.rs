@@ -472,6 +472,50 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
         .ok_or(HttpError::MalformedChunkedBody)
 }
 
+/// A message body with its transfer coding removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedBody {
+    pub body: Bytes,
+    /// Bytes after the head that the body took, coding and trailers included; what follows
+    /// is not part of this message.
+    pub consumed: usize,
+}
+
+/// Decodes the body that `framing` delimits in `rest`, the bytes after a complete head: the
+/// one place a body is taken out of its framing.
+pub fn decode_body(rest: &Bytes, framing: BodyFraming) -> Result<DecodedBody, HttpError> {
+    match framing {
+        BodyFraming::Empty => Ok(DecodedBody {
+            body: Bytes::new(),
+            consumed: 0,
+        }),
+        BodyFraming::Length(length) => {
+            let length = usize::try_from(length).map_err(|_| HttpError::Truncated)?;
+            if rest.len() < length {
+                return Err(HttpError::Truncated);
+            }
+            Ok(DecodedBody {
+                body: rest.slice(..length),
+                consumed: length,
+            })
+        }
+        BodyFraming::UntilClose => Ok(DecodedBody {
+            body: rest.clone(),
+            consumed: rest.len(),
+        }),
+        BodyFraming::Chunked => {
+            let mut decoded = BytesMut::with_capacity(rest.len());
+            let consumed = ChunkedScanner::default()
+                .advance(rest, |range| decoded.extend_from_slice(&rest[range]))?
+                .ok_or(HttpError::Truncated)?;
+            Ok(DecodedBody {
+                body: decoded.freeze(),
+                consumed,
+            })
+        }
+    }
+}
+
 /// A complete request, taken apart so it can be sent again.
 #[derive(Debug, Clone)]
 pub struct ParsedRequest {
@@ -513,25 +557,7 @@ impl ParsedRequest {
                 .map_err(|_| HttpError::MalformedHead(httparse::Error::HeaderValue))?;
             headers.append(name, value);
         }
-        let rest = raw.slice(head_len..);
-        let body = match framing {
-            BodyFraming::Empty => Bytes::new(),
-            BodyFraming::Length(len) => {
-                let len = usize::try_from(len).map_err(|_| HttpError::Truncated)?;
-                if rest.len() < len {
-                    return Err(HttpError::Truncated);
-                }
-                rest.slice(..len)
-            }
-            BodyFraming::UntilClose => rest,
-            BodyFraming::Chunked => {
-                let mut decoded = BytesMut::new();
-                ChunkedScanner::default()
-                    .advance(&rest, |range| decoded.extend_from_slice(&rest[range]))?
-                    .ok_or(HttpError::Truncated)?;
-                decoded.freeze()
-            }
-        };
+        let body = decode_body(&raw.slice(head_len..), framing)?.body;
         Ok(ParsedRequest {
             method,
             target,

@@ -3,16 +3,19 @@
 //! - [`proto`]: the gRPC types and service stubs generated from `proto/tapwire/v1`.
 //! - [`record`]: the [`RequestRecord`] and [`ResponseRecord`] models and their conversions to
 //!   and from the wire.
-//! - [`token`]: reading the bearer token that authenticates listeners to replayers.
+//! - [`link`]: the link contract beyond the message types: size limits, flow-control window,
+//!   the bearer token that authenticates listeners to replayers.
 //! - [`http1`]: the HTTP/1.x grammar: where a request ends (for the listener's cutter) and what it
 //!   says (for the replayer's rebuild). The one place tapwire parses HTTP.
+//! - [`config`]: the configuration error both sides report, naming the setting at fault.
 //! - [`redact`]: what a listener blanks out of a captured message (headers, JSON body fields)
 //!   before the message leaves the host.
 
+pub mod config;
 pub mod http1;
+pub mod link;
 pub mod record;
 pub mod redact;
-pub mod token;
 
 /// Generated gRPC types for package `tapwire.v1`.
 pub mod proto {

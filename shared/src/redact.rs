@@ -4,9 +4,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::http1::{
-    self, BodyFraming, ChunkedScanner, HttpError, MAX_HEADERS, MessageHead, REDACTED,
-};
+use crate::http1::{self, BodyFraming, HttpError, MAX_HEADERS, MessageHead, REDACTED};
 
 /// Which parts of a captured HTTP/1 message (request or response, whole bytes: head and body)
 /// to redact before it leaves the host.
@@ -85,30 +83,11 @@ fn redact_json_body(message: &Bytes, fields: &[String]) -> Result<Bytes, RedactE
         return Err(RedactError::EncodedBody);
     }
     let framing = head.framing()?;
-    let json = match framing {
-        BodyFraming::Empty => return Err(RedactError::TrailingBytes),
-        BodyFraming::Length(length) => {
-            let length = usize::try_from(length).map_err(|_| HttpError::Truncated)?;
-            if rest.len() < length {
-                return Err(HttpError::Truncated.into());
-            }
-            if rest.len() > length {
-                return Err(RedactError::TrailingBytes);
-            }
-            rest
-        }
-        BodyFraming::UntilClose => rest,
-        BodyFraming::Chunked => {
-            let mut decoded = BytesMut::with_capacity(rest.len());
-            let end = ChunkedScanner::default()
-                .advance(&rest, |range| decoded.extend_from_slice(&rest[range]))?
-                .ok_or(HttpError::Truncated)?;
-            if end < rest.len() {
-                return Err(RedactError::TrailingBytes);
-            }
-            decoded.freeze()
-        }
-    };
+    let decoded = http1::decode_body(&rest, framing)?;
+    if decoded.consumed < rest.len() {
+        return Err(RedactError::TrailingBytes);
+    }
+    let json = decoded.body;
     let spans =
         redacted_spans(&json, fields).map_err(|offset| RedactError::InvalidJson { offset })?;
     if spans.is_empty() {

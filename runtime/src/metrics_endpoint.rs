@@ -1,8 +1,6 @@
-//! Observability shared by tapwire's binaries: log set-up, and the HTTP endpoint that serves a
-//! Prometheus registry at `/metrics`. Which metrics exist is each side's business, not this
-//! crate's.
+//! The HTTP endpoint that serves a Prometheus registry at `/metrics`. Which metrics exist is
+//! each side's business, not this module's.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,17 +12,6 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
 
 /// Serves `registry` as Prometheus text at `http://ADDR/metrics` until the process exits.
 /// Returns the bound address, so `127.0.0.1:0` picks a free port.
@@ -77,29 +64,5 @@ fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<By
                 "cannot encode metrics: {error}\n"
             ))))
             .expect("static headers are valid"),
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C), whichever comes first. The handlers are installed
-/// when this is called, not when the future is first polled: a signal that arrives before then
-/// must not kill the process with the default action.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = signal(SignalKind::terminate());
-    let interrupt = signal(SignalKind::interrupt());
-    async move {
-        match (terminate, interrupt) {
-            (Ok(mut terminate), Ok(mut interrupt)) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
-                }
-            }
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(%error, "cannot watch SIGTERM/SIGINT; stop this process with SIGKILL");
-                std::future::pending::<()>().await;
-            }
-        }
-        tracing::info!("shutdown requested");
     }
 }

@@ -17,8 +17,6 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, server::WebPkiClie
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::TlsSettings;
-
 /// A handshake slower than this is abandoned: a client that connects and says nothing must not
 /// hold a slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,11 +58,15 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// The server side of the link's TLS, from PEM files. With `client_ca`, a client certificate
 /// signed by it is required.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
-    let builder = match &settings.client_ca {
+    let builder = match client_ca {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for certificate in certificates(path)? {
@@ -76,8 +78,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder.with_single_cert(certificates(&settings.cert)?, private_key(&settings.key)?)?;
+    let mut config = builder.with_single_cert(certificates(cert)?, private_key(key)?)?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))

@@ -1,0 +1,227 @@
+//! A validated configuration compiled into what the listener runs: limits checked, token and
+//! TLS files read, replayer URLs checked against the TLS settings. [`ListenerPlan::compile`] is
+//! the only way to a plan, so nothing starts on a configuration that could fail later; every
+//! error names the setting at fault.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tapwire_shared::config::ConfigError;
+use tapwire_shared::redact::Redaction;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use crate::capture::CaptureConfig;
+use crate::config::{Compression, ListenerConfig};
+use crate::link::LinkSettings;
+use crate::queue::BufferPolicy;
+use crate::reassembly::ReassemblyLimits;
+use crate::replayers::ReplayerSet;
+use crate::router::LinkConfig;
+
+/// Message bytes (requests and responses) per gRPC batch. Small batches reach the replayer
+/// sooner and keep the encode buffers small (measured: 4 MiB batches cost 30 MiB more RSS and
+/// lost requests at 10k/s).
+const BATCH_BYTES: usize = 256 << 10;
+/// Largest --max-request-bytes: a record must fit in one gRPC message, with room to spare.
+const MAX_REQUEST_BYTES_LIMIT: u64 = (tapwire_shared::link::MAX_MESSAGE_BYTES as u64) / 4 * 3;
+/// Smallest kernel capture buffer libpcap is asked for.
+const MIN_PCAP_BUFFER_BYTES: i32 = 65_536;
+
+/// Everything the listener runs, validated.
+pub struct ListenerPlan {
+    pub capture: CaptureConfig,
+    /// Read this file instead of capturing live.
+    pub input_pcap: Option<PathBuf>,
+    /// Become this user once the capture is open.
+    pub user: Option<String>,
+    pub reassembly: ReassemblyLimits,
+    pub redaction: Redaction,
+    pub buffer: BufferSettings,
+    pub spool: Option<SpoolSettings>,
+    pub link: LinkConfig,
+    pub drain_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The memory buffer between capture and the links.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferSettings {
+    pub records: usize,
+    pub bytes: usize,
+    pub policy: BufferPolicy,
+}
+
+/// Where and how much to spool.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub bytes: u64,
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    least: T,
+) -> Result<T, ConfigError> {
+    if value < least {
+        return Err(ConfigError::new(field, format!("must be at least {least}")));
+    }
+    Ok(value)
+}
+
+fn read_pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| {
+        ConfigError::new(field, format!("cannot read {}: {error}", path.display()))
+    })
+}
+
+impl ListenerPlan {
+    /// Validates every setting of `config` and compiles the plan; the error names the setting
+    /// at fault.
+    pub fn compile(config: &ListenerConfig) -> Result<ListenerPlan, ConfigError> {
+        if config.ports.is_empty() {
+            return Err(ConfigError::new("port", "at least one port is required"));
+        }
+        let max_request_bytes = at_least("max_request_bytes", config.max_request_bytes, 1)?;
+        if max_request_bytes > MAX_REQUEST_BYTES_LIMIT {
+            return Err(ConfigError::new(
+                "max_request_bytes",
+                format!(
+                    "must be at most {MAX_REQUEST_BYTES_LIMIT} (a record must fit in one gRPC message)"
+                ),
+            ));
+        }
+        let capture = CaptureConfig {
+            interface: config.interface.clone(),
+            ports: config.ports.iter().map(|port| port.get()).collect(),
+            track_responses: config.track_responses,
+            // Loopback and GRO deliver segments far above the MTU; never truncate them.
+            snaplen: 262_144,
+            buffer_bytes: at_least(
+                "pcap_buffer_bytes",
+                config.pcap_buffer_bytes,
+                MIN_PCAP_BUFFER_BYTES,
+            )?,
+        };
+        let reassembly = ReassemblyLimits {
+            max_request_bytes: max_request_bytes as usize,
+            max_out_of_order_bytes: config.max_out_of_order_bytes,
+            gap_timeout_ns: config.gap_timeout.as_nanos() as u64,
+            flow_idle_timeout_ns: config.flow_idle_timeout.as_nanos() as u64,
+            max_buffered_bytes: config.max_buffered_bytes,
+            max_flows: at_least("max_flows", config.max_flows, 1)? as usize,
+        };
+        let buffer = BufferSettings {
+            records: at_least("buffer_records", config.buffer_records, 1)? as usize,
+            bytes: config.buffer_bytes,
+            policy: config.buffer_policy,
+        };
+        Ok(ListenerPlan {
+            capture,
+            input_pcap: config.input_pcap.clone(),
+            user: config.user.clone(),
+            reassembly,
+            redaction: Redaction::new(&config.redact_headers, &config.redact_json_fields),
+            buffer,
+            spool: config.spool_dir.as_ref().map(|dir| SpoolSettings {
+                dir: dir.clone(),
+                bytes: config.spool_bytes,
+            }),
+            link: link(config)?,
+            drain_timeout: config.drain_timeout,
+            metrics_listen: config.metrics_listen,
+        })
+    }
+}
+
+/// The links' settings: reads the token and TLS files, checks the replayer URLs against the TLS
+/// settings (names are resolved by the links).
+fn link(config: &ListenerConfig) -> Result<LinkConfig, ConfigError> {
+    if config.replayers.is_empty() {
+        return Err(ConfigError::new(
+            "replayer",
+            "at least one replayer is required",
+        ));
+    }
+    let listener_id = config.listener_id.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "listener".into())
+    });
+    let tls = match (&config.tls_ca, &config.tls_cert, &config.tls_key) {
+        (_, Some(_), None) | (_, None, Some(_)) => {
+            return Err(ConfigError::new(
+                "tls_cert",
+                "tls_cert and tls_key go together",
+            ));
+        }
+        (None, Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "tls_cert",
+                "needs tls_ca to check the replayer",
+            ));
+        }
+        (None, None, None) => None,
+        (Some(ca), cert, key) => {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read_pem("tls_ca", ca)?));
+            if let (Some(cert), Some(key)) = (cert, key) {
+                tls = tls.identity(Identity::from_pem(
+                    read_pem("tls_cert", cert)?,
+                    read_pem("tls_key", key)?,
+                ));
+            }
+            Some(tls)
+        }
+    };
+    for url in &config.replayers {
+        match (url.0.scheme_str(), &tls) {
+            (Some("https"), None) => {
+                return Err(ConfigError::new(
+                    "replayer",
+                    format!(
+                        "{url} is https:// but no tls_ca (--tls-ca) was given to check its certificate"
+                    ),
+                ));
+            }
+            (Some("http"), Some(_)) => {
+                return Err(ConfigError::new(
+                    "replayer",
+                    format!("{url} is http:// but TLS is configured (--tls-ca): use https://"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let urls = config.replayers.iter().map(|url| url.0.clone()).collect();
+    Ok(LinkConfig {
+        replayers: ReplayerSet::new(urls, tls),
+        settings: LinkSettings {
+            authorization: authorization(config)?,
+            listener_id,
+            instance: rand::random(),
+            max_batch_records: at_least("batch_records", config.batch_records, 1)? as usize,
+            max_batch_bytes: BATCH_BYTES,
+            max_unacked_batches: at_least("max_unacked_batches", config.max_unacked_batches, 1)?
+                as usize,
+            compress: config.compression == Compression::Gzip,
+        },
+    })
+}
+
+/// The bearer token from `token_file`, marked sensitive so it never shows in logs.
+fn authorization(config: &ListenerConfig) -> Result<Option<MetadataValue<Ascii>>, ConfigError> {
+    let Some(path) = &config.token_file else {
+        return Ok(None);
+    };
+    let token = tapwire_shared::link::read_token(path)
+        .map_err(|error| ConfigError::new("token_file", error))?;
+    let mut value: MetadataValue<Ascii> = tapwire_shared::link::bearer(&token)
+        .parse()
+        .map_err(|_| ConfigError::new("token_file", "the token is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}

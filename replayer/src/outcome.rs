@@ -1,0 +1,130 @@
+//! Why a request was not replayed, as enums: every rule that can filter it, every reason a
+//! received record is rejected or a target drops a request. The counters are indexed by them
+//! (so the hot path never looks a label up), and the compiler checks every case.
+
+/// Why a request did not get a response from a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetDropReason {
+    /// Over the target's `--rate`.
+    RateLimited,
+    /// The target's queue was full: it is slower than the traffic.
+    TargetQueueFull,
+    /// No TCP connection to the target could be made.
+    ConnectError,
+    /// No complete response within `--timeout`.
+    Timeout,
+    /// The connection failed mid-exchange or the response was not valid HTTP.
+    HttpError,
+}
+
+impl TargetDropReason {
+    pub const ALL: [TargetDropReason; 5] = [
+        TargetDropReason::RateLimited,
+        TargetDropReason::TargetQueueFull,
+        TargetDropReason::ConnectError,
+        TargetDropReason::Timeout,
+        TargetDropReason::HttpError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetDropReason::RateLimited => "rate_limited",
+            TargetDropReason::TargetQueueFull => "target_queue_full",
+            TargetDropReason::ConnectError => "connect_error",
+            TargetDropReason::Timeout => "timeout",
+            TargetDropReason::HttpError => "http_error",
+        }
+    }
+}
+
+/// Why a received record was not replayed to any target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The gRPC record itself was invalid (bad addresses).
+    InvalidRecord,
+    /// The captured bytes are not a complete HTTP/1.x request.
+    MalformedHttp,
+    /// The request-target cannot be replayed to another host (e.g. `CONNECT host:443`).
+    UnreplayableTarget,
+    /// Over `global_rate`.
+    GlobalRateLimited,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::InvalidRecord,
+        RejectReason::MalformedHttp,
+        RejectReason::UnreplayableTarget,
+        RejectReason::GlobalRateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidRecord => "invalid_record",
+            RejectReason::MalformedHttp => "malformed_http",
+            RejectReason::UnreplayableTarget => "unreplayable_target",
+            RejectReason::GlobalRateLimited => "global_rate_limited",
+        }
+    }
+}
+
+/// A rule that can refuse a request before it is sent: the filter rules, and sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FilterRule {
+    AllowMethods,
+    AllowUrl,
+    DenyUrl,
+    AllowHost,
+    DenyHost,
+    AllowHeader,
+    DenyHeader,
+    BasicAuth,
+    Sample,
+}
+
+impl FilterRule {
+    pub const ALL: [FilterRule; 9] = [
+        FilterRule::AllowMethods,
+        FilterRule::AllowUrl,
+        FilterRule::DenyUrl,
+        FilterRule::AllowHost,
+        FilterRule::DenyHost,
+        FilterRule::AllowHeader,
+        FilterRule::DenyHeader,
+        FilterRule::BasicAuth,
+        FilterRule::Sample,
+    ];
+
+    /// The rule's name in metrics and logs: its key in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterRule::AllowMethods => "allow_methods",
+            FilterRule::AllowUrl => "allow_url",
+            FilterRule::DenyUrl => "deny_url",
+            FilterRule::AllowHost => "allow_host",
+            FilterRule::DenyHost => "deny_host",
+            FilterRule::AllowHeader => "allow_header",
+            FilterRule::DenyHeader => "deny_header",
+            FilterRule::BasicAuth => "basic_auth",
+            FilterRule::Sample => "sample",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_indexes_its_own_counter() {
+        for (index, rule) in FilterRule::ALL.into_iter().enumerate() {
+            assert_eq!(rule as usize, index, "{rule:?}");
+        }
+        for (index, reason) in RejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason:?}");
+        }
+        for (index, reason) in TargetDropReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason:?}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The replayed request: a captured record checked and parsed once into what any target can be
+//! sent ([`ReplayRequest`]), with the [`BatchDone`] guard that tells its source when every target
+//! is done with it. Every stage after the source works on this type.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, header};
+use tapwire_shared::RequestRecord;
+use tapwire_shared::http1::{BodyFraming, ParsedRequest};
+use tokio::sync::oneshot;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::outcome::RejectReason;
+
+/// A captured request, ready to send to any target.
+#[derive(Debug)]
+pub struct ReplayRequest {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    /// Captured headers minus the hop-by-hop ones, which described the production connection.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Identifies the captured client connection (listener, client and server addresses).
+    pub session: u64,
+    /// Identifies the record; random sampling hashes it.
+    pub identity_hash: u64,
+    /// When production received it: rates count captured time.
+    pub captured_at_ns: u64,
+    /// Host set by a global rewrite; a target's own rewrite wins over it.
+    pub host_override: Option<HeaderValue>,
+    /// Held until every target is done with the request: the batch it came in is
+    /// acknowledged once all its requests have let go.
+    pub batch: Option<Arc<BatchDone>>,
+}
+
+/// Fires when every request of a batch is finished with by every target (answered, failed or
+/// dropped, and counted either way): only then may the replayer acknowledge the batch, so a
+/// replayer that dies with requests still queued has not acknowledged them and the listener
+/// sends them again.
+#[derive(Debug)]
+pub struct BatchDone(Option<oneshot::Sender<()>>);
+
+impl BatchDone {
+    pub fn new() -> (Arc<BatchDone>, oneshot::Receiver<()>) {
+        let (done, finished) = oneshot::channel();
+        (Arc::new(BatchDone(Some(done))), finished)
+    }
+}
+
+impl Drop for BatchDone {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Headers that belong to one connection (RFC 9110 section 7.6.1), not to the request.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+impl ReplayRequest {
+    pub fn from_record(record: &RequestRecord, listener_id: &str) -> Result<Self, RejectReason> {
+        let parsed =
+            ParsedRequest::parse(&record.request).map_err(|_| RejectReason::MalformedHttp)?;
+        // Only the path and query travel: the destination is always a configured target.
+        let path_and_query = if parsed.target.starts_with('/') {
+            parsed.target.parse::<PathAndQuery>().ok()
+        } else {
+            // Absolute form (`GET http://host/path`), as sent to proxies.
+            parsed
+                .target
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|uri| uri.scheme().is_some())
+                .and_then(|uri| uri.path_and_query().cloned())
+        }
+        .ok_or(RejectReason::UnreplayableTarget)?;
+        let mut headers = parsed.headers;
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        match parsed.framing {
+            // Keeping the header makes the client re-chunk the decoded body.
+            BodyFraming::Chunked => {
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    header::HeaderValue::from_static("chunked"),
+                );
+            }
+            BodyFraming::Empty | BodyFraming::Length(_) | BodyFraming::UntilClose => {
+                headers.remove(header::TRANSFER_ENCODING);
+            }
+        }
+        let session_key = format!("{listener_id}|{}|{}", record.client, record.server);
+        let identity = format!("{listener_id}|{}", record.id);
+        Ok(ReplayRequest {
+            method: parsed.method,
+            path_and_query,
+            headers,
+            body: parsed.body,
+            session: xxh3_64(session_key.as_bytes()),
+            identity_hash: xxh3_64(identity.as_bytes()),
+            captured_at_ns: record.captured_at_ns,
+            host_override: None,
+            batch: None,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A request as the fan-out would build it from a capture.
+    pub(crate) fn request(raw: &str) -> ReplayRequest {
+        let record = RequestRecord {
+            id: 1,
+            captured_at_ns: 0,
+            client: "10.0.0.1:4000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+            request: Bytes::copy_from_slice(raw.as_bytes()),
+        };
+        ReplayRequest::from_record(&record, "test").unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_replayed() {
+        let replay = request(
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Trace\r\nKeep-Alive: 5\r\nX-Kept: 1\r\n\r\n",
+        );
+        assert!(!replay.headers.contains_key("connection"));
+        assert!(!replay.headers.contains_key("keep-alive"));
+        assert_eq!(replay.headers["x-kept"], "1");
+    }
+
+    #[test]
+    fn absolute_form_targets_keep_only_path_and_query() {
+        let replay =
+            request("GET http://evil.example/steal?x=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+        assert_eq!(replay.path_and_query.as_str(), "/steal?x=1");
+    }
+
+    #[test]
+    fn requests_of_one_connection_share_a_session() {
+        let a = request("GET /a HTTP/1.1\r\n\r\n");
+        let b = request("GET /b HTTP/1.1\r\n\r\n");
+        assert_eq!(a.session, b.session);
+    }
+}
