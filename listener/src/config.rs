@@ -22,7 +22,8 @@ use crate::queue::BufferPolicy;
 #[serde(default, deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Read the whole configuration from a TOML file whose keys are these flags' names with
-    /// underscores (`max_request_bytes = 1048576`); other flags are then refused.
+    /// underscores (`max_request_bytes = 1048576`, `port = [8081]`); other flags are then
+    /// refused.
     #[arg(long, value_name = "FILE", help_heading = "Configuration")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -43,6 +44,7 @@ pub struct ListenerConfig {
         value_name = "PORT",
         help_heading = "Capture"
     )]
+    #[serde(rename = "port")]
     pub ports: Vec<NonZeroU16>,
 
     /// Also capture the service's responses, pair each with its request (same id) and record
@@ -114,6 +116,7 @@ pub struct ListenerConfig {
         value_name = "URL",
         help_heading = "Replayer link"
     )]
+    #[serde(rename = "replayer")]
     pub replayers: Vec<ReplayerUrl>,
 
     /// Replace this header's value with `REDACTED` in every captured request (and response)
@@ -123,7 +126,7 @@ pub struct ListenerConfig {
         value_name = "NAME",
         help_heading = "Replayer link"
     )]
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "redact_header", skip_serializing_if = "Vec::is_empty")]
     pub redact_headers: Vec<String>,
 
     /// Replace this JSON field's value with "REDACTED", at any depth, in every JSON request
@@ -133,7 +136,7 @@ pub struct ListenerConfig {
         value_name = "NAME",
         help_heading = "Replayer link"
     )]
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "redact_json_field", skip_serializing_if = "Vec::is_empty")]
     pub redact_json_fields: Vec<String>,
 
     /// Present the bearer token in this file to the replayer.
@@ -293,11 +296,11 @@ mod tests {
     #[test]
     fn a_toml_file_and_the_equivalent_flags_give_the_same_config() {
         let file = r#"
-            ports = [8080, 8443]
-            replayers = ["http://10.0.0.7:7070"]
+            port = [8080, 8443]
+            replayer = ["http://10.0.0.7:7070"]
             gap_timeout = "2s"
             buffer_policy = "drop-oldest"
-            redact_headers = ["Authorization"]
+            redact_header = ["Authorization"]
         "#;
         let from_file: ListenerConfig = toml::from_str(file).unwrap();
         let from_flags = from_flags(&[
@@ -323,7 +326,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_in_the_file_are_refused() {
-        let error = toml::from_str::<ListenerConfig>("ports = [80]\nmax_flow = 5\n").unwrap_err();
+        let error = toml::from_str::<ListenerConfig>("port = [80]\nmax_flow = 5\n").unwrap_err();
         assert!(error.to_string().contains("max_flow"), "{error}");
     }
 }

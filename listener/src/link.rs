@@ -367,7 +367,8 @@ struct OpenStream {
 }
 
 impl OpenStream {
-    /// Numbers `batch` for this stream and sends it.
+    /// Numbers `batch` for this stream and sends a copy (message bytes are shared, not
+    /// copied). The batch itself stays with the caller, in its pending list, all the while.
     async fn send(
         &mut self,
         batch: &mut PendingBatch,
@@ -375,11 +376,10 @@ impl OpenStream {
     ) -> Result<(), LinkError> {
         self.next_sequence += 1;
         batch.number(self.next_sequence, metrics);
+        let wire = batch.wire().clone();
         match &self.batches {
-            Some(sender) if sender.send(batch.wire().clone()).await.is_err() => {
-                Err(LinkError::Closed)
-            }
-            _ => Ok(()),
+            Some(sender) => sender.send(wire).await.map_err(|_| LinkError::Closed),
+            None => Err(LinkError::Closed),
         }
     }
 }
@@ -568,13 +568,14 @@ impl Link {
                         self.input_closed = true;
                         continue;
                     };
-                    let mut batch = match routed {
+                    let batch = match routed {
                         Routed::Batch(batch) => batch,
                         Routed::Records(records) => self.fill_batch(records),
                     };
-                    let sent = stream.send(&mut batch, &self.metrics).await;
+                    // Pending before it is sent: a stop while sending must find it there.
                     self.pending.push_back(batch);
-                    sent?;
+                    let sending = self.pending.back_mut().expect("pushed above");
+                    stream.send(sending, &self.metrics).await?;
                 }
                 ack = acks.message() => match ack? {
                     Some(ack) => self.acknowledge(ack.sequence),

@@ -136,7 +136,9 @@ impl RecordQueue {
         self
     }
 
-    /// Queues a request (its shard taken from its addresses), or counts it as dropped.
+    /// Queues a request as it is (its shard taken from its addresses), or counts it as dropped.
+    /// Nothing is redacted here: the [record stage](crate::record) redacts before it hands
+    /// records over. For tests and benchmarks that feed the queue directly.
     pub fn push_request(&self, record: RequestRecord) {
         let shard = shard_of(record.client, record.server);
         self.take(Captured::Request(record), shard);

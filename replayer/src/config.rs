@@ -132,12 +132,6 @@ impl ReplayerConfig {
     {
         let mut loaded = shared_config::load::<ReplayerConfig, _, _>(args)?;
         loaded.config.expand_target_flags();
-        if loaded.config.targets.is_empty() {
-            return Err(ConfigError::new(
-                "--target",
-                "at least one target is required (or --config FILE)",
-            ));
-        }
         Ok(loaded)
     }
 

@@ -68,7 +68,7 @@ impl EnginePlan {
         if config.targets.is_empty() {
             return Err(ConfigError::new(
                 "target",
-                "at least one target is required",
+                "at least one target is required (--target URL, or [[target]] in the file)",
             ));
         }
         if !(config.speed.is_finite() && config.speed > 0.0) {

@@ -41,8 +41,16 @@ impl Rewrites {
                 Ok((regex, rewrite.to.clone()))
             })
             .collect::<Result<_, ConfigError>>()?;
-        let set_headers = settings
-            .set_headers
+        // By name, the last value given winning: the same whether from flags or a file table.
+        let by_name = |pairs: &[(String, String)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect()
+        };
+        let set_headers = by_name(&settings.set_headers)
             .iter()
             .map(|(name, value)| {
                 let field = format!("{field}.set_headers.{name}");
@@ -59,7 +67,7 @@ impl Rewrites {
         };
         Ok(Rewrites {
             url,
-            set_query: settings.set_query.clone().into_iter().collect(),
+            set_query: by_name(&settings.set_query),
             set_headers,
             remove_headers: names(&settings.remove_headers, "remove_headers")?,
             redact_headers: names(&settings.redact_headers, "redact_headers")?,

@@ -1,4 +1,5 @@
-//! The contract between tapwire's two sides. It owns data, not machinery:
+//! The contract between tapwire's two sides. It owns data and formats, not machinery (the one
+//! piece of code beyond them is turning flags or a TOML file into a configuration):
 //!
 //! - [`proto`]: the gRPC types and service stubs generated from `proto/tapwire/v1`.
 //! - [`record`]: the [`RequestRecord`] and [`ResponseRecord`] models and their conversions to
@@ -7,11 +8,14 @@
 //!   the bearer token that authenticates listeners to replayers.
 //! - [`http1`]: the HTTP/1.x grammar: where a request ends (for the listener's cutter) and what it
 //!   says (for the replayer's rebuild). The one place tapwire parses HTTP.
-//! - [`config`]: the configuration error both sides report, naming the setting at fault.
+//! - [`gor`]: GoReplay's `.gor` file format, read and written byte for byte.
+//! - [`config`]: how flags or a file become a configuration, and the error both sides report,
+//!   naming the setting at fault.
 //! - [`redact`]: what a listener blanks out of a captured message (headers, JSON body fields)
 //!   before the message leaves the host.
 
 pub mod config;
+pub mod gor;
 pub mod http1;
 pub mod link;
 pub mod record;

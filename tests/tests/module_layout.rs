@@ -21,18 +21,18 @@ fn module_references(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
+        // Comments (docs included) may name any module; only code counts.
+        let code: String = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let mut used = BTreeSet::new();
-        for line in text.lines() {
-            let code = line.trim_start();
-            if code.starts_with("//") {
-                continue;
-            }
-            for (at, _) in code.match_indices("crate::") {
-                let rest = &code[at + "crate::".len()..];
-                if let Some(group) = rest.strip_prefix('{') {
-                    let group = group.split('}').next().unwrap_or_default();
-                    used.extend(group.split(',').map(|item| leading_name(item.trim())));
-                } else {
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            match rest.strip_prefix('{') {
+                Some(group) => used.extend(group_items(group).map(leading_name)),
+                None => {
                     used.insert(leading_name(rest));
                 }
             }
@@ -45,6 +45,28 @@ fn module_references(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         targets.retain(|name| modules.contains(name));
     }
     graph
+}
+
+/// The top-level items of a `{a::{b, c}, d}` group (its opening brace already taken).
+fn group_items(group: &str) -> impl Iterator<Item = &str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.into_iter().map(str::trim)
 }
 
 fn leading_name(path: &str) -> String {
@@ -116,6 +138,14 @@ fn no_crate_has_an_import_cycle_between_its_modules() {
         "import cycles:\n{}",
         problems.join("\n")
     );
+}
+
+#[test]
+fn nested_groups_name_every_top_level_module() {
+    let names: Vec<String> = group_items("a::{b, c}, d,\n    e::f};")
+        .map(leading_name)
+        .collect();
+    assert_eq!(names, ["a", "d", "e"]);
 }
 
 #[test]

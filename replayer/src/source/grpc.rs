@@ -123,7 +123,11 @@ impl GrpcSource {
             tokio::time::sleep(CONNECTION_CLOSE_GRACE).await;
         };
         tokio::select! {
-            served = serve => served.context("gRPC server failed")?,
+            served = serve => if let Err(error) = served {
+                // Streams must end too: they hold the fan-out, and targets drain only after.
+                shutdown.request();
+                return Err(error).context("gRPC server failed");
+            },
             () = grace => tracing::warn!(
                 grace = ?CONNECTION_CLOSE_GRACE,
                 "listener connections still open after their streams ended; not waiting for them"
