@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use tapwire_shared::config::ByteSize;
 use tonic::transport::Uri;
 
 use crate::queue::BufferPolicy;
@@ -112,7 +113,7 @@ pub struct ListenerConfig {
     /// a hash of its addresses, and moves to another while its replayer is down.
     #[arg(
         long = "replayer",
-        required_unless_present = "config",
+        required_unless_present_any = ["config", "output_file", "output_stdout", "output_null"],
         value_name = "URL",
         help_heading = "Replayer link"
     )]
@@ -226,6 +227,41 @@ pub struct ListenerConfig {
           value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+
+    /// Save captured requests (and, with --track-responses, production's responses) to this
+    /// GoReplay .gor file, beside or instead of the replayers. The name may hold %Y %m %d %H %M
+    /// %S (UTC), %NS, %r (message id) and %i (this process); a new file starts when the name
+    /// changes. A name ending in .gz is gzipped.
+    #[arg(long, value_name = "PATH", help_heading = "Outputs")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_file: Option<String>,
+
+    /// Start a new chunk (`<name>_<n>.gor`) once a file holds this much (e.g. 32mb, 1GiB).
+    #[arg(long, default_value_t = ByteSize::mib(32), value_name = "SIZE",
+          help_heading = "Outputs")]
+    pub output_file_size_limit: ByteSize,
+
+    /// Stop writing once this much is written in all; what is refused is counted (`file_full`).
+    #[arg(long, value_name = "SIZE", help_heading = "Outputs")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_file_max_size: Option<ByteSize>,
+
+    /// Append to one file: no chunks and no `_<n>` in the name.
+    #[arg(long, help_heading = "Outputs")]
+    pub output_file_append: bool,
+
+    /// Print every captured message to stdout, as GoReplay's --output-stdout does (the .gor
+    /// format, readable for text bodies).
+    #[arg(long, help_heading = "Outputs")]
+    pub output_stdout: bool,
+
+    /// With --output-stdout: decode chunked, gzip and deflate bodies for display.
+    #[arg(long, help_heading = "Outputs")]
+    pub prettify: bool,
+
+    /// Count and discard every captured record: measures capture alone.
+    #[arg(long, help_heading = "Outputs")]
+    pub output_null: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics. Without it the listener opens no port.
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]

@@ -12,6 +12,7 @@
 //! - [`router`]: each record to the link of the replayer owning its shard ([`replayers`] says
 //!   which replayers there are), or to the disk [`spool`] while none is up.
 //! - [`link`]: one batched ([`batch`]), acknowledged gRPC stream per replayer.
+//! - [`gor_sink`]: beside (or instead of) the replayers, a `.gor` file, stdout, or nowhere.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their validated form, [`metrics`] the
 //! counters that account for every request.
@@ -19,6 +20,7 @@
 pub mod batch;
 pub mod capture;
 pub mod config;
+pub mod gor_sink;
 pub mod http;
 pub mod link;
 pub mod metrics;
@@ -54,11 +56,15 @@ pub async fn run(plan: ListenerPlan, shutdown: Shutdown) -> anyhow::Result<()> {
     Listener::start(plan).await?.run(shutdown).await
 }
 
-/// A running listener: the capture thread feeding the queue, the router and links draining it.
+/// A running listener: the capture thread feeding the outputs (the queue that the router and
+/// links drain, and the file-like outputs).
 struct Listener {
     metrics: ListenerMetrics,
     capture: CaptureThread,
-    router: tokio::task::JoinHandle<Option<Spool>>,
+    /// With replayers: the router, which returns the spool at the end.
+    router: Option<tokio::task::JoinHandle<Option<Spool>>>,
+    /// The file-like outputs' writers, to wait for at the end.
+    writers: Vec<tapwire_runtime::gor_output::OutputDone>,
     /// Told to stop once the drain timeout has passed.
     links_stop: Shutdown,
     accounting: tokio::task::JoinHandle<()>,
@@ -78,7 +84,10 @@ impl Listener {
     /// starts the capture thread and the router.
     async fn start(plan: ListenerPlan) -> anyhow::Result<Listener> {
         let mut registry = Registry::default();
-        let metrics = ListenerMetrics::register(&mut registry);
+        let mut metrics = ListenerMetrics::register(&mut registry);
+        if plan.link.is_none() {
+            metrics = metrics.without_link();
+        }
         if let Some(addr) = plan.metrics_listen {
             tapwire_runtime::serve_metrics(addr, Arc::new(registry)).await?;
         }
@@ -98,29 +107,49 @@ impl Listener {
         if let Some(user) = &plan.user {
             drop_privileges(user)?;
         }
-        let (queue, queued) =
-            queue::record_queue(plan.buffer.records, plan.buffer.bytes, metrics.clone());
-        let queue = queue.with_policy(plan.buffer.policy);
-        let records =
-            record::RecordStage::new(metrics.clone(), plan.redaction, vec![Box::new(queue)]);
+        let mut sinks: Vec<Box<dyn sink::RecordSink>> = Vec::new();
+        let mut writers = Vec::new();
+        let links_stop = Shutdown::new();
+        let router = match plan.link {
+            Some(link) => {
+                let (queue, queued) =
+                    queue::record_queue(plan.buffer.records, plan.buffer.bytes, metrics.clone());
+                sinks.push(Box::new(queue.with_policy(plan.buffer.policy)));
+                Some(tokio::spawn(router::stream_to_replayers(
+                    link,
+                    queued,
+                    spool,
+                    metrics.clone(),
+                    links_stop.clone(),
+                )))
+            }
+            None => None,
+        };
+        for (settings, kind) in [
+            (plan.file, metrics::WriterOutput::File),
+            (plan.stdout, metrics::WriterOutput::Stdout),
+        ] {
+            let Some(settings) = settings else { continue };
+            let (sink, done) = gor_sink::GorSink::start(settings, kind, plan.instance, &metrics)
+                .context("cannot start the output writer")?;
+            sinks.push(Box::new(sink));
+            writers.push(done);
+        }
+        if plan.null {
+            sinks.push(Box::new(gor_sink::NullSink::new(&metrics)));
+        }
+        let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks);
         let mut reassembler = reassembly::Reassembler::new(plan.reassembly);
         if plan.capture.track_responses {
             reassembler = reassembler.tracking_responses();
         }
         let capture = CaptureThread::start(source, reassembler, records)?;
-        let links_stop = Shutdown::new();
-        let router = tokio::spawn(router::stream_to_replayers(
-            plan.link,
-            queued,
-            spool,
-            metrics.clone(),
-            links_stop.clone(),
-        ));
         Ok(Listener {
             accounting: tokio::spawn(report_accounting(metrics.clone())),
             metrics,
             capture,
             router,
+            writers,
             links_stop,
             drain_timeout: plan.drain_timeout,
             spooling: plan.spool.is_some(),
@@ -129,7 +158,16 @@ impl Listener {
 
     async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
         let captured = self.capture.run_until(shutdown).await;
+        // The capture thread has let go of the outputs: the writers finish what is queued.
+        let writers = std::mem::take(&mut self.writers);
+        let timeout = self.drain_timeout;
+        let written = tokio::task::spawn_blocking(move || {
+            for writer in writers {
+                writer.wait(timeout);
+            }
+        });
         let spool = self.drain().await;
+        let _ = written.await;
         self.account_at_exit(spool.as_ref());
         captured
     }
@@ -137,8 +175,9 @@ impl Listener {
     /// Lets the links send what is queued, up to the drain timeout; then tells them to stop and
     /// collects the spool (which took what they still held).
     async fn drain(&mut self) -> Option<Spool> {
+        let router = self.router.as_mut()?;
         tracing::info!(timeout = ?self.drain_timeout, "capture stopped; draining to the replayers");
-        if let Ok(finished) = tokio::time::timeout(self.drain_timeout, &mut self.router).await {
+        if let Ok(finished) = tokio::time::timeout(self.drain_timeout, &mut *router).await {
             return finished.ok().flatten();
         }
         tracing::warn!(
@@ -146,10 +185,10 @@ impl Listener {
             "drain timeout passed; what is still unacknowledged is spooled, or dropped"
         );
         self.links_stop.request();
-        match tokio::time::timeout(STOP_GRACE, &mut self.router).await {
+        match tokio::time::timeout(STOP_GRACE, &mut *router).await {
             Ok(finished) => finished.ok().flatten(),
             Err(_) => {
-                self.router.abort();
+                router.abort();
                 None
             }
         }

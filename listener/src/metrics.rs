@@ -40,10 +40,14 @@ pub enum DropReason {
     /// Redaction was asked for but the message could not be redacted (e.g. a JSON body that
     /// is not valid JSON, or compressed); it is not sent rather than sent unredacted.
     Unredactable,
+    /// A file (or stdout) output's queue was full, or its total size limit reached.
+    FileFull,
+    /// A file (or stdout) output could not be written.
+    FileError,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::QueueFull,
         DropReason::MalformedHttp,
         DropReason::TooLarge,
@@ -56,6 +60,8 @@ impl DropReason {
         DropReason::SpoolFull,
         DropReason::SpoolError,
         DropReason::Unredactable,
+        DropReason::FileFull,
+        DropReason::FileError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,7 +78,14 @@ impl DropReason {
             DropReason::SpoolFull => "spool_full",
             DropReason::SpoolError => "spool_error",
             DropReason::Unredactable => "unredactable",
+            DropReason::FileFull => "file_full",
+            DropReason::FileError => "file_error",
         }
+    }
+
+    /// Drops of a file (or stdout) output alone: the replayer link may still have the record.
+    pub fn is_file_output(self) -> bool {
+        matches!(self, DropReason::FileFull | DropReason::FileError)
     }
 }
 
@@ -90,6 +103,32 @@ struct ReasonLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReplayerLabel {
     replayer: String,
+}
+
+/// The outputs that write records themselves, beside the replayer link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriterOutput {
+    File,
+    Stdout,
+    Null,
+}
+
+impl WriterOutput {
+    pub const ALL: [WriterOutput; 3] =
+        [WriterOutput::File, WriterOutput::Stdout, WriterOutput::Null];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriterOutput::File => "file",
+            WriterOutput::Stdout => "stdout",
+            WriterOutput::Null => "null",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutputLabel {
+    output: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -142,6 +181,12 @@ pub struct ListenerMetrics {
     responses_dropped: [Counter; DropReason::ALL.len()],
     /// One counter per reason, resolved up front so the hot path never looks labels up.
     dropped: [Counter; DropReason::ALL.len()],
+    /// Requests written by each file-like output.
+    written: [Counter; WriterOutput::ALL.len()],
+    /// Responses written by the file-like outputs.
+    pub responses_written: Counter,
+    /// Whether records go to replayers: only then are they buffered for the link.
+    link: bool,
 }
 
 impl ListenerMetrics {
@@ -158,6 +203,12 @@ impl ListenerMetrics {
         let switched = [ProtocolSwitch::Upgrade, ProtocolSwitch::Connect].map(|switch| {
             switched_family.get_or_create_owned(&SwitchLabel {
                 reason: switch_name(switch),
+            })
+        });
+        let written_family = Family::<OutputLabel, Counter>::default();
+        let written = WriterOutput::ALL.map(|output| {
+            written_family.get_or_create_owned(&OutputLabel {
+                output: output.as_str(),
             })
         });
         let metrics = ListenerMetrics {
@@ -181,6 +232,9 @@ impl ListenerMetrics {
             responses_sent: Counter::default(),
             responses_dropped,
             dropped,
+            written,
+            responses_written: Counter::default(),
+            link: true,
         };
         registry.register(
             "packets_captured",
@@ -273,11 +327,33 @@ impl ListenerMetrics {
             metrics.replayer_up.clone(),
         );
         registry.register(
+            "records_written",
+            "Requests written by an output (file, stdout, null)",
+            written_family,
+        );
+        registry.register(
+            "responses_written",
+            "Responses written by the file and stdout outputs",
+            metrics.responses_written.clone(),
+        );
+        registry.register(
             "flows_switched",
             "Connections that left HTTP/1.x after a request (upgrade, connect); the rest of each is skipped",
             switched_family,
         );
         metrics
+    }
+
+    /// Records go to no replayer (only to files, stdout or nowhere): nothing is buffered for a
+    /// link, and the accounting says so.
+    pub fn without_link(mut self) -> Self {
+        self.link = false;
+        self
+    }
+
+    /// Records written by `output`.
+    pub fn written(&self, output: WriterOutput) -> &Counter {
+        &self.written[output as usize]
     }
 
     pub fn replayer_up(&self, replayer: &str) -> Gauge {
@@ -309,27 +385,43 @@ impl ListenerMetrics {
         self.responses_dropped.iter().map(Counter::get).sum()
     }
 
-    /// Records captured or restored and neither acknowledged nor dropped.
+    /// Records captured or restored and neither acknowledged by a replayer nor dropped on the
+    /// way there (a file output's drops do not count: the link may still have the record).
     pub fn buffered(&self) -> u64 {
+        if !self.link {
+            return 0;
+        }
         (self.requests_captured.get() + self.records_restored.get())
-            .saturating_sub(self.records_sent.get() + self.dropped_total())
+            .saturating_sub(self.records_sent.get() + link_drops(&self.dropped))
     }
 
-    /// Responses captured or restored and neither acknowledged nor dropped.
+    /// Responses captured or restored and neither acknowledged nor dropped on the way.
     pub fn responses_buffered(&self) -> u64 {
+        if !self.link {
+            return 0;
+        }
         (self.responses_captured.get() + self.responses_restored.get())
-            .saturating_sub(self.responses_sent.get() + self.responses_dropped_total())
+            .saturating_sub(self.responses_sent.get() + link_drops(&self.responses_dropped))
     }
 
     /// One line for logs: every count that the accounting needs.
     pub fn summary(&self) -> String {
-        let mut line = format!(
-            "captured={} sent={} buffered={} dropped={}",
-            self.requests_captured.get(),
-            self.records_sent.get(),
-            self.buffered(),
-            self.dropped_total()
-        );
+        let mut line = format!("captured={}", self.requests_captured.get());
+        if self.link {
+            let _ = write!(
+                line,
+                " sent={} buffered={}",
+                self.records_sent.get(),
+                self.buffered()
+            );
+        }
+        let _ = write!(line, " dropped={}", self.dropped_total());
+        for output in WriterOutput::ALL {
+            let written = self.written(output).get();
+            if written > 0 {
+                let _ = write!(line, " written_{}={written}", output.as_str());
+            }
+        }
         let (restored, spooled) = (self.records_restored.get(), self.records_spooled.get());
         if restored > 0 || spooled > 0 {
             let _ = write!(line, " restored={restored} spooled={spooled}");
@@ -360,6 +452,9 @@ impl ListenerMetrics {
                 self.responses_sent.get(),
                 self.responses_dropped_total()
             );
+            if self.responses_written.get() > 0 {
+                let _ = write!(line, " responses_written={}", self.responses_written.get());
+            }
             for reason in DropReason::ALL {
                 let count = self.response_dropped(reason).get();
                 if count > 0 {
@@ -375,6 +470,16 @@ impl ListenerMetrics {
         }
         line
     }
+}
+
+/// Drops on the way to the replayers: every reason but a file output's own.
+fn link_drops(dropped: &[Counter; DropReason::ALL.len()]) -> u64 {
+    DropReason::ALL
+        .iter()
+        .zip(dropped)
+        .filter(|(reason, _)| !reason.is_file_output())
+        .map(|(_, counter)| counter.get())
+        .sum()
 }
 
 #[cfg(test)]

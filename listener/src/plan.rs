@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tapwire_shared::config::ConfigError;
+use tapwire_runtime::gor_output::{Destination, GorOutputSettings};
+use tapwire_shared::config::{ByteSize, ConfigError};
 use tapwire_shared::redact::Redaction;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -29,8 +30,13 @@ const MAX_REQUEST_BYTES_LIMIT: u64 = (tapwire_shared::link::MAX_MESSAGE_BYTES as
 /// Smallest kernel capture buffer libpcap is asked for.
 const MIN_PCAP_BUFFER_BYTES: i32 = 65_536;
 
+/// Message bytes a file or stdout output may hold queued for its writer thread.
+const OUTPUT_QUEUE_BYTES: usize = 8 << 20;
+
 /// Everything the listener runs, validated.
 pub struct ListenerPlan {
+    /// This listener process: record ids restart with each, so it is part of every message id.
+    pub instance: u64,
     pub capture: CaptureConfig,
     /// Read this file instead of capturing live.
     pub input_pcap: Option<PathBuf>,
@@ -40,7 +46,14 @@ pub struct ListenerPlan {
     pub redaction: Redaction,
     pub buffer: BufferSettings,
     pub spool: Option<SpoolSettings>,
-    pub link: LinkConfig,
+    /// The replayers, when records go to any.
+    pub link: Option<LinkConfig>,
+    /// `--output-file`.
+    pub file: Option<GorOutputSettings>,
+    /// `--output-stdout`.
+    pub stdout: Option<GorOutputSettings>,
+    /// `--output-null`.
+    pub null: bool,
     pub drain_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -118,7 +131,44 @@ impl ListenerPlan {
             bytes: config.buffer_bytes,
             policy: config.buffer_policy,
         };
+        let instance = rand::random();
+        let link = if config.replayers.is_empty() {
+            None
+        } else {
+            Some(link(config, instance)?)
+        };
+        let file = config
+            .output_file
+            .as_ref()
+            .map(|template| GorOutputSettings {
+                destination: Destination::Files {
+                    template: template.clone(),
+                    size_limit: config.output_file_size_limit.get(),
+                    max_total: config.output_file_max_size.map(ByteSize::get),
+                    append: config.output_file_append,
+                },
+                prettify: false,
+                queue_bytes: OUTPUT_QUEUE_BYTES,
+            });
+        let stdout = config.output_stdout.then_some(GorOutputSettings {
+            destination: Destination::Stdout,
+            prettify: config.prettify,
+            queue_bytes: OUTPUT_QUEUE_BYTES,
+        });
+        if link.is_none() && file.is_none() && stdout.is_none() && !config.output_null {
+            return Err(ConfigError::new(
+                "replayer",
+                "no output: give a replayer, or --output-file, --output-stdout or --output-null",
+            ));
+        }
+        if config.prettify && !config.output_stdout {
+            return Err(ConfigError::new(
+                "prettify",
+                "only applies to --output-stdout",
+            ));
+        }
         Ok(ListenerPlan {
+            instance,
             capture,
             input_pcap: config.input_pcap.clone(),
             user: config.user.clone(),
@@ -129,7 +179,10 @@ impl ListenerPlan {
                 dir: dir.clone(),
                 bytes: config.spool_bytes,
             }),
-            link: link(config)?,
+            link,
+            file,
+            stdout,
+            null: config.output_null,
             drain_timeout: config.drain_timeout,
             metrics_listen: config.metrics_listen,
         })
@@ -138,13 +191,7 @@ impl ListenerPlan {
 
 /// The links' settings: reads the token and TLS files, checks the replayer URLs against the TLS
 /// settings (names are resolved by the links).
-fn link(config: &ListenerConfig) -> Result<LinkConfig, ConfigError> {
-    if config.replayers.is_empty() {
-        return Err(ConfigError::new(
-            "replayer",
-            "at least one replayer is required",
-        ));
-    }
+fn link(config: &ListenerConfig, instance: u64) -> Result<LinkConfig, ConfigError> {
     let listener_id = config.listener_id.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
             .ok()
@@ -202,7 +249,7 @@ fn link(config: &ListenerConfig) -> Result<LinkConfig, ConfigError> {
         settings: LinkSettings {
             authorization: authorization(config)?,
             listener_id,
-            instance: rand::random(),
+            instance,
             max_batch_records: at_least("batch_records", config.batch_records, 1)? as usize,
             max_batch_bytes: BATCH_BYTES,
             max_unacked_batches: at_least("max_unacked_batches", config.max_unacked_batches, 1)?

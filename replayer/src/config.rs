@@ -32,14 +32,11 @@ pub struct ReplayerConfig {
     #[serde(skip)]
     pub check_config: bool,
 
-    /// Address the gRPC server listens on for listener streams.
-    #[arg(
-        long,
-        default_value = "0.0.0.0:7070",
-        value_name = "ADDR",
-        help_heading = "Listeners"
-    )]
-    pub grpc_listen: SocketAddr,
+    /// Address the gRPC server listens on for listener streams [default: 0.0.0.0:7070; with
+    /// --input-file, no server unless this is given].
+    #[arg(long, value_name = "ADDR", help_heading = "Listeners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<SocketAddr>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
@@ -69,9 +66,10 @@ pub struct ReplayerConfig {
     pub when_limited: WhenLimited,
 
     /// `asap` sends each request as soon as it arrives; `original` keeps the captured gaps
-    /// between requests (scaled by --speed).
-    #[arg(long, value_enum, default_value_t = Timing::Asap, help_heading = "Engine")]
-    pub timing: Timing,
+    /// between requests (scaled by --speed) [default: asap for listeners, original for files].
+    #[arg(long, value_enum, help_heading = "Engine")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
 
     /// With --timing original: 2.0 replays twice as fast as captured, 0.5 half as fast.
     #[arg(
@@ -86,6 +84,72 @@ pub struct ReplayerConfig {
     /// to each target (logins before the requests that need their cookie).
     #[arg(long, help_heading = "Engine")]
     pub preserve_connections: bool,
+
+    /// Replay GoReplay .gor files (a glob such as 'requests_*.gor'; .gz files are gunzipped),
+    /// merged in timestamp order, through the same engine as live traffic. Repeatable. Without
+    /// --grpc-listen, the replayer exits when they are done.
+    #[arg(long = "input-file", value_name = "PATTERN", help_heading = "Files")]
+    #[serde(rename = "input_file", skip_serializing_if = "Vec::is_empty")]
+    pub input_files: Vec<String>,
+
+    /// Replay the files again and again (until SIGTERM or --exit-after).
+    #[arg(long, help_heading = "Files")]
+    pub input_file_loop: bool,
+
+    /// Cap on any pause between two requests when keeping the files' timing, e.g. 1s.
+    #[arg(long, value_name = "DURATION", help_heading = "Files",
+          value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input_file_max_wait: Option<Duration>,
+
+    /// Read the files and print how many requests they hold, their time span and how long a
+    /// replay would take; send nothing.
+    #[arg(long, help_heading = "Files")]
+    pub input_file_dry_run: bool,
+
+    /// Stop after this long, as on SIGTERM.
+    #[arg(long, value_name = "DURATION", help_heading = "Engine",
+          value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exit_after: Option<Duration>,
+
+    /// Record what the replayer sees to a GoReplay .gor file: requests as they arrive,
+    /// production's responses, and every target's responses (same naming, chunks and .gz as
+    /// the listener's --output-file).
+    #[arg(long, value_name = "PATH", help_heading = "Outputs")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+
+    /// Print every request that passes the global filters, as it would be sent, in the .gor
+    /// format; with --input-file and no --target, replaces sending.
+    #[arg(long, help_heading = "Outputs")]
+    pub output_stdout: bool,
+
+    /// With --output-stdout: decode chunked, gzip and deflate bodies for display.
+    #[arg(long, help_heading = "Outputs")]
+    pub prettify: bool,
+
+    /// Run this program as GoReplay middleware ("CMD ARGS", split at spaces): every message
+    /// goes to its stdin hex-encoded, one per line, and only the requests it writes back are
+    /// replayed.
+    #[arg(long, value_name = "COMMAND", help_heading = "Middleware")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub middleware: Option<String>,
+
+    /// How long a request given to the middleware is waited for; one it read and did not
+    /// write back by then is filtered, and a middleware that stops reading is restarted.
+    #[arg(long, default_value = "5s", value_name = "DURATION", help_heading = "Middleware",
+          value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub middleware_timeout: Duration,
 
     /// TLS (and with a client CA, mutual TLS) on the listener link.
     #[command(flatten)]

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use tapwire_shared::{RequestRecord, proto};
+use tapwire_shared::RequestRecord;
 
 use crate::filter::Filters;
 use crate::metrics::ReplayerMetrics;
 use crate::outcome::RejectReason;
 use crate::rate::CaptureRate;
-use crate::request::{BatchDone, ReplayRequest};
+use crate::request::{BatchDone, Dispatch, Origin, ReplayRequest};
 use crate::rewrite::Rewrites;
 use crate::sink::ReplaySink;
 
@@ -41,17 +41,12 @@ impl FanOut {
             metrics,
         }
     }
+}
 
-    /// Offers one received record to every sink; `batch` is held until they are done with it.
-    pub fn dispatch(&self, wire: proto::RequestRecord, listener_id: &str, batch: &Arc<BatchDone>) {
-        self.metrics.records_received.inc();
-        let request = RequestRecord::try_from(wire)
-            .map_err(|error| {
-                tracing::debug!(%error, "invalid record");
-                RejectReason::InvalidRecord
-            })
-            .and_then(|record| ReplayRequest::from_record(&record, listener_id));
-        let mut request = match request {
+impl Dispatch for FanOut {
+    /// Offers one record to every sink; `batch` is held until they are done with it.
+    fn dispatch(&self, record: RequestRecord, origin: &Origin, batch: &Arc<BatchDone>) {
+        let mut request = match ReplayRequest::from_record(&record, origin) {
             Ok(request) => request,
             Err(reason) => {
                 self.metrics.rejected(reason).inc();

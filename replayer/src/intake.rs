@@ -1,35 +1,30 @@
 //! Where every source hands its records. A source opens one [`StreamIntake`] per ordered
-//! stream of records (a listener's gRPC stream; a file); for each batch, resent copies are
-//! dropped ([`dedup`](crate::dedup)), each record waits for its turn ([`pace`](crate::pace)),
-//! then the [`fan-out`](crate::fanout) takes it. The returned [`Delivered`] fires once every
-//! sink is done with the batch's requests: only then may the source acknowledge it.
+//! stream of records (a listener's gRPC stream; a pass over recorded files); for each batch,
+//! resent copies are dropped ([`dedup`](crate::dedup)), every record and production response
+//! is shown to the [observers](crate::observe), each request waits for its turn
+//! ([`pace`](crate::pace)), then goes on downstream: the [middleware](crate::middleware) if
+//! there is one, else the [fan-out](crate::fanout). The returned [`Delivered`] fires once
+//! everything downstream is done with the batch's requests: only then may the source
+//! acknowledge it.
 
 use std::sync::{Arc, Weak};
 
 use governor::DefaultDirectRateLimiter;
 use tapwire_runtime::Shutdown;
-use tapwire_shared::proto;
+use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
+use tapwire_shared::{RequestRecord, proto};
 use tokio::sync::oneshot;
 
-use crate::config::Timing;
 use crate::dedup::Deduplicator;
-use crate::fanout::FanOut;
 use crate::metrics::ReplayerMetrics;
-use crate::pace::Pacer;
-use crate::request::BatchDone;
+use crate::observe::Observers;
+use crate::outcome::RejectReason;
+use crate::pace::{Pacer, StreamPacing};
+use crate::request::{BatchDone, Dispatch, Origin};
 
 /// Fires once every sink is done with each request of a batch (answered, failed or dropped,
 /// and counted either way).
 pub type Delivered = oneshot::Receiver<()>;
-
-/// Who sent a batch: one listener process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// The listener's name, as it reports it.
-    pub listener_id: String,
-    /// Its process: record ids restart with each.
-    pub instance: u64,
-}
 
 /// Shutdown came while a batch was being paced: the part already dispatched goes on, but the
 /// batch must not be acknowledged (the listener sends it again, elsewhere or later).
@@ -39,41 +34,41 @@ pub struct Interrupted;
 /// Shared by every source and stream.
 #[derive(Clone)]
 pub struct Intake {
-    /// Only streams hold the fan-out: once they have ended, dropping the run's handle closes
-    /// the target queues, even while a connection that cannot flush still holds a source.
-    fanout: Weak<FanOut>,
+    /// Only streams hold the downstream stage: once they have ended, dropping the run's
+    /// handle lets the sinks drain and stop, even while a connection that cannot flush still
+    /// holds a source.
+    downstream: Weak<dyn Dispatch>,
     /// Shared by all streams: a listener's resend arrives on its next stream.
     dedup: Arc<Deduplicator>,
-    timing: Timing,
-    speed: f64,
     global_rate: Option<Arc<DefaultDirectRateLimiter>>,
+    observers: Observers,
     metrics: ReplayerMetrics,
 }
 
 impl Intake {
     pub fn new(
-        fanout: &Arc<FanOut>,
-        timing: Timing,
-        speed: f64,
+        downstream: Weak<dyn Dispatch>,
         global_rate: Option<Arc<DefaultDirectRateLimiter>>,
+        observers: Observers,
         metrics: ReplayerMetrics,
     ) -> Self {
         Intake {
-            fanout: Arc::downgrade(fanout),
+            downstream,
             dedup: Arc::default(),
-            timing,
-            speed,
             global_rate,
+            observers,
             metrics,
         }
     }
 
-    /// A new ordered stream of records; `None` once the replayer is shutting down.
-    pub fn open_stream(&self) -> Option<StreamIntake> {
+    /// A new ordered stream of records, paced as `pacing` says; `None` once the replayer is
+    /// shutting down.
+    pub fn open_stream(&self, pacing: StreamPacing) -> Option<StreamIntake> {
         Some(StreamIntake {
-            fanout: self.fanout.upgrade()?,
+            downstream: self.downstream.upgrade()?,
             dedup: Arc::clone(&self.dedup),
-            pacer: Pacer::new(self.timing, self.speed, self.global_rate.clone()),
+            pacer: Pacer::new(pacing, self.global_rate.clone()),
+            observers: self.observers.clone(),
             metrics: self.metrics.clone(),
         })
     }
@@ -81,21 +76,22 @@ impl Intake {
 
 /// One ordered stream of records, paced on its own.
 pub struct StreamIntake {
-    fanout: Arc<FanOut>,
+    downstream: Arc<dyn Dispatch>,
     dedup: Arc<Deduplicator>,
     pacer: Pacer,
+    observers: Observers,
     metrics: ReplayerMetrics,
 }
 
 impl StreamIntake {
-    /// Takes one batch from `origin`: its new records go to the fan-out in order, each when
-    /// pacing lets it; `responses` is how many production responses came along (counted, kept
-    /// for comparison). Pacing yields to `shutdown`.
+    /// Takes one batch from `origin`: its new records go downstream in order, each when pacing
+    /// lets it, and production's `responses` are counted and shown to the observers. Pacing
+    /// yields to `shutdown`.
     pub async fn take(
         &mut self,
         origin: &Origin,
         records: Vec<proto::RequestRecord>,
-        responses: usize,
+        responses: Vec<proto::ResponseRecord>,
         shutdown: &Shutdown,
     ) -> Result<Delivered, Interrupted> {
         let (batch_done, delivered) = BatchDone::new();
@@ -103,7 +99,19 @@ impl StreamIntake {
             .dedup
             .fresh(&origin.listener_id, origin.instance, records);
         self.metrics.records_duplicate.inc_by(copies);
-        for record in records {
+        for wire in records {
+            self.metrics.records_received.inc();
+            let record = match RequestRecord::try_from(wire) {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::debug!(%error, "invalid record");
+                    self.metrics.rejected(RejectReason::InvalidRecord).inc();
+                    continue;
+                }
+            };
+            if !self.observers.is_empty() {
+                self.observers.request(&request_message(&record, origin));
+            }
             if self.pacer.paces() {
                 tokio::select! {
                     biased;
@@ -111,14 +119,45 @@ impl StreamIntake {
                     () = self.pacer.until_due(record.captured_at_ns) => {}
                 }
             }
-            self.fanout
-                .dispatch(record, &origin.listener_id, &batch_done);
+            self.downstream.dispatch(record, origin, &batch_done);
         }
         self.metrics
             .production_responses_received
-            .inc_by(responses as u64);
+            .inc_by(responses.len() as u64);
+        if !self.observers.is_empty() {
+            for response in responses {
+                self.observers
+                    .original_response(&response_message(response.into(), origin));
+            }
+        }
         // From here only the requests hold it: it fires when the last one is done.
         drop(batch_done);
         Ok(delivered)
+    }
+}
+
+/// A request as a `.gor` message (type 1).
+pub fn request_message(record: &RequestRecord, origin: &Origin) -> GorMessage {
+    GorMessage {
+        header: GorHeader {
+            payload_type: PayloadType::Request,
+            id: origin.message_id(record.id),
+            timestamp_ns: record.captured_at_ns,
+            latency_ns: None,
+        },
+        payload: record.request.clone(),
+    }
+}
+
+/// Production's response as a `.gor` message (type 2).
+fn response_message(response: tapwire_shared::ResponseRecord, origin: &Origin) -> GorMessage {
+    GorMessage {
+        header: GorHeader {
+            payload_type: PayloadType::Response,
+            id: origin.message_id(response.request_id),
+            timestamp_ns: response.captured_at_ns,
+            latency_ns: Some(response.latency_ns),
+        },
+        payload: response.response,
     }
 }

@@ -2,16 +2,20 @@
 //! Data moves through the modules in this order:
 //!
 //! - [`source`]: where records come from: listeners' gRPC streams ([`source::grpc`], guarded by
-//!   [`source::tls`] and a token).
+//!   [`source::tls`] and a token) and recorded `.gor` files ([`source::file`]).
 //! - [`intake`]: what every source hands its records to: resent copies dropped ([`dedup`]),
-//!   each stream paced on its own ([`pace`]).
+//!   shown to the [`observe`]rs ([`recorder`], [`middleware`]), each stream paced on its own
+//!   ([`pace`]).
+//! - [`middleware`]: when configured, GoReplay's middleware protocol decides what goes on.
 //! - [`fanout`]: each record parsed once into a [`request::ReplayRequest`]; global [`filter`]s,
 //!   admission [`rate`] and [`rewrite`]s; offered to every [`sink`].
 //! - [`target`]: a sink per staging target: its own filters, [`sample`]r and rate, bounded
-//!   queue, concurrency-limited hyper client, preserved sessions.
+//!   queue, concurrency-limited hyper client, preserved sessions. [`print`] is the sink that
+//!   shows requests instead.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
-//! reason a request is not replayed, [`metrics`] the counters that account for every request.
+//! reason a request is not replayed, [`metrics`] the counters that account for every request,
+//! [`progress`] what a file replay shows while it runs.
 
 pub mod config;
 pub mod dedup;
@@ -19,10 +23,15 @@ pub mod fanout;
 pub mod filter;
 pub mod intake;
 pub mod metrics;
+pub mod middleware;
+pub mod observe;
 pub mod outcome;
 pub mod pace;
 pub mod plan;
+pub mod print;
+pub mod progress;
 pub mod rate;
+pub mod recorder;
 pub mod request;
 pub mod rewrite;
 pub mod sample;
@@ -31,72 +40,263 @@ pub mod source;
 pub mod target;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tapwire_runtime::Shutdown;
+use tapwire_runtime::gor_output::OutputDone;
 
 pub use config::ReplayerConfig;
 use fanout::FanOut;
 use metrics::ReplayerMetrics;
+use middleware::Middleware;
+use observe::{Observers, ReplayObserver};
 pub use plan::EnginePlan;
+use request::Dispatch;
 use sink::ReplaySink;
 use source::Source;
+use source::file::FileSource;
 use source::grpc::GrpcSource;
 use target::Target;
 
-/// Serves listeners until `shutdown` is requested, then ends their streams, lets targets finish
-/// what is queued (up to the drain timeout), and logs the final accounting.
-pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<()> {
+/// How long the outputs (`--record`, `--output-stdout`) may take to write what is queued.
+const OUTPUT_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Every request read was answered, or dropped and counted: nothing was left unsent at
+    /// the drain timeout, and no recorded file was cut short.
+    pub complete: bool,
+}
+
+/// Replays until `shutdown` is requested, or, when only files are replayed, until they are
+/// done (or `--exit-after`); then ends listeners' streams, lets targets finish what is queued
+/// (up to the drain timeout), and logs the final accounting.
+pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutcome> {
+    if plan.dry_run {
+        return dry_run(&plan).await;
+    }
     let mut registry = Registry::default();
     let metrics = ReplayerMetrics::register(&mut registry);
     if let Some(addr) = plan.metrics_listen {
         tapwire_runtime::serve_metrics(addr, Arc::new(registry)).await?;
     }
+    let grpc = match plan.grpc_listen {
+        Some(addr) => Some(
+            GrpcSource::bind(
+                addr,
+                plan.grpc_pacing,
+                plan.token,
+                plan.tls,
+                metrics.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    // Stops the sources: on the signal, after --exit-after, or when only files are replayed
+    // and they are done.
+    let stop = Shutdown::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.requested().await;
+            stop.request();
+        }
+    });
+    if let Some(after) = plan.exit_after {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::info!(?after, "--exit-after reached");
+            stop.request();
+        });
+    }
+
+    let mut outputs: Vec<OutputDone> = Vec::new();
+    let mut observers: Vec<Arc<dyn ReplayObserver>> = Vec::new();
+    if let Some(template) = plan.record {
+        let (recorder, done) =
+            recorder::Recorder::start(template, &metrics).context("cannot start recording")?;
+        observers.push(recorder);
+        outputs.push(done);
+    }
+    let middleware = plan
+        .middleware
+        .map(|settings| Middleware::start(settings, metrics.clone()));
+    if let Some(middleware) = &middleware {
+        observers.push(Arc::clone(middleware) as Arc<dyn ReplayObserver>);
+    }
+    let observers = Observers::new(observers);
+
     let target_names: Vec<String> = plan.targets.iter().map(|t| t.name.clone()).collect();
-    let grpc = GrpcSource::bind(plan.grpc_listen, plan.token, plan.tls, metrics.clone()).await?;
-    let (targets, target_workers): (Vec<_>, Vec<_>) = plan
-        .targets
-        .into_iter()
-        .map(|target| Target::start(target, &metrics, plan.preserve_connections))
-        .unzip();
-    let sinks = targets
-        .into_iter()
-        .map(|target| Box::new(target) as Box<dyn ReplaySink>)
-        .collect();
+    let mut sinks: Vec<Box<dyn ReplaySink>> = Vec::new();
+    let mut target_workers = Vec::new();
+    for target in plan.targets {
+        let (target, worker) = Target::start(
+            target,
+            &metrics,
+            plan.preserve_connections,
+            observers.clone(),
+        );
+        sinks.push(Box::new(target));
+        target_workers.push(worker);
+    }
+    if let Some(prettify) = plan.print {
+        let (printer, done) =
+            print::PrintSink::start(prettify, &metrics).context("cannot start --output-stdout")?;
+        sinks.push(Box::new(printer));
+        outputs.push(done);
+    }
     let global = plan.global;
-    let fanout = Arc::new(FanOut::new(
+    let fanout: Arc<dyn Dispatch> = Arc::new(FanOut::new(
         global.filters,
         global.rewrites,
         global.admission,
         sinks,
         metrics.clone(),
     ));
+    let downstream: Arc<dyn Dispatch> = match &middleware {
+        Some(middleware) => {
+            middleware.connect(Arc::clone(&fanout));
+            Arc::clone(middleware) as Arc<dyn Dispatch>
+        }
+        None => Arc::clone(&fanout),
+    };
     let intake = intake::Intake::new(
-        &fanout,
-        plan.timing,
-        plan.speed,
+        Arc::downgrade(&downstream),
         global.pacing,
+        observers,
         metrics.clone(),
     );
-    tracing::info!(addr = %grpc.local_addr()?, tls = grpc.uses_tls(), targets = target_names.len(),
-        "grpc server listening");
-    Source::Grpc(grpc).run(intake, shutdown).await?;
 
-    tracing::info!(timeout = ?plan.drain_timeout, "stopped accepting; draining target queues");
-    // Streams have ended, so this is the last handle: dropping it closes every sink's queue.
+    let grpc_task = grpc.map(|grpc| {
+        tracing::info!(addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = grpc.uses_tls(), targets = target_names.len(), "grpc server listening");
+        let (intake, stop) = (intake.clone(), stop.clone());
+        tokio::spawn(async move { Source::Grpc(grpc).run(intake, stop).await })
+    });
+    let mut cut_short = false;
+    if let Some(files) = plan.files {
+        let settings = files.clone();
+        let source = FileSource::new(files, metrics.clone());
+        let (report, done) = (source.report(), source.done());
+        let progress = start_progress(&settings, done, &metrics, &target_names);
+        tracing::info!(files = settings.files.len(), "replaying recorded files");
+        Source::File(source)
+            .run(intake.clone(), stop.clone())
+            .await?;
+        progress.abort();
+        cut_short = report.cut_short.load(std::sync::atomic::Ordering::Relaxed);
+        if grpc_task.is_none() {
+            stop.request();
+        }
+    }
+    drop(intake);
+    if let Some(grpc_task) = grpc_task {
+        grpc_task.await.context("the gRPC server panicked")??;
+    }
+
+    // The sources have ended: what the middleware still holds is waited for, then everything
+    // downstream lets go of the sinks, which drain.
+    if let Some(middleware) = middleware {
+        middleware.finish().await;
+    }
+    drop(downstream);
     drop(fanout);
-    let drained = tokio::time::timeout(plan.drain_timeout, async {
+    let drain_timeout = plan.drain_timeout;
+    tracing::info!(timeout = ?drain_timeout, "stopped accepting; draining target queues");
+    let drained = tokio::time::timeout(drain_timeout, async {
         for worker in target_workers {
             let _ = worker.await;
         }
     })
-    .await;
-    if drained.is_err() {
+    .await
+    .is_ok();
+    if !drained {
         tracing::warn!("drain timeout passed; requests still queued are not sent");
     }
+    let _ = tokio::task::spawn_blocking(move || {
+        for output in outputs {
+            output.wait(OUTPUT_CLOSE_WAIT);
+        }
+    })
+    .await;
     tracing::info!(summary = %metrics.summary(), "replayer stopped");
     for name in target_names {
         tracing::info!(target = %name, summary = %metrics.target(&name).summary(), "target totals");
     }
-    Ok(())
+    Ok(RunOutcome {
+        complete: drained && !cut_short,
+    })
+}
+
+/// The progress of a file replay, counted against the requests the files hold.
+fn start_progress(
+    files: &source::file::FileSettings,
+    done: Arc<std::sync::atomic::AtomicU64>,
+    metrics: &ReplayerMetrics,
+    targets: &[String],
+) -> tokio::task::JoinHandle<()> {
+    let total = if files.repeat {
+        0
+    } else {
+        source::file::count_requests(&files.files)
+    };
+    let metrics = metrics.clone();
+    let targets: Vec<_> = targets.iter().map(|name| metrics.target(name)).collect();
+    progress::show(total, done, move || {
+        metrics.rejected_total()
+            + targets
+                .iter()
+                .map(metrics::TargetMetrics::dropped_total)
+                .sum::<u64>()
+    })
+}
+
+/// `--input-file-dry-run`: what the files hold and how long replaying them would take.
+async fn dry_run(plan: &EnginePlan) -> anyhow::Result<RunOutcome> {
+    let files = plan
+        .files
+        .clone()
+        .context("--input-file-dry-run needs --input-file")?;
+    let pacing = files.pacing;
+    let paths = files.files.clone();
+    let (report, cut_short) =
+        tokio::task::spawn_blocking(move || source::file::dry_run(&paths, pacing)).await?;
+    let span = match (report.first_ns, report.last_ns) {
+        (Some(first), Some(last)) => Duration::from_nanos(last - first),
+        _ => Duration::ZERO,
+    };
+    println!("files: {}", report.files);
+    println!(
+        "requests: {}  production responses: {}  replayed responses (skipped): {}  malformed: {}",
+        report.requests, report.responses, report.replayed_responses, report.malformed
+    );
+    println!(
+        "time span: {}  out of timestamp order: {}",
+        humantime::format_duration(round_to_millis(span)),
+        report.out_of_order
+    );
+    match report.expected {
+        Some(expected) => println!(
+            "expected replay time: {} (timing original, speed {}{})",
+            humantime::format_duration(round_to_millis(expected)),
+            pacing.speed,
+            pacing
+                .max_wait
+                .map(|wait| format!(", pauses capped at {}", humantime::format_duration(wait)))
+                .unwrap_or_default()
+        ),
+        None => println!("expected replay time: as fast as the targets answer (timing asap)"),
+    }
+    Ok(RunOutcome {
+        complete: !cut_short,
+    })
+}
+
+fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64)
 }

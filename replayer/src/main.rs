@@ -25,7 +25,11 @@ async fn main() -> ExitCode {
     }
     tapwire_runtime::init_logging();
     match tapwire_replayer::run(plan, Shutdown::on_signals()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(outcome) if outcome.complete => ExitCode::SUCCESS,
+        Ok(_) => {
+            tracing::error!("some requests were neither answered nor counted (see above)");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             tracing::error!("{error:#}");
             ExitCode::FAILURE

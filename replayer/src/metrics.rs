@@ -9,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use tapwire_runtime::gor_output::{Outcome, Tally};
+
 use crate::outcome::{FilterRule, RejectReason, TargetDropReason};
 
 macro_rules! label_value_from_as_str {
@@ -77,6 +79,28 @@ pub struct ReplayerMetrics {
     filtered_family: Family<RuleLabel, Counter>,
     /// Filters applied before the fan-out (`target="*"`).
     filtered: [Counter; FilterRule::ALL.len()],
+    pub middleware: MiddlewareMetrics,
+    /// Messages written by `--record` (requests, production's and targets' responses).
+    pub recorded: Counter,
+    /// Messages `--record` or `--output-stdout` could not write: queue full, or the file failed.
+    pub outputs_lost: Counter,
+    /// Requests printed by `--output-stdout`.
+    pub printed: Counter,
+}
+
+/// What the middleware did besides passing requests on.
+#[derive(Debug, Clone, Default)]
+pub struct MiddlewareMetrics {
+    /// Lines on its stdout that are not a hex-encoded message.
+    pub invalid_lines: Counter,
+    /// Requests it wrote back after their timeout (already counted as filtered).
+    pub late: Counter,
+    /// Requests it wrote that it was never given (they are replayed too).
+    pub injected: Counter,
+    /// Responses (types 2 and 3) that did not fit its queue.
+    pub responses_dropped: Counter,
+    /// Times it was started again after dying or hanging.
+    pub restarts: Counter,
 }
 
 /// One target's metric handles, resolved once so replaying never looks labels up.
@@ -118,7 +142,55 @@ impl ReplayerMetrics {
             }),
             filtered_family: filtered_family.clone(),
             filtered,
+            middleware: MiddlewareMetrics::default(),
+            recorded: Counter::default(),
+            outputs_lost: Counter::default(),
+            printed: Counter::default(),
         };
+        for (name, help, counter) in [
+            (
+                "middleware_invalid_lines",
+                "Lines the middleware wrote that are not a hex-encoded message",
+                &metrics.middleware.invalid_lines,
+            ),
+            (
+                "middleware_late",
+                "Requests the middleware wrote back after their timeout (counted as filtered)",
+                &metrics.middleware.late,
+            ),
+            (
+                "middleware_injected",
+                "Requests the middleware wrote that it was never given (replayed too)",
+                &metrics.middleware.injected,
+            ),
+            (
+                "middleware_responses_dropped",
+                "Responses (production's and targets') that did not fit the middleware's queue",
+                &metrics.middleware.responses_dropped,
+            ),
+            (
+                "middleware_restarts",
+                "Times the middleware was started again after dying or hanging",
+                &metrics.middleware.restarts,
+            ),
+            (
+                "recorded",
+                "Messages written by --record (requests, production's and targets' responses)",
+                &metrics.recorded,
+            ),
+            (
+                "outputs_lost",
+                "Messages --record or --output-stdout could not write (queue full, or the file failed)",
+                &metrics.outputs_lost,
+            ),
+            (
+                "requests_printed",
+                "Requests printed by --output-stdout",
+                &metrics.printed,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "requests_filtered",
             "Requests not replayed because a filter rule or sampling refused them (target \"*\": before the fan-out)",
@@ -177,6 +249,25 @@ impl ReplayerMetrics {
         metrics
     }
 
+    /// Counts each message an output (`--record`, `--output-stdout`) writes in `written`, and
+    /// each it cannot in `outputs_lost`.
+    pub fn output_tally(&self, written: fn(&ReplayerMetrics) -> &Counter) -> Tally {
+        let metrics = self.clone();
+        std::sync::Arc::new(move |_, outcome| match outcome {
+            Outcome::Written => {
+                written(&metrics).inc();
+            }
+            Outcome::Full | Outcome::Error => {
+                metrics.outputs_lost.inc();
+            }
+        })
+    }
+
+    /// Received records that could not be replayed at all, whatever the reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(Counter::get).sum()
+    }
+
     pub fn rejected(&self, reason: RejectReason) -> &Counter {
         &self.rejected[reason as usize]
     }
@@ -229,6 +320,20 @@ impl ReplayerMetrics {
             }
         }
         write_filtered(&mut line, &self.filtered);
+        let middleware = &self.middleware;
+        for (name, counter) in [
+            ("middleware_injected", &middleware.injected),
+            ("middleware_late", &middleware.late),
+            ("middleware_invalid_lines", &middleware.invalid_lines),
+            ("middleware_restarts", &middleware.restarts),
+            ("recorded", &self.recorded),
+            ("outputs_lost", &self.outputs_lost),
+            ("printed", &self.printed),
+        ] {
+            if counter.get() > 0 {
+                let _ = write!(line, " {name}={}", counter.get());
+            }
+        }
         line
     }
 }
@@ -241,6 +346,11 @@ impl TargetMetrics {
 
     pub fn dropped(&self, reason: TargetDropReason) -> &Counter {
         &self.dropped[reason as usize]
+    }
+
+    /// Requests this target got no response to, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(Counter::get).sum()
     }
 
     /// Counter of this target's requests refused by `rule`.

@@ -48,14 +48,20 @@ pub enum RejectReason {
     UnreplayableTarget,
     /// Over `global_rate`.
     GlobalRateLimited,
+    /// A recorded file held something that is not a well-formed message here.
+    MalformedRecord,
+    /// Lost with the middleware: it died or hung holding it, or its queue was full.
+    Middleware,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::InvalidRecord,
         RejectReason::MalformedHttp,
         RejectReason::UnreplayableTarget,
         RejectReason::GlobalRateLimited,
+        RejectReason::MalformedRecord,
+        RejectReason::Middleware,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +70,8 @@ impl RejectReason {
             RejectReason::MalformedHttp => "malformed_http",
             RejectReason::UnreplayableTarget => "unreplayable_target",
             RejectReason::GlobalRateLimited => "global_rate_limited",
+            RejectReason::MalformedRecord => "malformed_record",
+            RejectReason::Middleware => "middleware",
         }
     }
 }
@@ -80,10 +88,12 @@ pub enum FilterRule {
     DenyHeader,
     BasicAuth,
     Sample,
+    /// The middleware did not write the request back.
+    Middleware,
 }
 
 impl FilterRule {
-    pub const ALL: [FilterRule; 9] = [
+    pub const ALL: [FilterRule; 10] = [
         FilterRule::AllowMethods,
         FilterRule::AllowUrl,
         FilterRule::DenyUrl,
@@ -93,6 +103,7 @@ impl FilterRule {
         FilterRule::DenyHeader,
         FilterRule::BasicAuth,
         FilterRule::Sample,
+        FilterRule::Middleware,
     ];
 
     /// The rule's name in metrics and logs: its key in the configuration.
@@ -107,6 +118,7 @@ impl FilterRule {
             FilterRule::DenyHeader => "deny_header",
             FilterRule::BasicAuth => "basic_auth",
             FilterRule::Sample => "sample",
+            FilterRule::Middleware => "middleware",
         }
     }
 }

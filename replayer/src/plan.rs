@@ -13,13 +13,33 @@ use tapwire_shared::link::read_token;
 
 use crate::config::{ReplayerConfig, Timing, WhenLimited, parse_target_url};
 use crate::filter::Filters;
+use crate::middleware::MiddlewareSettings;
+use crate::pace::StreamPacing;
 use crate::rate::{CaptureRate, Rate};
 use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
+use crate::source::file::FileSettings;
+
+/// Where listeners connect when no address is given (and no file is replayed).
+const DEFAULT_GRPC_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7070);
 
 /// Everything the replayer runs, compiled.
 pub struct EnginePlan {
-    pub grpc_listen: SocketAddr,
+    /// The gRPC server for listeners, unless only files are replayed.
+    pub grpc_listen: Option<SocketAddr>,
+    /// How listeners' streams are paced.
+    pub grpc_pacing: StreamPacing,
+    /// Recorded files to replay.
+    pub files: Option<FileSettings>,
+    /// Only read the files and report; send nothing.
+    pub dry_run: bool,
+    pub exit_after: Option<Duration>,
+    /// `--record`: the file name template.
+    pub record: Option<String>,
+    /// `--output-stdout`, and whether bodies are prettified.
+    pub print: Option<bool>,
+    pub middleware: Option<MiddlewareSettings>,
     pub metrics_listen: Option<SocketAddr>,
     /// How long targets may take to finish their queues at shutdown.
     pub drain_timeout: Duration,
@@ -29,8 +49,6 @@ pub struct EnginePlan {
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     pub global: GlobalPlan,
     pub targets: Vec<TargetPlan>,
-    pub timing: Timing,
-    pub speed: f64,
     pub preserve_connections: bool,
 }
 
@@ -65,12 +83,54 @@ impl EnginePlan {
     /// Validates every setting of `config` and compiles the plan; the error names the setting
     /// at fault.
     pub fn compile(config: &ReplayerConfig) -> Result<EnginePlan, ConfigError> {
-        if config.targets.is_empty() {
+        let sends_nowhere = config.output_stdout || config.input_file_dry_run;
+        if config.targets.is_empty() && !sends_nowhere {
             return Err(ConfigError::new(
                 "target",
                 "at least one target is required (--target URL, or [[target]] in the file)",
             ));
         }
+        if config.input_file_dry_run && config.input_files.is_empty() {
+            return Err(ConfigError::new("input_file_dry_run", "needs --input-file"));
+        }
+        if config.prettify && !config.output_stdout {
+            return Err(ConfigError::new(
+                "prettify",
+                "only applies to --output-stdout",
+            ));
+        }
+        let files = if config.input_files.is_empty() {
+            None
+        } else {
+            Some(FileSettings {
+                files: crate::source::file::expand(&config.input_files)?,
+                repeat: config.input_file_loop,
+                pacing: StreamPacing {
+                    timing: config.timing.unwrap_or(Timing::Original),
+                    speed: config.speed,
+                    max_wait: config.input_file_max_wait,
+                },
+            })
+        };
+        let grpc_listen = match (config.grpc_listen, &files) {
+            (Some(addr), _) => Some(addr),
+            (None, None) => Some(DEFAULT_GRPC_LISTEN),
+            (None, Some(_)) => None,
+        };
+        let middleware = config
+            .middleware
+            .as_deref()
+            .map(|command| {
+                let command: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+                if command.is_empty() {
+                    return Err(ConfigError::new("middleware", "an empty command"));
+                }
+                Ok(MiddlewareSettings {
+                    command,
+                    timeout: config.middleware_timeout,
+                })
+            })
+            .transpose()?;
         if !(config.speed.is_finite() && config.speed > 0.0) {
             return Err(ConfigError::new("speed", "must be a positive number"));
         }
@@ -153,15 +213,24 @@ impl EnginePlan {
             }
         };
         Ok(EnginePlan {
-            grpc_listen: config.grpc_listen,
+            grpc_listen,
+            grpc_pacing: StreamPacing {
+                timing: config.timing.unwrap_or(Timing::Asap),
+                speed: config.speed,
+                max_wait: None,
+            },
+            files,
+            dry_run: config.input_file_dry_run,
+            exit_after: config.exit_after,
+            record: config.record.clone(),
+            print: config.output_stdout.then_some(config.prettify),
+            middleware,
             metrics_listen: config.metrics_listen,
             drain_timeout: config.drain_timeout,
             token,
             tls,
             global,
             targets,
-            timing: config.timing,
-            speed: config.speed,
             preserve_connections: config.preserve_connections,
         })
     }

@@ -1,6 +1,7 @@
 //! The replayed request: a captured record checked and parsed once into what any target can be
 //! sent ([`ReplayRequest`]), with the [`BatchDone`] guard that tells its source when every target
-//! is done with it. Every stage after the source works on this type.
+//! is done with it, and the [`Origin`] it came from. Every stage after the source works on
+//! these types.
 
 use std::sync::Arc;
 
@@ -13,6 +14,22 @@ use tokio::sync::oneshot;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::outcome::RejectReason;
+
+/// Who sent a record: one listener process, or one pass over recorded files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The listener's name, as it reports it (`file` for recorded files).
+    pub listener_id: String,
+    /// Its process (or file pass): record ids restart with each.
+    pub instance: u64,
+}
+
+impl Origin {
+    /// The id a record of this origin has in `.gor` files and middleware messages.
+    pub fn message_id(&self, record_id: u64) -> String {
+        tapwire_shared::gor::message_id(self.instance, record_id)
+    }
+}
 
 /// A captured request, ready to send to any target.
 #[derive(Debug)]
@@ -28,6 +45,8 @@ pub struct ReplayRequest {
     pub identity_hash: u64,
     /// When production received it: rates count captured time.
     pub captured_at_ns: u64,
+    /// Its id in `.gor` files and middleware messages, shared with its responses.
+    pub message_id: Arc<str>,
     /// Host set by a global rewrite; a target's own rewrite wins over it.
     pub host_override: Option<HeaderValue>,
     /// Held until every target is done with the request: the batch it came in is
@@ -57,6 +76,12 @@ impl Drop for BatchDone {
     }
 }
 
+/// The one way a received record goes on: the fan-out, or the middleware in front of it.
+pub trait Dispatch: Send + Sync {
+    /// Hands a record on; `batch` is held until everything downstream is done with it.
+    fn dispatch(&self, record: RequestRecord, origin: &Origin, batch: &Arc<BatchDone>);
+}
+
 /// Headers that belong to one connection (RFC 9110 section 7.6.1), not to the request.
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
@@ -69,7 +94,8 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 impl ReplayRequest {
-    pub fn from_record(record: &RequestRecord, listener_id: &str) -> Result<Self, RejectReason> {
+    pub fn from_record(record: &RequestRecord, origin: &Origin) -> Result<Self, RejectReason> {
+        let listener_id = &origin.listener_id;
         let parsed =
             ParsedRequest::parse(&record.request).map_err(|_| RejectReason::MalformedHttp)?;
         // Only the path and query travel: the destination is always a configured target.
@@ -102,8 +128,13 @@ impl ReplayRequest {
                 headers.remove(header::TRANSFER_ENCODING);
             }
         }
-        let session_key = format!("{listener_id}|{}|{}", record.client, record.server);
-        let identity = format!("{listener_id}|{}", record.id);
+        let identity = format!("{listener_id}|{}|{}", origin.instance, record.id);
+        // Recorded files do not say which connection a request came on: each is its own.
+        let session_key = if record.client.port() == 0 {
+            identity.clone()
+        } else {
+            format!("{listener_id}|{}|{}", record.client, record.server)
+        };
         Ok(ReplayRequest {
             method: parsed.method,
             path_and_query,
@@ -112,6 +143,7 @@ impl ReplayRequest {
             session: xxh3_64(session_key.as_bytes()),
             identity_hash: xxh3_64(identity.as_bytes()),
             captured_at_ns: record.captured_at_ns,
+            message_id: origin.message_id(record.id).into(),
             host_override: None,
             batch: None,
         })
@@ -131,7 +163,11 @@ pub(crate) mod tests {
             server: "10.0.0.2:80".parse().unwrap(),
             request: Bytes::copy_from_slice(raw.as_bytes()),
         };
-        ReplayRequest::from_record(&record, "test").unwrap()
+        let origin = Origin {
+            listener_id: "test".into(),
+            instance: 1,
+        };
+        ReplayRequest::from_record(&record, &origin).unwrap()
     }
 
     #[test]

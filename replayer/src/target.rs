@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use governor::DefaultDirectRateLimiter;
 use http::uri::Authority;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::WhenLimited;
 use crate::filter::Filters;
 use crate::metrics::{ReplayerMetrics, TargetMetrics};
+use crate::observe::Observers;
 use crate::outcome::{FilterRule, TargetDropReason};
 use crate::plan::TargetPlan;
 use crate::rate::CaptureRate;
@@ -56,10 +58,11 @@ impl Target {
         plan: TargetPlan,
         metrics: &ReplayerMetrics,
         preserve_connections: bool,
+        observers: Observers,
     ) -> (Target, JoinHandle<()>) {
         let metrics = metrics.target(&plan.name);
         let (queue, requests) = mpsc::channel(plan.queue);
-        let sender = Arc::new(RequestSender::new(&plan, metrics.clone()));
+        let sender = Arc::new(RequestSender::new(&plan, metrics.clone(), observers));
         let (admission, pacing) = match plan.rate {
             None => (None, None),
             // Admitted requests are still paced, so catching up never bursts past the rate.
@@ -205,28 +208,49 @@ async fn run_session(sender: Arc<RequestSender>, mut requests: Queue, _slot: Own
     }
 }
 
-async fn read_response(response: http::Response<Incoming>) -> Result<StatusCode, ExchangeError> {
-    let status = response.status();
-    let mut body = response.into_body();
-    // Read the whole body so the connection can carry the next request.
+/// Reads the whole response (so the connection can carry the next request); with `keep`, also
+/// returns it as an HTTP/1.1 message, for the observers.
+async fn read_response(
+    response: http::Response<Incoming>,
+    keep: bool,
+) -> Result<(StatusCode, Option<Bytes>), ExchangeError> {
+    let (head, mut body) = response.into_parts();
+    let mut kept = keep.then(|| {
+        let mut message = BytesMut::with_capacity(256);
+        message.extend_from_slice(format!("HTTP/1.1 {}\r\n", head.status).as_bytes());
+        for (name, value) in &head.headers {
+            message.extend_from_slice(name.as_str().as_bytes());
+            message.extend_from_slice(b": ");
+            message.extend_from_slice(value.as_bytes());
+            message.extend_from_slice(b"\r\n");
+        }
+        message.extend_from_slice(b"\r\n");
+        message
+    });
     while let Some(frame) = body.frame().await {
-        frame.map_err(ExchangeError::Http)?;
+        let frame = frame.map_err(ExchangeError::Http)?;
+        if let (Some(kept), Some(data)) = (kept.as_mut(), frame.data_ref()) {
+            kept.extend_from_slice(data);
+        }
     }
-    Ok(status)
+    Ok((head.status, kept.map(BytesMut::freeze)))
 }
 
 /// Builds and sends requests to one target, and counts what happened.
 struct RequestSender {
+    /// `http://host:port`: the target's name in metrics and to the observers.
+    name: String,
     authority: Authority,
     authority_host: HeaderValue,
     keep_host: bool,
     rewrites: Rewrites,
     timeout: Duration,
     metrics: TargetMetrics,
+    observers: Observers,
 }
 
 impl RequestSender {
-    fn new(plan: &TargetPlan, metrics: TargetMetrics) -> Self {
+    fn new(plan: &TargetPlan, metrics: TargetMetrics, observers: Observers) -> Self {
         let authority = plan
             .url
             .authority()
@@ -235,12 +259,14 @@ impl RequestSender {
         let authority_host = HeaderValue::from_str(authority.as_str())
             .expect("an authority is a valid header value");
         RequestSender {
+            name: plan.name.clone(),
             authority,
             authority_host,
             keep_host: plan.keep_host,
             rewrites: plan.rewrites.clone(),
             timeout: plan.timeout,
             metrics,
+            observers,
         }
     }
 
@@ -251,6 +277,8 @@ impl RequestSender {
         connection: &mut Option<SendRequest<Full<Bytes>>>,
         replay: &ReplayRequest,
     ) {
+        let observed = self.observers.wants_replayed_responses();
+        let sent_at_ns = observed.then(wall_clock_ns);
         let exchange = async {
             if connection.as_ref().is_none_or(|c| c.is_closed()) {
                 *connection = Some(self.connect().await?);
@@ -261,10 +289,25 @@ impl RequestSender {
                 .send_request(self.build(replay))
                 .await
                 .map_err(ExchangeError::Http)?;
-            read_response(response).await
+            read_response(response, observed).await
         };
-        if !self.account(exchange).await {
-            *connection = None;
+        match self.account(exchange).await {
+            None => *connection = None,
+            Some((latency, Some(raw))) => {
+                self.observers.replayed_response(
+                    &self.name,
+                    &GorMessage {
+                        header: GorHeader {
+                            payload_type: PayloadType::ReplayedResponse,
+                            id: replay.message_id.to_string(),
+                            timestamp_ns: sent_at_ns.unwrap_or_default(),
+                            latency_ns: Some(latency.as_nanos() as u64),
+                        },
+                        payload: raw,
+                    },
+                );
+            }
+            Some((_, None)) => {}
         }
     }
 
@@ -280,30 +323,30 @@ impl RequestSender {
         Ok(sender)
     }
 
-    /// Runs one exchange under the timeout and counts its outcome; true if a response came.
+    /// Runs one exchange under the timeout and counts its outcome; when a response came, its
+    /// latency and (if kept) the response itself.
     async fn account(
         &self,
-        exchange: impl Future<Output = Result<StatusCode, ExchangeError>>,
-    ) -> bool {
+        exchange: impl Future<Output = Result<(StatusCode, Option<Bytes>), ExchangeError>>,
+    ) -> Option<(Duration, Option<Bytes>)> {
         self.metrics.sent.inc();
         let started = Instant::now();
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(status)) => {
-                self.metrics
-                    .latency
-                    .observe(started.elapsed().as_secs_f64());
+            Ok(Ok((status, kept))) => {
+                let latency = started.elapsed();
+                self.metrics.latency.observe(latency.as_secs_f64());
                 self.metrics.response(status).inc();
-                true
+                Some((latency, kept))
             }
             Ok(Err(error)) => {
                 let reason = error.reason();
                 tracing::debug!(%error, reason = reason.as_str(), "request to target failed");
                 self.metrics.dropped(reason).inc();
-                false
+                None
             }
             Err(_) => {
                 self.metrics.dropped(TargetDropReason::Timeout).inc();
-                false
+                None
             }
         }
     }
@@ -352,4 +395,11 @@ impl ExchangeError {
             ExchangeError::Http(_) => TargetDropReason::HttpError,
         }
     }
+}
+
+/// Now, in nanoseconds since the Unix epoch: when a replayed request was sent.
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }

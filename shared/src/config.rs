@@ -80,3 +80,107 @@ pub fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
 pub fn to_toml<T: serde::Serialize>(config: &T) -> String {
     toml::to_string_pretty(config).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
 }
+
+/// A size in bytes, written as a plain number or with a unit: `32mb`, `16MiB`, `1GiB`, `512k`
+/// (units are powers of 1024, case-insensitive, as GoReplay's `32mb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn mib(mib: u64) -> ByteSize {
+        ByteSize(mib << 20)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size like 32mb, 16MiB or 1048576"))?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use kb, mb, gb, tb)"
+                ));
+            }
+        };
+        number
+            .checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    /// The largest unit that divides the size exactly: `32MiB`, `1GiB`, `1500`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ByteSize {
+    /// A number of bytes, or a string with a unit.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_goreplay_and_binary_units_and_print_back() {
+        for (text, bytes) in [
+            ("1048576", 1 << 20),
+            ("32mb", 32 << 20),
+            ("16MiB", 16 << 20),
+            ("1GiB", 1 << 30),
+            ("512k", 512 << 10),
+            ("1500", 1500),
+        ] {
+            let size: ByteSize = text.parse().unwrap();
+            assert_eq!(size.get(), bytes, "{text}");
+            assert_eq!(size.to_string().parse::<ByteSize>().unwrap(), size);
+        }
+        assert_eq!(ByteSize::mib(32).to_string(), "32MiB");
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("mb".parse::<ByteSize>().is_err());
+    }
+}

@@ -212,6 +212,11 @@ impl<R: BufRead> GorReader<R> {
         }
     }
 
+    /// Where the next message starts: its byte offset and line.
+    pub fn position(&self) -> (u64, u64) {
+        (self.offset, self.line)
+    }
+
     fn malformed(&self, offset: u64, line: u64, problem: impl Into<String>) -> GorError {
         GorError::Malformed {
             source_name: self.source_name.clone(),

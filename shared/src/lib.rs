@@ -11,6 +11,7 @@
 //! - [`gor`]: GoReplay's `.gor` file format, read and written byte for byte.
 //! - [`config`]: how flags or a file become a configuration, and the error both sides report,
 //!   naming the setting at fault.
+//! - [`prettify`]: messages decoded for display (chunked, gzip, deflate).
 //! - [`redact`]: what a listener blanks out of a captured message (headers, JSON body fields)
 //!   before the message leaves the host.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod gor;
 pub mod http1;
 pub mod link;
+pub mod prettify;
 pub mod record;
 pub mod redact;
 

@@ -25,8 +25,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::intake::{Delivered, Intake, Origin, StreamIntake};
+use crate::intake::{Delivered, Intake, StreamIntake};
 use crate::metrics::ReplayerMetrics;
+use crate::pace::StreamPacing;
+use crate::request::Origin;
 
 /// Acks queued per stream before the stream stops reading batches.
 const ACK_QUEUE: usize = 64;
@@ -44,6 +46,7 @@ const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The gRPC server, bound and ready to serve.
 pub struct GrpcSource {
     listener: tokio::net::TcpListener,
+    pacing: StreamPacing,
     token: Option<String>,
     tls: Option<Arc<ServerConfig>>,
     metrics: ReplayerMetrics,
@@ -53,6 +56,7 @@ impl GrpcSource {
     /// Binds `addr` now, so a taken port fails the start, not the run.
     pub async fn bind(
         addr: SocketAddr,
+        pacing: StreamPacing,
         token: Option<String>,
         tls: Option<Arc<ServerConfig>>,
         metrics: ReplayerMetrics,
@@ -62,6 +66,7 @@ impl GrpcSource {
             .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
         Ok(GrpcSource {
             listener,
+            pacing,
             token,
             tls,
             metrics,
@@ -81,6 +86,7 @@ impl GrpcSource {
     pub async fn run(self, intake: Intake, shutdown: Shutdown) -> anyhow::Result<()> {
         let service = ReplayServer::new(ReplayService {
             intake,
+            pacing: self.pacing,
             shutdown: shutdown.clone(),
         })
         .max_decoding_message_size(link::MAX_MESSAGE_BYTES)
@@ -176,6 +182,7 @@ impl tonic::service::Interceptor for TokenCheck {
 
 struct ReplayService {
     intake: Intake,
+    pacing: StreamPacing,
     shutdown: Shutdown,
 }
 
@@ -187,7 +194,7 @@ impl Replay for ReplayService {
         &self,
         request: Request<Streaming<RecordBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let Some(intake) = self.intake.open_stream() else {
+        let Some(intake) = self.intake.open_stream(self.pacing) else {
             return Err(Status::unavailable("replayer shutting down"));
         };
         let peer = request.remote_addr();
@@ -323,7 +330,7 @@ impl StreamSession {
         };
         let delivered = self
             .intake
-            .take(origin, batch.records, batch.responses.len(), &self.shutdown)
+            .take(origin, batch.records, batch.responses, &self.shutdown)
             .await?;
         self.in_flight.push_back((ack, delivered));
         Ok(())

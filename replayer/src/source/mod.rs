@@ -3,7 +3,9 @@
 //! [`Intake`](crate::intake::Intake) and acknowledging what the intake reports delivered.
 //!
 //! - [`grpc`]: the listeners' streams ([`tls`] guards the link).
+//! - [`file`]: recorded GoReplay `.gor` files.
 
+pub mod file;
 pub mod grpc;
 pub mod tls;
 
@@ -15,6 +17,8 @@ use crate::intake::Intake;
 pub enum Source {
     /// Listeners streaming over gRPC.
     Grpc(grpc::GrpcSource),
+    /// Recorded files.
+    File(file::FileSource),
 }
 
 impl Source {
@@ -22,6 +26,7 @@ impl Source {
     pub async fn run(self, intake: Intake, shutdown: Shutdown) -> anyhow::Result<()> {
         match self {
             Source::Grpc(grpc) => grpc.run(intake, shutdown).await,
+            Source::File(files) => files.run(intake, shutdown).await,
         }
     }
 }
