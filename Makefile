@@ -20,11 +20,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: fixed-rate pipeline benchmark, then the listener-replayer link benchmark
-## (see bench/pipeline.sh and bench/link.sh for options).
+## bench: fixed-rate pipeline benchmark, the listener-replayer link benchmark, then files
+## (see bench/pipeline.sh, bench/link.sh and bench/files.sh for options).
 bench:
 	bench/pipeline.sh
 	bench/link.sh
+	bench/files.sh
 
 deps:
 	@scripts/ensure-deps.sh

@@ -75,6 +75,23 @@ impl SeenWindow {
     }
 }
 
+/// A record with an id unique within its listener instance.
+pub trait RecordId {
+    fn record_id(&self) -> u64;
+}
+
+impl RecordId for proto::RequestRecord {
+    fn record_id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl RecordId for tapwire_shared::RequestRecord {
+    fn record_id(&self) -> u64 {
+        self.id
+    }
+}
+
 /// Recently seen record ids per (listener id, listener instance).
 #[derive(Debug, Default)]
 pub struct Deduplicator {
@@ -91,12 +108,12 @@ impl Deduplicator {
     /// Keeps the records not seen before and marks them seen; returns them and how many were
     /// copies. Checking and marking happen under one lock, so a resend racing the original on
     /// another stream cannot pass twice.
-    pub fn fresh(
+    pub fn fresh<R: RecordId>(
         &self,
         listener_id: &str,
         instance: u64,
-        records: Vec<proto::RequestRecord>,
-    ) -> (Vec<proto::RequestRecord>, u64) {
+        records: Vec<R>,
+    ) -> (Vec<R>, u64) {
         let mut guard = self
             .seen
             .lock()
@@ -121,9 +138,9 @@ impl Deduplicator {
         let fresh: Vec<_> = records
             .into_iter()
             .filter(|record| match window.as_deref_mut().or(created.as_mut()) {
-                Some(window) => window.first_sight(record.id),
+                Some(window) => window.first_sight(record.record_id()),
                 None => {
-                    created = Some(SeenWindow::new(record.id));
+                    created = Some(SeenWindow::new(record.record_id()));
                     true
                 }
             })

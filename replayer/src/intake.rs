@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use governor::DefaultDirectRateLimiter;
 use tapwire_runtime::Shutdown;
 use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
-use tapwire_shared::{RequestRecord, proto};
+use tapwire_shared::{RequestRecord, ResponseRecord, proto};
 use tokio::sync::oneshot;
 
 use crate::dedup::Deduplicator;
@@ -90,28 +90,30 @@ impl StreamIntake {
     pub async fn take(
         &mut self,
         origin: &Origin,
-        records: Vec<proto::RequestRecord>,
-        responses: Vec<proto::ResponseRecord>,
+        records: Vec<RequestRecord>,
+        responses: Vec<ResponseRecord>,
         shutdown: &Shutdown,
     ) -> Result<Delivered, Interrupted> {
         let (batch_done, delivered) = BatchDone::new();
-        let (records, copies) = self
+        let (arrived, copies) = self
             .dedup
             .fresh(&origin.listener_id, origin.instance, records);
         self.metrics.records_duplicate.inc_by(copies);
-        for wire in records {
-            self.metrics.records_received.inc();
-            let record = match RequestRecord::try_from(wire) {
-                Ok(record) => record,
-                Err(error) => {
-                    tracing::debug!(%error, "invalid record");
-                    self.metrics.rejected(RejectReason::InvalidRecord).inc();
-                    continue;
-                }
-            };
-            if !self.observers.is_empty() {
-                self.observers.request(&request_message(&record, origin));
+        self.metrics
+            .production_responses_received
+            .inc_by(responses.len() as u64);
+        // Observers see what arrived as it arrived, before any of it waits for its turn: a
+        // middleware learns production's answers before the replayed ones come back.
+        if !self.observers.is_empty() {
+            for record in &arrived {
+                self.observers.request(&request_message(record, origin));
             }
+            for response in responses {
+                self.observers
+                    .original_response(&response_message(response, origin));
+            }
+        }
+        for record in arrived {
             if self.pacer.paces() {
                 tokio::select! {
                     biased;
@@ -119,20 +121,40 @@ impl StreamIntake {
                     () = self.pacer.until_due(record.captured_at_ns) => {}
                 }
             }
+            // Received once it goes on: one interrupted by shutdown is sent again (by the
+            // listener) and counted then.
+            self.metrics.records_received.inc();
             self.downstream.dispatch(record, origin, &batch_done);
-        }
-        self.metrics
-            .production_responses_received
-            .inc_by(responses.len() as u64);
-        if !self.observers.is_empty() {
-            for response in responses {
-                self.observers
-                    .original_response(&response_message(response.into(), origin));
-            }
         }
         // From here only the requests hold it: it fires when the last one is done.
         drop(batch_done);
         Ok(delivered)
+    }
+}
+
+impl StreamIntake {
+    /// Takes a batch as it came over the wire: records that are not valid are counted
+    /// (`invalid_record`), the rest taken.
+    pub async fn take_wire(
+        &mut self,
+        origin: &Origin,
+        records: Vec<proto::RequestRecord>,
+        responses: Vec<proto::ResponseRecord>,
+        shutdown: &Shutdown,
+    ) -> Result<Delivered, Interrupted> {
+        let mut valid = Vec::with_capacity(records.len());
+        for wire in records {
+            match RequestRecord::try_from(wire) {
+                Ok(record) => valid.push(record),
+                Err(error) => {
+                    tracing::debug!(%error, "invalid record");
+                    self.metrics.records_received.inc();
+                    self.metrics.rejected(RejectReason::InvalidRecord).inc();
+                }
+            }
+        }
+        let responses = responses.into_iter().map(ResponseRecord::from).collect();
+        self.take(origin, valid, responses, shutdown).await
     }
 }
 
@@ -150,7 +172,7 @@ pub fn request_message(record: &RequestRecord, origin: &Origin) -> GorMessage {
 }
 
 /// Production's response as a `.gor` message (type 2).
-fn response_message(response: tapwire_shared::ResponseRecord, origin: &Origin) -> GorMessage {
+fn response_message(response: ResponseRecord, origin: &Origin) -> GorMessage {
     GorMessage {
         header: GorHeader {
             payload_type: PayloadType::Response,

@@ -240,7 +240,8 @@ fn start_progress(
     metrics: &ReplayerMetrics,
     targets: &[String],
 ) -> tokio::task::JoinHandle<()> {
-    let total = if files.repeat {
+    // Only a bar shows a total; counting means reading the files once more.
+    let total = if files.repeat || !progress::on_terminal() {
         0
     } else {
         source::file::count_requests(&files.files)

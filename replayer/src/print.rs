@@ -41,7 +41,7 @@ impl ReplaySink for PrintSink {
         self.output.write(GorMessage {
             header: GorHeader {
                 payload_type: PayloadType::Request,
-                id: request.message_id.to_string(),
+                id: request.message_id(),
                 timestamp_ns: request.captured_at_ns,
                 latency_ns: None,
             },

@@ -13,16 +13,22 @@ const LINE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the bar is refreshed.
 const BAR_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Shows progress until aborted; `errors` counts requests dropped or rejected so far.
+/// Whether progress is shown as a bar (stderr is a terminal).
+pub fn on_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Shows progress until aborted, against `total` requests (0: unknown); `errors` counts
+/// requests dropped or rejected so far.
 pub fn show(
     total: u64,
     done: Arc<AtomicU64>,
     errors: impl Fn() -> u64 + Send + 'static,
 ) -> JoinHandle<()> {
-    if std::io::stderr().is_terminal() {
+    if on_terminal() {
         tokio::spawn(bar(total, done, errors))
     } else {
-        tokio::spawn(lines(total, done, errors))
+        tokio::spawn(lines(done, errors))
     }
 }
 
@@ -45,15 +51,17 @@ async fn bar(total: u64, done: Arc<AtomicU64>, errors: impl Fn() -> u64) {
     }
 }
 
-async fn lines(total: u64, done: Arc<AtomicU64>, errors: impl Fn() -> u64) {
+async fn lines(done: Arc<AtomicU64>, errors: impl Fn() -> u64) {
     let started = Instant::now();
     loop {
         tokio::time::sleep(LINE_INTERVAL).await;
         let finished = done.load(Ordering::Relaxed);
         let rate = finished as f64 / started.elapsed().as_secs_f64();
-        let left = total.saturating_sub(finished);
-        let eta = (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate));
-        tracing::info!(done = finished, total, rate = format!("{rate:.0}/s"),
-            eta = ?eta, errors = errors(), "replaying files");
+        tracing::info!(
+            done = finished,
+            rate = format!("{rate:.0}/s"),
+            errors = errors(),
+            "replaying files"
+        );
     }
 }

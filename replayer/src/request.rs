@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Method, header};
 use tapwire_shared::RequestRecord;
 use tapwire_shared::http1::{BodyFraming, ParsedRequest};
 use tokio::sync::oneshot;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::outcome::RejectReason;
 
@@ -45,13 +45,21 @@ pub struct ReplayRequest {
     pub identity_hash: u64,
     /// When production received it: rates count captured time.
     pub captured_at_ns: u64,
-    /// Its id in `.gor` files and middleware messages, shared with its responses.
-    pub message_id: Arc<str>,
+    /// Its origin's instance and its id there: what its `.gor` message id is made of.
+    pub instance: u64,
+    pub record_id: u64,
     /// Host set by a global rewrite; a target's own rewrite wins over it.
     pub host_override: Option<HeaderValue>,
     /// Held until every target is done with the request: the batch it came in is
     /// acknowledged once all its requests have let go.
     pub batch: Option<Arc<BatchDone>>,
+}
+
+impl ReplayRequest {
+    /// Its id in `.gor` files and middleware messages, shared with its responses.
+    pub fn message_id(&self) -> String {
+        tapwire_shared::gor::message_id(self.instance, self.record_id)
+    }
 }
 
 /// Fires when every request of a batch is finished with by every target (answered, failed or
@@ -128,22 +136,36 @@ impl ReplayRequest {
                 headers.remove(header::TRANSFER_ENCODING);
             }
         }
-        let identity = format!("{listener_id}|{}|{}", origin.instance, record.id);
+        let mut identity = Xxh3::new();
+        identity.update(listener_id.as_bytes());
+        identity.update(&origin.instance.to_le_bytes());
+        identity.update(&record.id.to_le_bytes());
+        let identity_hash = identity.digest();
         // Recorded files do not say which connection a request came on: each is its own.
-        let session_key = if record.client.port() == 0 {
-            identity.clone()
+        let session = if record.client.port() == 0 {
+            identity_hash
         } else {
-            format!("{listener_id}|{}|{}", record.client, record.server)
+            let mut session = Xxh3::new();
+            session.update(listener_id.as_bytes());
+            for address in [record.client, record.server] {
+                match address.ip() {
+                    std::net::IpAddr::V4(ip) => session.update(&ip.octets()),
+                    std::net::IpAddr::V6(ip) => session.update(&ip.octets()),
+                }
+                session.update(&address.port().to_le_bytes());
+            }
+            session.digest()
         };
         Ok(ReplayRequest {
             method: parsed.method,
             path_and_query,
             headers,
             body: parsed.body,
-            session: xxh3_64(session_key.as_bytes()),
-            identity_hash: xxh3_64(identity.as_bytes()),
+            session,
+            identity_hash,
             captured_at_ns: record.captured_at_ns,
-            message_id: origin.message_id(record.id).into(),
+            instance: origin.instance,
+            record_id: record.id,
             host_override: None,
             batch: None,
         })

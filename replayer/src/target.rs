@@ -299,7 +299,7 @@ impl RequestSender {
                     &GorMessage {
                         header: GorHeader {
                             payload_type: PayloadType::ReplayedResponse,
-                            id: replay.message_id.to_string(),
+                            id: replay.message_id(),
                             timestamp_ns: sent_at_ns.unwrap_or_default(),
                             latency_ns: Some(latency.as_nanos() as u64),
                         },

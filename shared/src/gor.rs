@@ -198,6 +198,8 @@ pub struct GorReader<R> {
     offset: u64,
     line: u64,
     finished: bool,
+    /// The line being read, kept between messages to save an allocation per line.
+    buffer: Vec<u8>,
 }
 
 impl<R: BufRead> GorReader<R> {
@@ -209,6 +211,7 @@ impl<R: BufRead> GorReader<R> {
             offset: 0,
             line: 1,
             finished: false,
+            buffer: Vec::with_capacity(256),
         }
     }
 
@@ -231,13 +234,19 @@ impl<R: BufRead> GorReader<R> {
         if self.finished {
             return None;
         }
+        let mut line = std::mem::take(&mut self.buffer);
+        let message = self.read_message(&mut line);
+        self.buffer = line;
+        message
+    }
+
+    fn read_message(&mut self, line: &mut Vec<u8>) -> Option<Result<GorMessage, GorError>> {
         let (start_offset, start_line) = (self.offset, self.line);
-        let mut record = BytesMut::new();
+        let mut record = BytesMut::with_capacity(512);
         let mut oversized = false;
-        let mut line = Vec::new();
         loop {
             line.clear();
-            let read = match self.input.read_until(b'\n', &mut line) {
+            let read = match self.input.read_until(b'\n', line) {
                 Ok(read) => read,
                 Err(source) => {
                     self.finished = true;
@@ -261,14 +270,14 @@ impl<R: BufRead> GorReader<R> {
             }
             self.offset += read as u64;
             self.line += u64::from(line.ends_with(b"\n"));
-            if line == SEPARATOR_LINE {
+            if line.as_slice() == SEPARATOR_LINE {
                 break;
             }
             if record.len() + line.len() > MAX_MESSAGE_BYTES {
                 oversized = true;
                 record.clear();
             } else if !oversized {
-                record.extend_from_slice(&line);
+                record.extend_from_slice(line);
             }
         }
         if oversized {

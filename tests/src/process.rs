@@ -195,6 +195,22 @@ impl Process {
         })
     }
 
+    /// Waits for the process to exit by itself (a file replay, a pcap conversion); kills it
+    /// and fails if it has not within `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                self.child.kill().await?;
+                bail!(
+                    "{} did not exit within {timeout:?}; killed. log:\n{}",
+                    self.name,
+                    self.log()
+                )
+            }
+        }
+    }
+
     /// Sends SIGTERM and waits for a graceful exit (SIGKILL after `grace`).
     pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {

@@ -20,8 +20,9 @@ use tapwire_runtime::Shutdown;
 use tapwire_shared::config::ConfigError;
 use tapwire_shared::gor::{GorError, GorMessage, GorReader, PayloadType};
 use tapwire_shared::http1;
-use tapwire_shared::{RequestRecord, ResponseRecord, proto};
+use tapwire_shared::{RequestRecord, ResponseRecord};
 use tokio::sync::mpsc;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::intake::{Delivered, Intake};
 use crate::metrics::ReplayerMetrics;
@@ -170,8 +171,8 @@ impl FileSource {
 
 /// What the reader hands over at a time.
 struct FileBatch {
-    records: Vec<proto::RequestRecord>,
-    responses: Vec<proto::ResponseRecord>,
+    records: Vec<RequestRecord>,
+    responses: Vec<ResponseRecord>,
 }
 
 /// Reads every file, merged by timestamp, into batches; stops early if the receiver is gone.
@@ -190,8 +191,8 @@ fn read_files(
     while let Some(read) = merged.next() {
         match read {
             Ok(message) => match records.convert(message) {
-                Ok(Converted::Request(record)) => batch.records.push(record.into()),
-                Ok(Converted::Response(response)) => batch.responses.push(response.into()),
+                Ok(Converted::Request(record)) => batch.records.push(record),
+                Ok(Converted::Response(response)) => batch.responses.push(response),
                 Ok(Converted::Skipped) => {}
                 Err(problem) => {
                     let error = merged.malformed_here(problem);
@@ -240,9 +241,9 @@ enum Converted {
 #[derive(Default)]
 struct Records {
     next_id: u64,
-    /// Recent requests' file ids, for their responses.
-    ids: HashMap<String, u64>,
-    order: VecDeque<String>,
+    /// Recent requests' ids, by a hash of their file id, for their responses.
+    ids: HashMap<u64, u64>,
+    order: VecDeque<u64>,
 }
 
 impl Records {
@@ -252,7 +253,7 @@ impl Records {
             PayloadType::Request => {
                 check_one_request(&message.payload)?;
                 self.next_id += 1;
-                self.remember(message.header.id, self.next_id);
+                self.remember(&message.header.id, self.next_id);
                 Ok(Converted::Request(RequestRecord {
                     id: self.next_id,
                     captured_at_ns: message.header.timestamp_ns,
@@ -262,7 +263,7 @@ impl Records {
                 }))
             }
             PayloadType::Response => {
-                let request_id = match self.ids.get(&message.header.id) {
+                let request_id = match self.ids.get(&xxh3_64(message.header.id.as_bytes())) {
                     Some(&id) => id,
                     // Its request is not (or no longer) known: it still travels, on its own.
                     None => {
@@ -281,14 +282,15 @@ impl Records {
         }
     }
 
-    fn remember(&mut self, file_id: String, id: u64) {
+    fn remember(&mut self, file_id: &str, id: u64) {
         if self.order.len() >= PAIRING_WINDOW
             && let Some(oldest) = self.order.pop_front()
         {
             self.ids.remove(&oldest);
         }
-        self.ids.insert(file_id.clone(), id);
-        self.order.push_back(file_id);
+        let key = xxh3_64(file_id.as_bytes());
+        self.ids.insert(key, id);
+        self.order.push_back(key);
     }
 }
 

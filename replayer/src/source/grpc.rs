@@ -330,7 +330,7 @@ impl StreamSession {
         };
         let delivered = self
             .intake
-            .take(origin, batch.records, batch.responses, &self.shutdown)
+            .take_wire(origin, batch.records, batch.responses, &self.shutdown)
             .await?;
         self.in_flight.push_back((ack, delivered));
         Ok(())

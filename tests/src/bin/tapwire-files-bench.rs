@@ -1,0 +1,195 @@
+//! `bench/files.sh`: the file half of tapwire, measured.
+//!
+//! 1. Replay: a `.gor` file of N GETs replayed with `--timing asap` into the target (nginx,
+//!    started by the script), next to `oha` sending the same number of GETs straight to it with
+//!    the same connection count, alternating so that drift in the machine hits both.
+//! 2. Recording: production on loopback under a fixed rate, the listener writing every request
+//!    to a `.gor` file (no replayer): captured vs written, and the listener's peak RSS.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use bytes::Bytes;
+use clap::Parser;
+use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
+use tapwire_testkit::pipeline::{SummaryLine, require_root};
+use tapwire_testkit::process::Process;
+use tapwire_testkit::servers::RecordingServer;
+use tapwire_testkit::traffic::{self, FixedRate};
+
+#[derive(Parser)]
+#[command(name = "tapwire-files-bench", max_term_width = 100)]
+struct Args {
+    /// The target, e.g. http://127.0.0.1:18090 (bench/files.sh starts nginx there).
+    #[arg(long)]
+    target: String,
+    /// Requests in the replayed file.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// Connections to the target, for both the replayer and oha.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Replay rounds (each: oha, then the replayer).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Recording rate, requests per second.
+    #[arg(long, default_value_t = 20_000)]
+    record_rate: u64,
+    /// Seconds of recording.
+    #[arg(long, default_value_t = 10)]
+    record_seconds: u64,
+}
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn oha(target: &str, requests: u64, connections: u32) -> anyhow::Result<f64> {
+    let output = Command::new("oha")
+        .args(["--no-tui", "-n", &requests.to_string()])
+        .args(["-c", &connections.to_string()])
+        .arg(format!("{target}/bench/direct"))
+        .output()
+        .context("cannot run oha (bench/files.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in oha's output:\n{text}"))
+}
+
+/// A file of `requests` GETs, as a capture of them would be.
+fn write_file(path: &std::path::Path, requests: u64) -> anyhow::Result<()> {
+    let mut out = Vec::with_capacity(requests as usize * 160);
+    for n in 0..requests {
+        GorMessage {
+            header: GorHeader {
+                payload_type: PayloadType::Request,
+                id: format!("{n:024x}"),
+                timestamp_ns: 1_700_000_000_000_000_000 + n * 25_000,
+                latency_ns: None,
+            },
+            payload: Bytes::from(format!(
+                "GET /bench/file/{n} HTTP/1.1\r\nHost: production\r\nUser-Agent: bench\r\n\r\n"
+            )),
+        }
+        .encode(&mut out);
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+async fn replay(file: &std::path::Path, args: &Args) -> anyhow::Result<(f64, SummaryLine)> {
+    let started = Instant::now();
+    let mut replayer = Process::spawn(
+        "tapwire-replayer",
+        &[
+            "--input-file".into(),
+            file.display().to_string(),
+            "--timing".into(),
+            "asap".into(),
+            "--target".into(),
+            args.target.clone(),
+            "--concurrency".into(),
+            args.connections.to_string(),
+            "--target-queue".into(),
+            args.requests.to_string(),
+        ],
+    )?;
+    let status = replayer.wait_exit(RUN_TIMEOUT).await?;
+    let elapsed = started.elapsed();
+    ensure!(status.success(), "replayer failed:\n{}", replayer.log());
+    let totals = SummaryLine::parse(
+        &replayer
+            .wait_for_line("target totals", Duration::from_secs(5))
+            .await?,
+    )?;
+    Ok((args.requests as f64 / elapsed.as_secs_f64(), totals))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let target = args.target.trim_end_matches('/').to_owned();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("requests.gor");
+    write_file(&file, args.requests)?;
+
+    println!(
+        "file replay: {} GETs from a .gor file, --timing asap, {} connections to {target}",
+        args.requests, args.connections
+    );
+    println!(
+        "  {:>5} {:>16} {:>18} {:>8}",
+        "round", "oha requests/s", "tapwire requests/s", "ratio"
+    );
+    for round in 1..=args.rounds {
+        let direct = oha(&target, args.requests, args.connections)?;
+        let (replayed, totals) = replay(&file, &args).await?;
+        ensure!(
+            totals.get("responses") == args.requests,
+            "not every request was answered: {totals:?}"
+        );
+        println!(
+            "  {:>5} {:>16.0} {:>18.0} {:>7.0}%",
+            round,
+            direct,
+            replayed,
+            100.0 * replayed / direct
+        );
+    }
+
+    println!(
+        "\nrecording: {} requests/s for {} s into a .gor file (no replayer)",
+        args.record_rate, args.record_seconds
+    );
+    require_root()?;
+    let production = RecordingServer::start(false).await?;
+    let output = dir.path().join("recorded.gor");
+    let mut listener = Process::spawn(
+        "tapwire-listener",
+        &[
+            "--interface".into(),
+            "lo".into(),
+            "--port".into(),
+            production.addr().port().to_string(),
+            "--output-file".into(),
+            output.display().to_string(),
+        ],
+    )?;
+    listener
+        .wait_for_line("capture started", Duration::from_secs(30))
+        .await?;
+    let load = traffic::fixed_rate(
+        production.addr(),
+        FixedRate {
+            rate: Some(args.record_rate as f64),
+            total: args.record_rate * args.record_seconds,
+            connections: 32,
+            body_bytes: 0,
+        },
+    )
+    .await;
+    let usage = listener.resource_usage()?;
+    let status = listener.terminate(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "listener failed:\n{}", listener.log());
+    let summary = SummaryLine::parse(
+        &listener
+            .wait_for_line("listener stopped", Duration::from_secs(5))
+            .await?,
+    )?;
+    let served = production.served();
+    println!(
+        "  {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}",
+        "achieved", "served", "captured", "written", "lost", "peak RSS"
+    );
+    println!(
+        "  {:>9.0} {:>9} {:>9} {:>9} {:>8} {:>6.1} MiB",
+        load.ok as f64 / load.elapsed.as_secs_f64(),
+        served,
+        summary.get("captured"),
+        summary.get("written_file"),
+        served - summary.get("written_file"),
+        usage.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
