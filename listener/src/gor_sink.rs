@@ -98,7 +98,10 @@ impl NullSink {
 }
 
 impl RecordSink for NullSink {
-    fn take(&self, _record: Captured, _shard: u32) {
-        self.metrics.written(WriterOutput::Null).inc();
+    fn take(&self, record: Captured, _shard: u32) {
+        match record {
+            Captured::Request(_) => self.metrics.written(WriterOutput::Null).inc(),
+            Captured::Response(_) => self.metrics.responses_written.inc(),
+        };
     }
 }

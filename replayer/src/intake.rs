@@ -7,6 +7,7 @@
 //! everything downstream is done with the batch's requests: only then may the source
 //! acknowledge it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use governor::DefaultDirectRateLimiter;
@@ -102,15 +103,16 @@ impl StreamIntake {
         self.metrics
             .production_responses_received
             .inc_by(responses.len() as u64);
-        // Observers see what arrived as it arrived, before any of it waits for its turn: a
-        // middleware learns production's answers before the replayed ones come back.
+        // The recorder sees each request as it arrives and goes on, then production's answer
+        // to it: the middleware (which gets the request itself downstream) sees a request
+        // before its response, as GoReplay's middleware expects.
+        let mut answers: HashMap<u64, Vec<ResponseRecord>> = HashMap::new();
         if !self.observers.is_empty() {
-            for record in &arrived {
-                self.observers.request(&request_message(record, origin));
-            }
             for response in responses {
-                self.observers
-                    .original_response(&response_message(response, origin));
+                answers
+                    .entry(response.request_id)
+                    .or_default()
+                    .push(response);
             }
         }
         for record in arrived {
@@ -124,7 +126,22 @@ impl StreamIntake {
             // Received once it goes on: one interrupted by shutdown is sent again (by the
             // listener) and counted then.
             self.metrics.records_received.inc();
+            if self.observers.is_empty() {
+                self.downstream.dispatch(record, origin, &batch_done);
+                continue;
+            }
+            self.observers.request(&request_message(&record, origin));
+            let id = record.id;
             self.downstream.dispatch(record, origin, &batch_done);
+            for response in answers.remove(&id).into_iter().flatten() {
+                self.observers
+                    .original_response(&response_message(response, origin));
+            }
+        }
+        // Responses to requests of earlier batches.
+        for response in answers.into_values().flatten() {
+            self.observers
+                .original_response(&response_message(response, origin));
         }
         // From here only the requests hold it: it fires when the last one is done.
         drop(batch_done);

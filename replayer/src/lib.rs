@@ -125,7 +125,8 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     }
     let middleware = plan
         .middleware
-        .map(|settings| Middleware::start(settings, metrics.clone()));
+        .map(|settings| Middleware::start(settings, metrics.clone()))
+        .transpose()?;
     if let Some(middleware) = &middleware {
         observers.push(Arc::clone(middleware) as Arc<dyn ReplayObserver>);
     }
@@ -233,19 +234,22 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     })
 }
 
-/// The progress of a file replay, counted against the requests the files hold.
+/// The progress of a file replay, counted against the requests the files hold (counted in
+/// the background, for a bar only: counting means reading the files once more).
 fn start_progress(
     files: &source::file::FileSettings,
     done: Arc<std::sync::atomic::AtomicU64>,
     metrics: &ReplayerMetrics,
     targets: &[String],
 ) -> tokio::task::JoinHandle<()> {
-    // Only a bar shows a total; counting means reading the files once more.
-    let total = if files.repeat || !progress::on_terminal() {
-        0
-    } else {
-        source::file::count_requests(&files.files)
-    };
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if !files.repeat && progress::on_terminal() {
+        let (total, paths) = (Arc::clone(&total), files.files.clone());
+        tokio::task::spawn_blocking(move || {
+            let count = source::file::count_requests(&paths);
+            total.store(count, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
     let metrics = metrics.clone();
     let targets: Vec<_> = targets.iter().map(|name| metrics.target(name)).collect();
     progress::show(total, done, move || {

@@ -20,8 +20,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
 use tapwire_shared::RequestRecord;
 use tapwire_shared::gor::{GorMessage, PayloadType};
+
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -34,7 +36,15 @@ use crate::outcome::{FilterRule, RejectReason};
 use crate::request::{BatchDone, Dispatch, Origin};
 
 /// Messages queued for the middleware at most; past it requests are dropped and counted.
-const QUEUE_MESSAGES: usize = 4096;
+pub const QUEUE_MESSAGES: usize = 4096;
+/// Bytes (hex lines) queued for the middleware at most.
+const QUEUE_BYTES: usize = 64 << 20;
+/// Longest line read from the middleware: the hex of the largest message a file may hold.
+const MAX_LINE_BYTES: usize = 2 * tapwire_shared::gor::MAX_MESSAGE_BYTES + 64;
+/// Longest stderr line logged as is.
+const MAX_LOG_LINE_BYTES: usize = 4096;
+/// How long the answers a middleware wrote before it ended are waited for.
+const READER_DRAIN: Duration = Duration::from_secs(1);
 /// How often timeouts are checked.
 const WATCH_TICK: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -68,6 +78,8 @@ struct Shared {
     downstream: Mutex<Option<Arc<dyn Dispatch>>>,
     state: Mutex<State>,
     metrics: ReplayerMetrics,
+    /// Bytes of the lines in the queue.
+    queued_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// A line for the middleware, and the request it stands for.
@@ -90,8 +102,16 @@ struct Pending {
     record: RequestRecord,
     origin: Origin,
     batch: Arc<BatchDone>,
-    /// When it was written, and to which start of the middleware.
-    written: Option<(Instant, u64)>,
+    written: Option<Written>,
+}
+
+/// When a request was written, to which start of the middleware, and where its line ends in
+/// what that start was given.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    at: Instant,
+    generation: u64,
+    end: u64,
 }
 
 impl State {
@@ -108,21 +128,35 @@ impl State {
 
 impl Middleware {
     /// Starts the middleware (and keeps it running); what it writes back goes downstream once
-    /// [`Middleware::connect`] says where.
-    pub fn start(settings: MiddlewareSettings, metrics: ReplayerMetrics) -> Arc<Middleware> {
+    /// [`Middleware::connect`] says where. A command that cannot start at all is an error now,
+    /// not a replay that loses everything.
+    pub fn start(
+        settings: MiddlewareSettings,
+        metrics: ReplayerMetrics,
+    ) -> std::io::Result<Arc<Middleware>> {
+        let first = spawn(&settings).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot start the middleware {:?}: {error}",
+                    settings.command
+                ),
+            )
+        })?;
         let (queue, outgoing) = mpsc::channel(QUEUE_MESSAGES);
         let shared = Arc::new(Shared {
             settings,
             downstream: Mutex::new(None),
             state: Mutex::new(State::default()),
             metrics,
+            queued_bytes: Default::default(),
         });
-        let supervisor = tokio::spawn(supervise(Arc::clone(&shared), outgoing));
-        Arc::new(Middleware {
+        let supervisor = tokio::spawn(supervise(Arc::clone(&shared), first, outgoing));
+        Ok(Arc::new(Middleware {
             shared,
             queue: Mutex::new(Some(queue)),
             supervisor: Mutex::new(Some(supervisor)),
-        })
+        }))
     }
 
     /// Where the requests it writes back go.
@@ -146,12 +180,22 @@ impl Middleware {
     }
 
     fn send(&self, outgoing: Outgoing) -> Result<(), Outgoing> {
-        match self.sender() {
+        let size = outgoing.line.len();
+        let queued = &self.shared.queued_bytes;
+        if queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            queued.fetch_sub(size, Ordering::Relaxed);
+            return Err(outgoing);
+        }
+        let sent = match self.sender() {
             Some(sender) => sender.try_send(outgoing).map_err(|error| match error {
                 mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
             }),
             None => Err(outgoing),
+        };
+        if sent.is_err() {
+            queued.fetch_sub(size, Ordering::Relaxed);
         }
+        sent
     }
 
     fn observe(&self, message: &GorMessage) {
@@ -171,7 +215,7 @@ impl Dispatch for Middleware {
     fn dispatch(&self, record: RequestRecord, origin: &Origin, batch: &Arc<BatchDone>) {
         let message = crate::intake::request_message(&record, origin);
         let id = message.header.id.clone();
-        lock(&self.shared.state).pending.insert(
+        let replaced = lock(&self.shared.state).pending.insert(
             id.clone(),
             Pending {
                 record,
@@ -180,6 +224,11 @@ impl Dispatch for Middleware {
                 written: None,
             },
         );
+        if replaced.is_some() {
+            // Two requests in flight with one message id (two listener processes whose tags
+            // collide): the middleware can only answer one of them.
+            self.shared.metrics.rejected(RejectReason::Middleware).inc();
+        }
         let outgoing = Outgoing {
             line: encode_line(&message),
             request: Some(id),
@@ -239,14 +288,19 @@ fn decode_line(line: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Keeps the middleware running until the queue is closed and nothing is in flight.
-async fn supervise(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) {
+async fn supervise(shared: Arc<Shared>, first: Child, mut outgoing: mpsc::Receiver<Outgoing>) {
     let mut backoff = BACKOFF_FIRST;
     let mut generation = 0u64;
     let mut input_closed = false;
+    let mut child = Some(first);
     loop {
         generation += 1;
         let started = Instant::now();
-        match spawn(&shared.settings) {
+        let next = match child.take() {
+            Some(child) => Ok(child),
+            None => spawn(&shared.settings),
+        };
+        match next {
             Ok(child) => {
                 let ended =
                     run_child(&shared, child, generation, &mut outgoing, &mut input_closed).await;
@@ -267,7 +321,7 @@ async fn supervise(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) 
         }
         tracing::warn!(retry_in = ?backoff, "restarting the middleware");
         shared.metrics.middleware.restarts.inc();
-        tokio::time::sleep(backoff).await;
+        refuse_while_down(&shared, &mut outgoing, &mut input_closed, backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     // Whatever never reached a middleware that worked.
@@ -281,6 +335,30 @@ async fn supervise(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) 
             requests = left.len(),
             "middleware stopped with requests it never returned"
         );
+    }
+}
+
+/// While no middleware runs (for `backoff`), what arrives for it is dropped and counted rather
+/// than held: a middleware that cannot stay up must not hold the replay (or its
+/// acknowledgements) back.
+async fn refuse_while_down(
+    shared: &Shared,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+    input_closed: &mut bool,
+    backoff: Duration,
+) {
+    let until = Instant::now() + backoff;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => return,
+            next = outgoing.recv(), if !*input_closed => match next {
+                Some(next) => {
+                    shared.queued_bytes.fetch_sub(next.line.len(), Ordering::Relaxed);
+                    forget_unwritten(shared, next.request);
+                }
+                None => *input_closed = true,
+            },
+        }
     }
 }
 
@@ -326,15 +404,26 @@ async fn run_child(
     let reader = tokio::spawn(read_output(Arc::clone(shared), stdout));
     let logger = tokio::spawn(log_stderr(stderr));
     let mut stdin = Some(stdin);
+    let mut reader = reader;
     let mut tick = tokio::time::interval(WATCH_TICK);
     let timeout = shared.settings.timeout;
+    let mut progress = ReadProgress::new();
     let ended = loop {
         tokio::select! {
             next = outgoing.recv(), if !*input_closed => match next {
                 Some(next) => {
+                    shared.queued_bytes.fetch_sub(next.line.len(), Ordering::Relaxed);
                     let Some(pipe) = stdin.as_mut() else { continue };
                     match tokio::time::timeout(timeout, pipe.write_all(&next.line)).await {
-                        Ok(Ok(())) => mark_written(shared, next.request, generation),
+                        Ok(Ok(())) => {
+                            progress.written += next.line.len() as u64;
+                            let written = Written {
+                                at: Instant::now(),
+                                generation,
+                                end: progress.written,
+                            };
+                            mark_written(shared, next.request, written);
+                        }
                         Ok(Err(error)) => {
                             forget_unwritten(shared, next.request);
                             break Ended::Broken(error);
@@ -354,11 +443,11 @@ async fn run_child(
                 Err(error) => break Ended::Broken(error),
             },
             _ = tick.tick() => {
-                let reading = stdin.as_ref().is_none_or(|pipe| unread_bytes(pipe) == 0);
-                let overdue = filter_overdue(shared, generation, timeout, reading);
-                if overdue {
+                let unread = stdin.as_ref().map_or(0, unread_bytes);
+                if progress.stalled(unread, timeout) {
                     break Ended::Hung;
                 }
+                filter_overdue(shared, generation, progress.consumed, timeout);
                 if *input_closed && lock(&shared.state).pending.is_empty() {
                     break Ended::Finished;
                 }
@@ -373,44 +462,78 @@ async fn run_child(
     }
     drop(stdin);
     let _ = child.kill().await;
-    reader.abort();
+    // What it wrote before it ended still counts.
+    if tokio::time::timeout(READER_DRAIN, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
     let _ = logger.await;
     ended
 }
 
-/// Requests written to a middleware that read them and did not answer within the timeout are
-/// filtered. If it has not even read them, it hangs: `true`.
-fn filter_overdue(shared: &Shared, generation: u64, timeout: Duration, reading: bool) -> bool {
+/// Whether the middleware still reads its stdin: what it has consumed of what was written.
+struct ReadProgress {
+    written: u64,
+    consumed: u64,
+    since: Instant,
+}
+
+impl ReadProgress {
+    fn new() -> Self {
+        ReadProgress {
+            written: 0,
+            consumed: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// With `unread` bytes waiting in its stdin: true once it has read nothing for `timeout`.
+    /// A middleware busy with a burst always has bytes waiting; one that hangs has them and
+    /// does not take any.
+    fn stalled(&mut self, unread: usize, timeout: Duration) -> bool {
+        let consumed = self.written.saturating_sub(unread as u64);
+        let moved = consumed != self.consumed;
+        self.consumed = consumed;
+        if unread == 0 || moved {
+            self.since = Instant::now();
+            return false;
+        }
+        self.since.elapsed() >= timeout
+    }
+}
+
+/// Requests the middleware has read (their whole line is out of its stdin: `consumed` bytes
+/// are) and did not answer within the timeout: filtered. One it has not read yet is waited
+/// for; if it never reads it, [`ReadProgress`] calls the middleware hung.
+fn filter_overdue(shared: &Shared, generation: u64, consumed: u64, timeout: Duration) {
     let now = Instant::now();
     let mut state = lock(&shared.state);
     let overdue: Vec<String> = state
         .pending
         .iter()
         .filter(|(_, p)| {
-            p.written
-                .is_some_and(|(at, written_to)| written_to == generation && now - at >= timeout)
+            p.written.is_some_and(|written| {
+                written.generation == generation
+                    && written.end <= consumed
+                    && now - written.at >= timeout
+            })
         })
         .map(|(id, _)| id.clone())
         .collect();
-    if overdue.is_empty() {
-        return false;
-    }
-    if !reading {
-        return true;
-    }
     for id in overdue {
         state.pending.remove(&id);
         state.forget(id);
         shared.metrics.filtered(FilterRule::Middleware).inc();
     }
-    false
 }
 
-fn mark_written(shared: &Shared, request: Option<String>, generation: u64) {
+fn mark_written(shared: &Shared, request: Option<String>, written: Written) {
     if let Some(id) = request
         && let Some(pending) = lock(&shared.state).pending.get_mut(&id)
     {
-        pending.written = Some((Instant::now(), generation));
+        pending.written = Some(written);
     }
 }
 
@@ -433,7 +556,10 @@ fn drop_taken(shared: &Shared, generation: u64, ended: &Ended) {
     let taken: Vec<String> = state
         .pending
         .iter()
-        .filter(|(_, p)| p.written.is_some_and(|(_, to)| to == generation))
+        .filter(|(_, p)| {
+            p.written
+                .is_some_and(|written| written.generation == generation)
+        })
         .map(|(id, _)| id.clone())
         .collect();
     for id in &taken {
@@ -458,18 +584,49 @@ fn unread_bytes(pipe: &ChildStdin) -> usize {
     if result < 0 { 0 } else { unread as usize }
 }
 
+/// Reads one line into `line` (at most `cap` bytes of it; the rest is skipped). `None` at
+/// the end; `Some(true)` when the line was longer than `cap`.
+async fn read_line_capped<R: tokio::io::AsyncBufRead + Unpin>(
+    input: &mut R,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> Option<bool> {
+    line.clear();
+    let mut overflowed = false;
+    loop {
+        let available = match input.fill_buf().await {
+            Ok([]) | Err(_) => return (!line.is_empty() || overflowed).then_some(overflowed),
+            Ok(available) => available,
+        };
+        let (part, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(end) => (&available[..=end], true),
+            None => (available, false),
+        };
+        let taken = part.len();
+        if line.len() + taken > cap {
+            overflowed = true;
+        } else {
+            line.extend_from_slice(part);
+        }
+        input.consume(taken);
+        if done {
+            return Some(overflowed);
+        }
+    }
+}
+
 /// Reads what the middleware writes: requests go on downstream.
 async fn read_output(shared: Arc<Shared>, stdout: tokio::process::ChildStdout) {
     let mut lines = BufReader::new(stdout);
     let mut line = Vec::new();
     let mut number = 0u64;
-    loop {
-        line.clear();
-        match lines.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+    while let Some(overflowed) = read_line_capped(&mut lines, &mut line, MAX_LINE_BYTES).await {
         number += 1;
+        if overflowed {
+            tracing::warn!(line = number, "middleware output line too long; skipped");
+            shared.metrics.middleware.invalid_lines.inc();
+            continue;
+        }
         let mut text: &[u8] = &line;
         for ending in [b"\n", b"\r"] {
             text = text.strip_suffix(ending).unwrap_or(text);
@@ -526,6 +683,8 @@ fn returned(shared: &Shared, message: GorMessage) {
         }
         None => {
             shared.metrics.middleware.injected.inc();
+            // Made up by the middleware: received, so the accounting still adds up.
+            shared.metrics.records_received.inc();
             let injected = lock(&shared.state).injected;
             let origin = Origin {
                 listener_id: "middleware".into(),
@@ -544,11 +703,16 @@ fn returned(shared: &Shared, message: GorMessage) {
     }
 }
 
-/// The middleware's stderr, line by line, into our log.
+/// The middleware's stderr, line by line, into our log (whatever bytes it writes).
 async fn log_stderr(stderr: tokio::process::ChildStderr) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "middleware", "{line}");
+    let mut lines = BufReader::new(stderr);
+    let mut line = Vec::new();
+    while read_line_capped(&mut lines, &mut line, MAX_LOG_LINE_BYTES)
+        .await
+        .is_some()
+    {
+        let text = String::from_utf8_lossy(&line);
+        tracing::info!(target: "middleware", "{}", text.trim_end());
     }
 }
 

@@ -24,6 +24,9 @@ use crate::source::file::FileSettings;
 const DEFAULT_GRPC_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7070);
 
+/// Requests of a file replay in the targets' hands at most.
+const FILE_IN_FLIGHT: usize = 8192;
+
 /// Everything the replayer runs, compiled.
 pub struct EnginePlan {
     /// The gRPC server for listeners, unless only files are replayed.
@@ -102,13 +105,22 @@ impl EnginePlan {
         let files = if config.input_files.is_empty() {
             None
         } else {
+            // Reading waits once this many requests are in the targets' hands: never more than
+            // the smallest target queue (or the middleware's) holds.
+            let smallest_queue = config.targets.iter().map(|t| t.queue as usize).min();
+            let mut in_flight = smallest_queue.unwrap_or(FILE_IN_FLIGHT).min(FILE_IN_FLIGHT);
+            if config.middleware.is_some() {
+                in_flight = in_flight.min(crate::middleware::QUEUE_MESSAGES / 2);
+            }
             Some(FileSettings {
+                in_flight,
                 files: crate::source::file::expand(&config.input_files)?,
                 repeat: config.input_file_loop,
                 pacing: StreamPacing {
                     timing: config.timing.unwrap_or(Timing::Original),
                     speed: config.speed,
-                    max_wait: config.input_file_max_wait,
+                    // 0 is no cap, as in GoReplay.
+                    max_wait: config.input_file_max_wait.filter(|wait| !wait.is_zero()),
                 },
             })
         };

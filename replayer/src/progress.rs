@@ -18,35 +18,51 @@ pub fn on_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
-/// Shows progress until aborted, against `total` requests (0: unknown); `errors` counts
+/// Shows progress until aborted, against `total` requests (0 while unknown); `errors` counts
 /// requests dropped or rejected so far.
 pub fn show(
-    total: u64,
+    total: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     errors: impl Fn() -> u64 + Send + 'static,
 ) -> JoinHandle<()> {
     if on_terminal() {
         tokio::spawn(bar(total, done, errors))
     } else {
+        drop(total);
         tokio::spawn(lines(done, errors))
     }
 }
 
-async fn bar(total: u64, done: Arc<AtomicU64>, errors: impl Fn() -> u64) {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} requests  {per_sec}  ETA {eta}  errors: {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+async fn bar(total: Arc<AtomicU64>, done: Arc<AtomicU64>, errors: impl Fn() -> u64) {
+    // A spinner until the total is known (or for ever, with --input-file-loop).
+    let bar = indicatif::ProgressBar::new_spinner();
+    let counting = indicatif::ProgressStyle::with_template(
+        "{spinner} {pos} requests  {per_sec}  errors: {msg}",
     );
+    let known = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} requests  {per_sec}  ETA {eta}  errors: {msg}",
+    )
+    .ok();
+    if let Ok(style) = counting {
+        bar.set_style(style);
+    }
+    let mut length_set = false;
     loop {
+        let total = total.load(Ordering::Relaxed);
+        if total > 0 && !length_set {
+            length_set = true;
+            bar.set_length(total);
+            if let Some(style) = known.clone() {
+                bar.set_style(style);
+            }
+        }
         bar.set_position(done.load(Ordering::Relaxed));
         bar.set_message(errors().to_string());
-        if bar.position() >= total {
+        if length_set && bar.position() >= total {
             bar.finish();
             return;
         }
+        bar.tick();
         tokio::time::sleep(BAR_INTERVAL).await;
     }
 }

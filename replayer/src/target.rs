@@ -33,6 +33,8 @@ use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
 use crate::sink::ReplaySink;
 
+/// Largest target response body kept for the observers (`--record`, the middleware).
+const MAX_KEPT_BODY: usize = 16 << 20;
 /// Requests queued per preserved session.
 const SESSION_QUEUE: usize = 256;
 /// A preserved session with no requests for this long closes, freeing its slot.
@@ -209,31 +211,41 @@ async fn run_session(sender: Arc<RequestSender>, mut requests: Queue, _slot: Own
 }
 
 /// Reads the whole response (so the connection can carry the next request); with `keep`, also
-/// returns it as an HTTP/1.1 message, for the observers.
+/// returns it as an HTTP/1.1 message, for the observers: its body decoded (no transfer coding,
+/// its length given), at most [`MAX_KEPT_BODY`] (a larger one is not kept).
 async fn read_response(
     response: http::Response<Incoming>,
     keep: bool,
 ) -> Result<(StatusCode, Option<Bytes>), ExchangeError> {
     let (head, mut body) = response.into_parts();
-    let mut kept = keep.then(|| {
-        let mut message = BytesMut::with_capacity(256);
-        message.extend_from_slice(format!("HTTP/1.1 {}\r\n", head.status).as_bytes());
-        for (name, value) in &head.headers {
-            message.extend_from_slice(name.as_str().as_bytes());
-            message.extend_from_slice(b": ");
-            message.extend_from_slice(value.as_bytes());
-            message.extend_from_slice(b"\r\n");
-        }
-        message.extend_from_slice(b"\r\n");
-        message
-    });
+    let mut kept = keep.then(BytesMut::new);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ExchangeError::Http)?;
-        if let (Some(kept), Some(data)) = (kept.as_mut(), frame.data_ref()) {
-            kept.extend_from_slice(data);
+        if let (Some(body), Some(data)) = (kept.as_mut(), frame.data_ref()) {
+            if body.len() + data.len() > MAX_KEPT_BODY {
+                kept = None;
+            } else {
+                body.extend_from_slice(data);
+            }
         }
     }
-    Ok((head.status, kept.map(BytesMut::freeze)))
+    let Some(body) = kept else {
+        return Ok((head.status, None));
+    };
+    let mut message = BytesMut::with_capacity(256 + body.len());
+    message.extend_from_slice(format!("HTTP/1.1 {}\r\n", head.status).as_bytes());
+    for (name, value) in &head.headers {
+        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        message.extend_from_slice(name.as_str().as_bytes());
+        message.extend_from_slice(b": ");
+        message.extend_from_slice(value.as_bytes());
+        message.extend_from_slice(b"\r\n");
+    }
+    message.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    message.extend_from_slice(&body);
+    Ok((head.status, Some(message.freeze())))
 }
 
 /// Builds and sends requests to one target, and counts what happened.

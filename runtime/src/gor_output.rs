@@ -141,7 +141,8 @@ impl GorOutput {
     pub fn write(&self, message: GorMessage) {
         let (size, kind) = (message.payload.len(), message.header.payload_type);
         let queued = self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
-        if queued + size > self.queue_bytes {
+        // One message larger than the whole budget still goes when nothing else waits.
+        if queued > 0 && queued + size > self.queue_bytes {
             self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             (self.tally)(kind, Outcome::Full);
             return;

@@ -146,15 +146,12 @@ fn parse_header(line: &[u8]) -> Result<GorHeader, String> {
         .ok_or_else(|| {
             format!("header {line:?} is not `<type> <id> <timestamp-ns>`: bad timestamp")
         })?;
-    let latency_ns = match fields.next() {
-        None => None,
-        Some(latency) => {
-            let latency: i64 = latency
-                .parse()
-                .map_err(|_| format!("header {line:?}: latency {latency:?} is not a number"))?;
-            u64::try_from(latency).ok()
-        }
-    };
+    // Anything after the timestamp is optional, as GoReplay reads it: a latency that is not a
+    // number is no latency.
+    let latency_ns = fields
+        .next()
+        .and_then(|latency| latency.parse::<i64>().ok())
+        .and_then(|latency| u64::try_from(latency).ok());
     Ok(GorHeader {
         payload_type,
         id: id.to_owned(),
@@ -246,7 +243,7 @@ impl<R: BufRead> GorReader<R> {
         let mut oversized = false;
         loop {
             line.clear();
-            let read = match self.input.read_until(b'\n', line) {
+            let read = match read_line_capped(&mut self.input, line, MAX_MESSAGE_BYTES) {
                 Ok(read) => read,
                 Err(source) => {
                     self.finished = true;
@@ -273,7 +270,7 @@ impl<R: BufRead> GorReader<R> {
             if line.as_slice() == SEPARATOR_LINE {
                 break;
             }
-            if record.len() + line.len() > MAX_MESSAGE_BYTES {
+            if line.len() > MAX_MESSAGE_BYTES || record.len() + line.len() > MAX_MESSAGE_BYTES {
                 oversized = true;
                 record.clear();
             } else if !oversized {
@@ -319,6 +316,35 @@ impl<R: BufRead> Iterator for GorReader<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_message()
+    }
+}
+
+/// Reads up to and including the next line feed; past `cap` bytes the rest of the line is read
+/// and thrown away, keeping `cap + 1` bytes (so the caller sees it overflowed). Returns the
+/// bytes consumed.
+fn read_line_capped(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<usize> {
+    let mut consumed = 0;
+    loop {
+        let available = input.fill_buf()?;
+        if available.is_empty() {
+            return Ok(consumed);
+        }
+        let (part, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(end) => (&available[..=end], true),
+            None => (available, false),
+        };
+        let taken = part.len();
+        let room = (cap + 1).saturating_sub(line.len());
+        line.extend_from_slice(&part[..taken.min(room)]);
+        input.consume(taken);
+        consumed += taken;
+        if done {
+            return Ok(consumed);
+        }
     }
 }
 

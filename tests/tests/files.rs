@@ -480,6 +480,74 @@ async fn a_looped_file_replays_until_exit_after() {
     assert!(target.received()[&0].len() >= 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_longer_than_the_target_queue_is_replayed_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let total = 3000u64;
+    let mut file = Vec::new();
+    for sequence in 0..total {
+        let request = fixture_request(sequence, "", b"x", "\r\n");
+        file.extend(gor(
+            PayloadType::Request,
+            &format!("{sequence:024x}"),
+            T0 + sequence,
+            &request,
+        ));
+    }
+    let path = dir.path().join("long.gor");
+    std::fs::write(&path, &file).unwrap();
+    let target = RecordingServer::start(true).await.unwrap();
+    let (status, summary, replayer) = replay_files(&strings(&[
+        "--input-file",
+        path.to_str().unwrap(),
+        "--timing",
+        "asap",
+        "--target-queue",
+        "100",
+        "--target",
+        &target.url(),
+    ]))
+    .await;
+    assert!(status.success(), "{}", replayer.log());
+    assert_eq!(summary.get("received"), total);
+    // Reading waited for the target instead of overflowing its queue.
+    assert_eq!(target.served(), total, "{}", replayer.log());
+    assert!(target.received().values().all(|copies| copies.len() == 1));
+}
+
+#[test]
+fn a_middleware_that_cannot_start_stops_the_replayer_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.gor");
+    std::fs::write(
+        &path,
+        gor(
+            PayloadType::Request,
+            "aa",
+            T0,
+            &fixture_request(0, "", b"x", "\r\n"),
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary_path("tapwire-replayer").unwrap())
+        .args([
+            "--input-file",
+            path.to_str().unwrap(),
+            "--target",
+            "http://127.0.0.1:9",
+        ])
+        .args(["--middleware", "/nonexistent/middleware --flag"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot start the middleware")
+            && stderr.contains("/nonexistent/middleware"),
+        "{stderr}"
+    );
+}
+
 /// A file whose first request logs in (production answered with a token) and whose later
 /// requests use that token; the /drop ones are for the middleware to drop.
 fn login_file(dir: &Path) -> PathBuf {
@@ -616,7 +684,8 @@ async fn a_middleware_that_crashes_or_hangs_costs_only_what_it_held() {
         file.extend(gor(
             PayloadType::Request,
             &format!("{sequence:024x}"),
-            T0 + sequence * 20_000_000,
+            // 2 s in all: a hung middleware is found (after 1 s) and restarted mid-file.
+            T0 + sequence * 100_000_000,
             &request,
         ));
     }

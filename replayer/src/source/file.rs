@@ -21,7 +21,7 @@ use tapwire_shared::config::ConfigError;
 use tapwire_shared::gor::{GorError, GorMessage, GorReader, PayloadType};
 use tapwire_shared::http1;
 use tapwire_shared::{RequestRecord, ResponseRecord};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::intake::{Delivered, Intake};
@@ -34,10 +34,15 @@ use crate::request::Origin;
 /// Requests handed to the intake at a time.
 const BATCH_RECORDS: usize = 256;
 /// Messages read ahead per file, re-sorted by timestamp: a capture writes a request when it is
-/// complete, so slightly out of timestamp order.
+/// complete, so slightly out of timestamp order. With many files each gets a share of
+/// [`READ_AHEAD_TOTAL`], down to [`READ_AHEAD_LEAST`].
 const READ_AHEAD: usize = 1024;
-/// Message bytes read ahead per file at most.
+const READ_AHEAD_TOTAL: usize = 16_384;
+const READ_AHEAD_LEAST: usize = 16;
+/// Message bytes read ahead per file at most, and in all.
 const READ_AHEAD_BYTES: usize = 8 << 20;
+const READ_AHEAD_BYTES_TOTAL: usize = 64 << 20;
+const READ_AHEAD_BYTES_LEAST: usize = 64 << 10;
 /// Requests remembered for pairing their responses.
 const PAIRING_WINDOW: usize = 65_536;
 /// Malformed messages logged one by one before only every hundredth is.
@@ -50,6 +55,9 @@ pub struct FileSettings {
     /// Start over when done, until shut down (or `--exit-after`).
     pub repeat: bool,
     pub pacing: StreamPacing,
+    /// Requests read and not yet finished with at most: reading waits for the targets, so a
+    /// fast file fills no queue past what the targets can hold.
+    pub in_flight: usize,
 }
 
 /// The files of `patterns` (globs), in order; a pattern that matches nothing is an error.
@@ -113,15 +121,25 @@ impl FileSource {
     /// Replays the files (over and over with `repeat`) until they are done or `shutdown`;
     /// returns once every request read is finished with.
     pub async fn run(self, intake: Intake, shutdown: Shutdown) -> anyhow::Result<()> {
-        let (delivered_sender, mut delivered) = mpsc::unbounded_channel::<(Delivered, u64)>();
+        let in_flight = self.settings.in_flight.max(1);
+        let window = Arc::new(Semaphore::new(in_flight));
+        // A batch never holds more than the window lets in.
+        let batch_records = in_flight.min(BATCH_RECORDS);
+        let (delivered_sender, mut delivered) =
+            mpsc::unbounded_channel::<(Delivered, OwnedSemaphorePermit, u64)>();
         let done = Arc::clone(&self.done);
-        // Counts requests as their batches are finished with, in order.
-        let tracker = tokio::spawn(async move {
-            while let Some((batch, requests)) = delivered.recv().await {
+        // Counts requests as their batches are finished with, and gives their room back. Not
+        // waited for at the end: the replayer's drain (and its timeout) does that.
+        tokio::spawn(async move {
+            while let Some((batch, room, requests)) = delivered.recv().await {
                 let _ = batch.await;
                 done.fetch_add(requests, Ordering::Relaxed);
+                drop(room);
             }
         });
+        // Each pass is moved to start after the one before on the capture clock, so rates that
+        // count captured time see a loop as new traffic, not as the past.
+        let mut shift_ns = 0u64;
         loop {
             let Some(mut stream) = intake.open_stream(self.settings.pacing) else {
                 break;
@@ -138,7 +156,15 @@ impl FileSource {
                     self.metrics.clone(),
                     Arc::clone(&self.report),
                 );
-                tokio::task::spawn_blocking(move || read_files(&files, &metrics, &report, &batches))
+                tokio::task::spawn_blocking(move || {
+                    let reading = Reading {
+                        shift_ns,
+                        batch_records,
+                        metrics: &metrics,
+                        report: &report,
+                    };
+                    read_files(&files, &reading, &batches)
+                })
             };
             loop {
                 let batch = tokio::select! {
@@ -147,24 +173,31 @@ impl FileSource {
                 };
                 let Some(batch) = batch else { break };
                 let requests = batch.records.len() as u64;
+                let permits = requests.clamp(1, batch_records as u64) as u32;
+                let room = tokio::select! {
+                    room = Arc::clone(&window).acquire_many_owned(permits) => room,
+                    () = shutdown.requested() => break,
+                };
+                let Ok(room) = room else { break };
                 match stream
                     .take(&origin, batch.records, batch.responses, &shutdown)
                     .await
                 {
                     Ok(batch) => {
-                        let _ = delivered_sender.send((batch, requests));
+                        let _ = delivered_sender.send((batch, room, requests));
                     }
                     Err(_) => break,
                 }
             }
             drop(read);
-            let _ = reader.await;
+            let span = reader.await.ok().flatten();
             if !self.settings.repeat || shutdown.is_requested() {
                 break;
             }
+            if let Some((first, last)) = span {
+                shift_ns += last.saturating_sub(first) + 1;
+            }
         }
-        drop(delivered_sender);
-        let _ = tracker.await;
         Ok(())
     }
 }
@@ -175,15 +208,31 @@ struct FileBatch {
     responses: Vec<ResponseRecord>,
 }
 
+/// How one pass reads.
+struct Reading<'a> {
+    /// Moves every capture time (a pass of a loop comes after the one before).
+    shift_ns: u64,
+    batch_records: usize,
+    metrics: &'a ReplayerMetrics,
+    report: &'a ReadReport,
+}
+
 /// Reads every file, merged by timestamp, into batches; stops early if the receiver is gone.
+/// Returns the span of the (moved) capture times read.
 fn read_files(
     files: &[PathBuf],
-    metrics: &ReplayerMetrics,
-    report: &ReadReport,
+    reading: &Reading<'_>,
     batches: &mpsc::Sender<FileBatch>,
-) {
+) -> Option<(u64, u64)> {
+    let Reading {
+        shift_ns,
+        batch_records,
+        metrics,
+        report,
+    } = *reading;
     let mut merged = Merged::open(files, report);
     let mut records = Records::default();
+    let mut span: Option<(u64, u64)> = None;
     let mut batch = FileBatch {
         records: Vec::new(),
         responses: Vec::new(),
@@ -191,8 +240,17 @@ fn read_files(
     while let Some(read) = merged.next() {
         match read {
             Ok(message) => match records.convert(message) {
-                Ok(Converted::Request(record)) => batch.records.push(record),
-                Ok(Converted::Response(response)) => batch.responses.push(response),
+                Ok(Converted::Request(mut record)) => {
+                    record.captured_at_ns = record.captured_at_ns.saturating_add(shift_ns);
+                    let at = record.captured_at_ns;
+                    span =
+                        Some(span.map_or((at, at), |(first, last)| (first.min(at), last.max(at))));
+                    batch.records.push(record);
+                }
+                Ok(Converted::Response(mut response)) => {
+                    response.captured_at_ns = response.captured_at_ns.saturating_add(shift_ns);
+                    batch.responses.push(response);
+                }
                 Ok(Converted::Skipped) => {}
                 Err(problem) => {
                     let error = merged.malformed_here(problem);
@@ -201,7 +259,7 @@ fn read_files(
             },
             Err(error) => note_malformed(&error, metrics, report),
         }
-        if batch.records.len() >= BATCH_RECORDS {
+        if batch.records.len() >= batch_records || batch.responses.len() >= BATCH_RECORDS {
             let full = std::mem::replace(
                 &mut batch,
                 FileBatch {
@@ -210,13 +268,14 @@ fn read_files(
                 },
             );
             if batches.blocking_send(full).is_err() {
-                return;
+                return span;
             }
         }
     }
     if !batch.records.is_empty() || !batch.responses.is_empty() {
         let _ = batches.blocking_send(batch);
     }
+    span
 }
 
 fn note_malformed(error: &GorError, metrics: &ReplayerMetrics, report: &ReadReport) {
@@ -243,7 +302,8 @@ struct Records {
     next_id: u64,
     /// Recent requests' ids, by a hash of their file id, for their responses.
     ids: HashMap<u64, u64>,
-    order: VecDeque<u64>,
+    /// (hash of the file id, id) in reading order, to forget the oldest.
+    order: VecDeque<(u64, u64)>,
 }
 
 impl Records {
@@ -284,13 +344,15 @@ impl Records {
 
     fn remember(&mut self, file_id: &str, id: u64) {
         if self.order.len() >= PAIRING_WINDOW
-            && let Some(oldest) = self.order.pop_front()
+            && let Some((oldest, its_id)) = self.order.pop_front()
+            // A file id used again since: the newer pairing stays.
+            && self.ids.get(&oldest) == Some(&its_id)
         {
             self.ids.remove(&oldest);
         }
         let key = xxh3_64(file_id.as_bytes());
         self.ids.insert(key, id);
-        self.order.push_back(key);
+        self.order.push_back((key, id));
     }
 }
 
@@ -315,15 +377,15 @@ fn check_one_request(payload: &bytes::Bytes) -> Result<(), String> {
 
 type FileInput = Box<dyn BufRead + Send>;
 
-fn open(path: &Path) -> std::io::Result<FileInput> {
+fn open(path: &Path, buffer: usize) -> std::io::Result<FileInput> {
     let file = std::fs::File::open(path)?;
     Ok(if path.extension().is_some_and(|ext| ext == "gz") {
         Box::new(std::io::BufReader::with_capacity(
-            256 << 10,
+            buffer,
             flate2::read::MultiGzDecoder::new(file),
         ))
     } else {
-        Box::new(std::io::BufReader::with_capacity(256 << 10, file))
+        Box::new(std::io::BufReader::with_capacity(buffer, file))
     })
 }
 
@@ -364,6 +426,9 @@ impl Ord for Ahead {
 /// Every file's messages, merged in timestamp order.
 struct Merged<'r> {
     cursors: Vec<Cursor>,
+    /// Each file's read-ahead, in messages and bytes.
+    ahead_messages: usize,
+    ahead_bytes: usize,
     errors: VecDeque<GorError>,
     report: &'r ReadReport,
     order: u64,
@@ -373,10 +438,18 @@ struct Merged<'r> {
 
 impl<'r> Merged<'r> {
     fn open(files: &[PathBuf], report: &'r ReadReport) -> Self {
+        let count = files.len().max(1);
+        let share = |total: usize, least: usize, most: usize| (total / count).clamp(least, most);
+        let ahead_bytes = share(
+            READ_AHEAD_BYTES_TOTAL,
+            READ_AHEAD_BYTES_LEAST,
+            READ_AHEAD_BYTES,
+        );
+        let buffer = share(16 << 20, 16 << 10, 256 << 10);
         let mut cursors = Vec::new();
         for path in files {
             let name = path.display().to_string();
-            match open(path) {
+            match open(path, buffer) {
                 Ok(input) => cursors.push(Cursor {
                     reader: GorReader::new(input, name.clone()),
                     name,
@@ -392,6 +465,8 @@ impl<'r> Merged<'r> {
         }
         Merged {
             cursors,
+            ahead_messages: share(READ_AHEAD_TOTAL, READ_AHEAD_LEAST, READ_AHEAD),
+            ahead_bytes,
             errors: VecDeque::new(),
             report,
             order: 0,
@@ -413,8 +488,8 @@ impl<'r> Merged<'r> {
     fn fill(&mut self) {
         for cursor in &mut self.cursors {
             while !cursor.exhausted
-                && cursor.ahead.len() < READ_AHEAD
-                && cursor.ahead_bytes < READ_AHEAD_BYTES
+                && cursor.ahead.len() < self.ahead_messages
+                && cursor.ahead_bytes < self.ahead_bytes
             {
                 let offset = cursor.reader.position().0;
                 match cursor.reader.next_message() {

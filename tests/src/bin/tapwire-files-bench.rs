@@ -91,8 +91,6 @@ async fn replay(file: &std::path::Path, args: &Args) -> anyhow::Result<(f64, Sum
             args.target.clone(),
             "--concurrency".into(),
             args.connections.to_string(),
-            "--target-queue".into(),
-            args.requests.to_string(),
         ],
     )?;
     let status = replayer.wait_exit(RUN_TIMEOUT).await?;
