@@ -7,7 +7,7 @@
 //!    to a `.gor` file (no replayer): captured vs written, and the listener's peak RSS.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use bytes::Bytes;
@@ -78,8 +78,27 @@ fn write_file(path: &std::path::Path, requests: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds since midnight of a log line's timestamp (`2026-11-30T17:21:32.707792Z ...`).
+fn log_seconds(line: &str) -> anyhow::Result<f64> {
+    let time = line
+        .split_whitespace()
+        .next()
+        .and_then(|stamp| stamp.split_once('T'))
+        .map(|(_, time)| time.trim_end_matches('Z'))
+        .context("no timestamp")?;
+    let mut parts = time.split(':');
+    let mut seconds = 0.0;
+    for unit in [3600.0, 60.0, 1.0] {
+        let part: f64 = parts.next().context("short timestamp")?.parse()?;
+        seconds += part * unit;
+    }
+    Ok(seconds)
+}
+
+/// Replays the file; requests per second from the replayer's own log: from when it starts
+/// reading to when every target has answered (process start and exit left out, as oha's
+/// figure leaves out its own).
 async fn replay(file: &std::path::Path, args: &Args) -> anyhow::Result<(f64, SummaryLine)> {
-    let started = Instant::now();
     let mut replayer = Process::spawn(
         "tapwire-replayer",
         &[
@@ -94,14 +113,21 @@ async fn replay(file: &std::path::Path, args: &Args) -> anyhow::Result<(f64, Sum
         ],
     )?;
     let status = replayer.wait_exit(RUN_TIMEOUT).await?;
-    let elapsed = started.elapsed();
     ensure!(status.success(), "replayer failed:\n{}", replayer.log());
+    let quick = Duration::from_secs(5);
+    let began = log_seconds(
+        &replayer
+            .wait_for_line("replaying recorded files", quick)
+            .await?,
+    )?;
+    let ended = log_seconds(&replayer.wait_for_line("replayer stopped", quick).await?)?;
+    let elapsed = (ended - began).rem_euclid(86_400.0);
     let totals = SummaryLine::parse(
         &replayer
             .wait_for_line("target totals", Duration::from_secs(5))
             .await?,
     )?;
-    Ok((args.requests as f64 / elapsed.as_secs_f64(), totals))
+    Ok((args.requests as f64 / elapsed, totals))
 }
 
 #[tokio::main]
