@@ -11,28 +11,21 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use tapwire_shared::config::ByteSize;
+use tapwire_shared::config::{ByteSize, ConfigFileFlags};
 use tonic::transport::Uri;
 
 use crate::queue::BufferPolicy;
 
 /// Captures HTTP/1.x requests arriving at a service's port with libpcap and streams them to a
-/// tapwire replayer over gRPC. It only observes traffic: production is never in its path.
+/// tapwire replayer over gRPC, or saves them to a GoReplay .gor file. It only observes traffic:
+/// production is never in its path.
 #[derive(Debug, Clone, PartialEq, Parser, Serialize, Deserialize)]
 #[command(name = "tapwire-listener", version, max_term_width = 100)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Read the whole configuration from a TOML file whose keys are these flags' names with
-    /// underscores (`max_request_bytes = 1048576`, `port = [8081]`); other flags are then
-    /// refused.
-    #[arg(long, value_name = "FILE", help_heading = "Configuration")]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-
-    /// Validate the configuration, print the effective settings as TOML, and exit.
-    #[arg(long, help_heading = "Configuration")]
-    #[serde(skip)]
-    pub check_config: bool,
+    pub file: ConfigFileFlags,
 
     /// Network interface to capture on; `any` captures on all of them.
     #[arg(long, default_value = "any", help_heading = "Capture")]

@@ -12,7 +12,9 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use http::Uri;
 use serde::{Deserialize, Serialize};
-use tapwire_shared::config::{self as shared_config, ConfigError, Loaded, flag_defaults};
+use tapwire_shared::config::{
+    self as shared_config, ConfigError, ConfigFileFlags, Loaded, flag_defaults,
+};
 
 /// Receives captured HTTP requests from tapwire listeners over gRPC and replays them to staging
 /// targets: filtered, rewritten, sampled and rate-limited per target, each target with its own
@@ -21,16 +23,9 @@ use tapwire_shared::config::{self as shared_config, ConfigError, Loaded, flag_de
 #[command(name = "tapwire-replayer", version, max_term_width = 100)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReplayerConfig {
-    /// Read the whole configuration from a TOML file (see README); other flags are then
-    /// refused: one source of truth.
-    #[arg(long, value_name = "FILE", help_heading = "Configuration")]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-
-    /// Validate the configuration, print the effective settings as TOML, and exit.
-    #[arg(long, help_heading = "Configuration")]
-    #[serde(skip)]
-    pub check_config: bool,
+    pub file: ConfigFileFlags,
 
     /// Address the gRPC server listens on for listener streams [default: 0.0.0.0:7070; with
     /// --input-file, no server unless this is given].

@@ -20,6 +20,21 @@ impl ConfigError {
     }
 }
 
+/// The two flags every configuration has, flattened into it: read it from a file, or only
+/// check it. Not part of the file format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Configuration")]
+pub struct ConfigFileFlags {
+    /// Read the whole configuration from a TOML file whose keys are the flags' names with
+    /// underscores (see README); other flags are then refused: one source of truth.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Validate the configuration, print the effective settings as TOML, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
 /// A configuration as the command line gave it: from its flags, or from the TOML file named by
 /// `--config` (then no other flag may be given: one source of truth).
 #[derive(Debug, Clone)]
@@ -29,8 +44,8 @@ pub struct Loaded<T> {
     pub check_only: bool,
 }
 
-/// Parses `args` (the program name first) into `T`, whose flags must include `--config` and
-/// `--check-config`. Flag errors (and `--help`, `--version`) exit as clap does, with code 2 for
+/// Parses `args` (the program name first) into `T`, whose flags must include
+/// [`ConfigFileFlags`]. Flag errors (and `--help`, `--version`) exit as clap does, with code 2 for
 /// errors; a file that cannot be read or parsed is a [`ConfigError`] naming it.
 pub fn load<T, I, S>(args: I) -> Result<Loaded<T>, ConfigError>
 where

@@ -5,12 +5,14 @@
 //! - [`traffic`]: request mixes (keep-alive, fresh connections, bodies, chunked) and fixed-rate load.
 //! - [`process`]: spawning tapwire binaries and waiting on their readiness log lines.
 //! - [`scrape`]: reading a Prometheus `/metrics` endpoint.
+//! - [`oha`]: the reference load generator, for benchmarks side by side.
 //! - [`feed`]: a synthetic listener streaming generated records to a replayer over gRPC.
 //! - [`pcap_fixture`]: pcap files of crafted TCP segments, for exact capture scenarios.
 //! - [`pipeline`]: production + listener + replayer + targets, wired together on loopback.
 
 pub mod certs;
 pub mod feed;
+pub mod oha;
 pub mod pcap_fixture;
 pub mod pipeline;
 pub mod process;

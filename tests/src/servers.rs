@@ -34,6 +34,21 @@ pub struct ReceivedRequest {
     pub peer: SocketAddr,
 }
 
+impl ReceivedRequest {
+    /// Its headers but those that legitimately differ between production and a target (Host,
+    /// Connection), sorted: what must arrive unchanged.
+    pub fn comparable_headers(&self) -> Vec<(String, Vec<u8>)> {
+        let mut headers: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST && *name != http::header::CONNECTION)
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect();
+        headers.sort();
+        headers
+    }
+}
+
 struct State {
     served: AtomicU64,
     served_watch: watch::Sender<u64>,

@@ -10,24 +10,12 @@ use http::header;
 use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, SummaryLine};
 use tapwire_testkit::process::binary_path;
 use tapwire_testkit::scrape::scrape;
-use tapwire_testkit::servers::{ReceivedRequest, RecordingServer};
+use tapwire_testkit::servers::RecordingServer;
 use tapwire_testkit::traffic::{self, RequestShape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Headers that legitimately differ between production and a target.
-fn comparable_headers(request: &ReceivedRequest) -> Vec<(String, Vec<u8>)> {
-    let mut headers: Vec<(String, Vec<u8>)> = request
-        .headers
-        .iter()
-        .filter(|(name, _)| *name != header::HOST && *name != header::CONNECTION)
-        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-        .collect();
-    headers.sort();
-    headers
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_reaches_every_target_exactly_once_and_intact() {
@@ -68,8 +56,8 @@ async fn every_request_reaches_every_target_exactly_once_and_intact() {
             );
             assert_eq!(copy.body, original.body, "request {sequence} body");
             assert_eq!(
-                comparable_headers(copy),
-                comparable_headers(original),
+                copy.comparable_headers(),
+                original.comparable_headers(),
                 "request {sequence} headers"
             );
             // Host is rewritten to the target by default.

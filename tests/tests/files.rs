@@ -13,7 +13,7 @@ use http::header;
 use tapwire_shared::gor::{GorHeader, GorMessage, GorReader, PayloadType, SEPARATOR};
 use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, SummaryLine, require_root};
 use tapwire_testkit::process::{Process, binary_path};
-use tapwire_testkit::servers::{ReceivedRequest, RecordingServer, SEQUENCE_HEADER};
+use tapwire_testkit::servers::{RecordingServer, SEQUENCE_HEADER};
 use tapwire_testkit::traffic;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,18 +44,6 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-/// Headers that legitimately differ between production and a target.
-fn comparable_headers(request: &ReceivedRequest) -> Vec<(String, Vec<u8>)> {
-    let mut headers: Vec<(String, Vec<u8>)> = request
-        .headers
-        .iter()
-        .filter(|(name, _)| *name != header::HOST && *name != header::CONNECTION)
-        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-        .collect();
-    headers.sort();
-    headers
 }
 
 /// Runs a replayer over `args` until it exits by itself; its exit status, and its summary.
@@ -184,7 +172,7 @@ async fn live_capture_to_a_file_replays_byte_for_byte_what_production_received()
         assert_eq!(copy.method, original.method, "request {sequence}");
         assert_eq!(copy.path_and_query, original.path_and_query);
         assert_eq!(copy.body, original.body, "request {sequence} body");
-        assert_eq!(comparable_headers(copy), comparable_headers(original));
+        assert_eq!(copy.comparable_headers(), original.comparable_headers());
     }
 }
 

@@ -6,13 +6,13 @@
 //! 2. Recording: production on loopback under a fixed rate, the listener writing every request
 //!    to a `.gor` file (no replayer): captured vs written, and the listener's peak RSS.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Parser;
 use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
+use tapwire_testkit::oha;
 use tapwire_testkit::pipeline::{SummaryLine, require_root};
 use tapwire_testkit::process::Process;
 use tapwire_testkit::servers::RecordingServer;
@@ -42,20 +42,6 @@ struct Args {
 }
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn oha(target: &str, requests: u64, connections: u32) -> anyhow::Result<f64> {
-    let output = Command::new("oha")
-        .args(["--no-tui", "-n", &requests.to_string()])
-        .args(["-c", &connections.to_string()])
-        .arg(format!("{target}/bench/direct"))
-        .output()
-        .context("cannot run oha (bench/files.sh installs it)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
-        .and_then(|value| value.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in oha's output:\n{text}"))
-}
 
 /// A file of `requests` GETs, as a capture of them would be.
 fn write_file(path: &std::path::Path, requests: u64) -> anyhow::Result<()> {
@@ -147,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         "round", "oha requests/s", "tapwire requests/s", "ratio"
     );
     for round in 1..=args.rounds {
-        let direct = oha(&target, args.requests, args.connections)?;
+        let direct = oha::requests_per_second(&target, args.requests, args.connections)?;
         let (replayed, totals) = replay(&file, &args).await?;
         ensure!(
             totals.get("responses") == args.requests,

@@ -3,12 +3,12 @@
 //! sending the same GETs straight to the target with the same connection count, and (2) rate
 //! accuracy: records offered at twice the rate for N seconds, delivered vs rate x seconds.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use tapwire_testkit::feed::feed;
+use tapwire_testkit::oha;
 use tapwire_testkit::pipeline::{Replayer, SummaryLine};
 use tapwire_testkit::scrape::scrape;
 
@@ -47,26 +47,6 @@ async fn stop_and_totals(mut replayer: Replayer, target: &str) -> anyhow::Result
     )
 }
 
-/// `oha`'s requests per second for the same load straight to the target.
-fn oha(target: &str, requests: u64, connections: u32) -> anyhow::Result<f64> {
-    let output = Command::new("oha")
-        .args([
-            "--no-tui",
-            "-n",
-            &requests.to_string(),
-            "-c",
-            &connections.to_string(),
-        ])
-        .arg(format!("{}/bench/direct", target.trim_end_matches('/')))
-        .output()
-        .context("cannot run oha (bench/replay.sh installs it)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
-        .and_then(|value| value.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in oha's output:\n{text}"))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -76,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         "throughput: {} GETs, {} connections to {target}",
         args.requests, args.connections
     );
-    let direct = oha(&target, args.requests, args.connections)?;
+    let direct = oha::requests_per_second(&target, args.requests, args.connections)?;
     let queue = args.requests.to_string();
     let replayer = Replayer::start(
         &target,
