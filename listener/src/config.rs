@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use tapwire_runtime::gor_output::DEFAULT_CHUNK_BYTES;
 use tapwire_shared::config::{ByteSize, ConfigFileFlags};
 use tonic::transport::Uri;
 
@@ -230,7 +231,7 @@ pub struct ListenerConfig {
     pub output_file: Option<String>,
 
     /// Start a new chunk (`<name>_<n>.gor`) once a file holds this much (e.g. 32mb, 1GiB).
-    #[arg(long, default_value_t = ByteSize::mib(32), value_name = "SIZE",
+    #[arg(long, default_value_t = ByteSize(DEFAULT_CHUNK_BYTES), value_name = "SIZE",
           help_heading = "Outputs")]
     pub output_file_size_limit: ByteSize,
 

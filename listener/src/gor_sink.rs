@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use tapwire_runtime::gor_output::{GorOutput, GorOutputSettings, Outcome, OutputDone, Tally};
-use tapwire_shared::gor::{self, GorHeader, GorMessage, PayloadType};
+use tapwire_shared::gor::{GorMessage, PayloadType};
 
 use crate::metrics::{DropReason, ListenerMetrics, WriterOutput};
 use crate::sink::{Captured, RecordSink};
@@ -56,31 +56,15 @@ impl GorSink {
 
 impl RecordSink for GorSink {
     fn take(&self, record: Captured, _shard: u32) {
-        self.output.write(message(record, self.instance));
+        self.output.write(message(&record, self.instance));
     }
 }
 
 /// A captured record as GoReplay writes it.
-pub fn message(record: Captured, instance: u64) -> GorMessage {
+pub fn message(record: &Captured, instance: u64) -> GorMessage {
     match record {
-        Captured::Request(request) => GorMessage {
-            header: GorHeader {
-                payload_type: PayloadType::Request,
-                id: gor::message_id(instance, request.id),
-                timestamp_ns: request.captured_at_ns,
-                latency_ns: None,
-            },
-            payload: request.request,
-        },
-        Captured::Response(response) => GorMessage {
-            header: GorHeader {
-                payload_type: PayloadType::Response,
-                id: gor::message_id(instance, response.request_id),
-                timestamp_ns: response.captured_at_ns,
-                latency_ns: Some(response.latency_ns),
-            },
-            payload: response.response,
-        },
+        Captured::Request(request) => GorMessage::request(request, instance),
+        Captured::Response(response) => GorMessage::response(response, instance),
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 
 use governor::DefaultDirectRateLimiter;
 use tapwire_runtime::Shutdown;
-use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
+use tapwire_shared::gor::GorMessage;
 use tapwire_shared::{RequestRecord, ResponseRecord, proto};
 use tokio::sync::oneshot;
 
@@ -130,18 +130,19 @@ impl StreamIntake {
                 self.downstream.dispatch(record, origin, &batch_done);
                 continue;
             }
-            self.observers.request(&request_message(&record, origin));
+            self.observers
+                .request(&GorMessage::request(&record, origin.instance));
             let id = record.id;
             self.downstream.dispatch(record, origin, &batch_done);
             for response in answers.remove(&id).into_iter().flatten() {
                 self.observers
-                    .original_response(&response_message(response, origin));
+                    .original_response(&GorMessage::response(&response, origin.instance));
             }
         }
         // Responses to requests of earlier batches.
         for response in answers.into_values().flatten() {
             self.observers
-                .original_response(&response_message(response, origin));
+                .original_response(&GorMessage::response(&response, origin.instance));
         }
         // From here only the requests hold it: it fires when the last one is done.
         drop(batch_done);
@@ -172,31 +173,5 @@ impl StreamIntake {
         }
         let responses = responses.into_iter().map(ResponseRecord::from).collect();
         self.take(origin, valid, responses, shutdown).await
-    }
-}
-
-/// A request as a `.gor` message (type 1).
-pub fn request_message(record: &RequestRecord, origin: &Origin) -> GorMessage {
-    GorMessage {
-        header: GorHeader {
-            payload_type: PayloadType::Request,
-            id: origin.message_id(record.id),
-            timestamp_ns: record.captured_at_ns,
-            latency_ns: None,
-        },
-        payload: record.request.clone(),
-    }
-}
-
-/// Production's response as a `.gor` message (type 2).
-fn response_message(response: ResponseRecord, origin: &Origin) -> GorMessage {
-    GorMessage {
-        header: GorHeader {
-            payload_type: PayloadType::Response,
-            id: origin.message_id(response.request_id),
-            timestamp_ns: response.captured_at_ns,
-            latency_ns: Some(response.latency_ns),
-        },
-        payload: response.response,
     }
 }

@@ -213,7 +213,7 @@ impl Dispatch for Middleware {
     /// Gives the request to the middleware; `batch` is held until it comes back (and through
     /// the fan-out), or is filtered or dropped.
     fn dispatch(&self, record: RequestRecord, origin: &Origin, batch: &Arc<BatchDone>) {
-        let message = crate::intake::request_message(&record, origin);
+        let message = GorMessage::request(&record, origin.instance);
         let id = message.header.id.clone();
         let replaced = lock(&self.shared.state).pending.insert(
             id.clone(),

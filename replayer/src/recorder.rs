@@ -6,14 +6,14 @@
 
 use std::sync::Arc;
 
-use tapwire_runtime::gor_output::{Destination, GorOutput, GorOutputSettings, OutputDone};
+use tapwire_runtime::gor_output::{
+    DEFAULT_CHUNK_BYTES, Destination, GorOutput, GorOutputSettings, OutputDone,
+};
 use tapwire_shared::gor::GorMessage;
 
 use crate::metrics::ReplayerMetrics;
 use crate::observe::ReplayObserver;
 
-/// Chunk size of recorded files, as GoReplay's default.
-const CHUNK_BYTES: u64 = 32 << 20;
 /// Message bytes waiting for the writer at most.
 const QUEUE_BYTES: usize = 32 << 20;
 
@@ -30,7 +30,7 @@ impl Recorder {
         let settings = GorOutputSettings {
             destination: Destination::Files {
                 template,
-                size_limit: CHUNK_BYTES,
+                size_limit: DEFAULT_CHUNK_BYTES,
                 max_total: None,
                 append: false,
             },

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tapwire_shared::gor::{GorMessage, PayloadType};
 
+/// GoReplay's chunk size: a new file past this many bytes.
+pub const DEFAULT_CHUNK_BYTES: u64 = 32 << 20;
 /// Files are flushed at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Messages queued for the writer thread at most.
@@ -164,7 +166,7 @@ impl OutputDone {
         if self.done.recv_timeout(timeout).is_err() {
             self.shared.abandoned.store(true, Ordering::Relaxed);
             let mut left = 0;
-            for kind in PAYLOAD_TYPES {
+            for kind in PayloadType::ALL {
                 let count = self.shared.queued(kind).swap(0, Ordering::Relaxed);
                 left += count;
                 for _ in 0..count {
@@ -180,12 +182,6 @@ impl OutputDone {
     }
 }
 
-const PAYLOAD_TYPES: [PayloadType; 3] = [
-    PayloadType::Request,
-    PayloadType::Response,
-    PayloadType::ReplayedResponse,
-];
-
 impl Shared {
     fn queued(&self, kind: PayloadType) -> &AtomicUsize {
         &self.queued_messages[match kind {
@@ -196,7 +192,7 @@ impl Shared {
     }
 
     fn queued_total(&self) -> usize {
-        PAYLOAD_TYPES
+        PayloadType::ALL
             .iter()
             .map(|&kind| self.queued(kind).load(Ordering::Relaxed))
             .sum()

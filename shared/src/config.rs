@@ -102,10 +102,6 @@ pub fn to_toml<T: serde::Serialize>(config: &T) -> String {
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    pub const fn mib(mib: u64) -> ByteSize {
-        ByteSize(mib << 20)
-    }
-
     pub fn get(self) -> u64 {
         self.0
     }
@@ -194,7 +190,7 @@ mod tests {
             assert_eq!(size.get(), bytes, "{text}");
             assert_eq!(size.to_string().parse::<ByteSize>().unwrap(), size);
         }
-        assert_eq!(ByteSize::mib(32).to_string(), "32MiB");
+        assert_eq!(ByteSize(32 << 20).to_string(), "32MiB");
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert!("mb".parse::<ByteSize>().is_err());
     }

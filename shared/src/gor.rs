@@ -25,6 +25,8 @@ use std::io::BufRead;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::{RequestRecord, ResponseRecord};
+
 /// What ends every message: a line feed, the three emoji, a line feed.
 pub const SEPARATOR: &[u8] = b"\n\xF0\x9F\x90\xB5\xF0\x9F\x99\x88\xF0\x9F\x99\x89\n";
 /// The separator as the reader meets it: a whole line of its own.
@@ -44,6 +46,12 @@ pub enum PayloadType {
 }
 
 impl PayloadType {
+    pub const ALL: [PayloadType; 3] = [
+        PayloadType::Request,
+        PayloadType::Response,
+        PayloadType::ReplayedResponse,
+    ];
+
     pub fn digit(self) -> char {
         match self {
             PayloadType::Request => '1',
@@ -90,6 +98,33 @@ impl fmt::Display for GorHeader {
 }
 
 impl GorMessage {
+    /// A captured request of the listener process `instance` (its latency is not captured).
+    pub fn request(record: &RequestRecord, instance: u64) -> GorMessage {
+        GorMessage {
+            header: GorHeader {
+                payload_type: PayloadType::Request,
+                id: message_id(instance, record.id),
+                timestamp_ns: record.captured_at_ns,
+                latency_ns: None,
+            },
+            payload: record.request.clone(),
+        }
+    }
+
+    /// Production's response to a request of the listener process `instance`, with its
+    /// latency.
+    pub fn response(record: &ResponseRecord, instance: u64) -> GorMessage {
+        GorMessage {
+            header: GorHeader {
+                payload_type: PayloadType::Response,
+                id: message_id(instance, record.request_id),
+                timestamp_ns: record.captured_at_ns,
+                latency_ns: Some(record.latency_ns),
+            },
+            payload: record.response.clone(),
+        }
+    }
+
     /// Appends the whole message as the file holds it: header line, payload, separator.
     pub fn encode(&self, out: &mut Vec<u8>) {
         use std::io::Write as _;
