@@ -9,21 +9,11 @@ use tapwire_shared::config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A configuration that cannot run is a usage error, like a bad flag: exit code 2.
-    let compiled = config::load::<ListenerConfig, _, _>(std::env::args_os())
-        .and_then(|loaded| Ok((ListenerPlan::compile(&loaded.config)?, loaded)));
-    let (plan, loaded) = match compiled {
-        Ok(compiled) => compiled,
-        Err(error) => {
-            eprintln!("error: invalid configuration: {error}");
-            return ExitCode::from(2);
-        }
+    let loaded = config::load::<ListenerConfig, _, _>(std::env::args_os());
+    let plan = match config::plan_or_exit(loaded, ListenerPlan::compile) {
+        Ok(plan) => plan,
+        Err(exit) => return exit,
     };
-    if loaded.check_only {
-        print!("{}", config::to_toml(&loaded.config));
-        eprintln!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
     tapwire_runtime::init_logging();
     match tapwire_listener::run(plan, Shutdown::on_signals()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -204,11 +204,6 @@ impl ReplayerConfig {
             });
         }
     }
-
-    /// The effective configuration, as TOML.
-    pub fn to_toml(&self) -> String {
-        shared_config::to_toml(self)
-    }
 }
 
 /// The replayer's TLS files, all PEM.
@@ -575,7 +570,7 @@ mod tests {
         ]);
         assert_eq!(from_file, from_flags);
         // Printing and reading back is lossless.
-        let printed: ReplayerConfig = toml::from_str(&from_file.to_toml()).unwrap();
+        let printed: ReplayerConfig = toml::from_str(&shared_config::to_toml(&from_file)).unwrap();
         assert_eq!(printed, from_file);
     }
 

@@ -91,6 +91,29 @@ pub fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
     T::from_arg_matches(&matches).expect("every flag without a default may be absent")
 }
 
+/// The plan a command line asks to run, or how the process must exit without running: an
+/// invalid configuration is a usage error like a bad flag (its message on stderr, exit code 2),
+/// and `--check-config` prints the effective settings as TOML and exits 0. Both binaries start
+/// this way.
+pub fn plan_or_exit<C: serde::Serialize, P>(
+    loaded: Result<Loaded<C>, ConfigError>,
+    compile: impl FnOnce(&C) -> Result<P, ConfigError>,
+) -> Result<P, std::process::ExitCode> {
+    let compiled = loaded.and_then(|loaded| Ok((compile(&loaded.config)?, loaded)));
+    match compiled {
+        Err(error) => {
+            eprintln!("error: invalid configuration: {error}");
+            Err(std::process::ExitCode::from(2))
+        }
+        Ok((_, loaded)) if loaded.check_only => {
+            print!("{}", to_toml(&loaded.config));
+            eprintln!("configuration is valid");
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Ok((plan, _)) => Ok(plan),
+    }
+}
+
 /// The effective configuration, as TOML.
 pub fn to_toml<T: serde::Serialize>(config: &T) -> String {
     toml::to_string_pretty(config).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
