@@ -49,6 +49,37 @@ impl ReceivedRequest {
     }
 }
 
+/// The one copy of request `sequence` a target received, after checking that it came exactly
+/// once and intact: the method, path and query, body and headers production received (Host
+/// and Connection aside). Returned for the caller's own further checks.
+pub fn replayed_once_intact<'a>(
+    production: &HashMap<u64, Vec<ReceivedRequest>>,
+    replayed: &'a HashMap<u64, Vec<ReceivedRequest>>,
+    sequence: u64,
+) -> &'a ReceivedRequest {
+    let original = &production[&sequence][0];
+    let copies = &replayed[&sequence];
+    assert_eq!(
+        copies.len(),
+        1,
+        "request {sequence} replayed {} times",
+        copies.len()
+    );
+    let copy = &copies[0];
+    assert_eq!(copy.method, original.method, "request {sequence}");
+    assert_eq!(
+        copy.path_and_query, original.path_and_query,
+        "request {sequence}"
+    );
+    assert_eq!(copy.body, original.body, "request {sequence} body");
+    assert_eq!(
+        copy.comparable_headers(),
+        original.comparable_headers(),
+        "request {sequence} headers"
+    );
+    copy
+}
+
 struct State {
     served: AtomicU64,
     served_watch: watch::Sender<u64>,

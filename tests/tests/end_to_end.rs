@@ -10,7 +10,7 @@ use http::header;
 use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, SummaryLine};
 use tapwire_testkit::process::binary_path;
 use tapwire_testkit::scrape::scrape;
-use tapwire_testkit::servers::RecordingServer;
+use tapwire_testkit::servers::{RecordingServer, replayed_once_intact};
 use tapwire_testkit::traffic::{self, RequestShape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,26 +40,7 @@ async fn every_request_reaches_every_target_exactly_once_and_intact() {
     for (target_addr, received) in &targets {
         assert_eq!(received.len() as u64, total);
         for sequence in 0..total {
-            let original = &production[&sequence][0];
-            let copies = &received[&sequence];
-            assert_eq!(
-                copies.len(),
-                1,
-                "request {sequence} replayed {} times",
-                copies.len()
-            );
-            let copy = &copies[0];
-            assert_eq!(copy.method, original.method, "request {sequence}");
-            assert_eq!(
-                copy.path_and_query, original.path_and_query,
-                "request {sequence}"
-            );
-            assert_eq!(copy.body, original.body, "request {sequence} body");
-            assert_eq!(
-                copy.comparable_headers(),
-                original.comparable_headers(),
-                "request {sequence} headers"
-            );
+            let copy = replayed_once_intact(&production, received, sequence);
             // Host is rewritten to the target by default.
             assert_eq!(
                 copy.headers[header::HOST].to_str().unwrap(),

@@ -13,7 +13,7 @@ use http::header;
 use tapwire_shared::gor::{GorHeader, GorMessage, GorReader, PayloadType, SEPARATOR};
 use tapwire_testkit::pipeline::{Pipeline, PipelineOptions, SummaryLine, require_root};
 use tapwire_testkit::process::{Process, binary_path};
-use tapwire_testkit::servers::{RecordingServer, SEQUENCE_HEADER};
+use tapwire_testkit::servers::{RecordingServer, SEQUENCE_HEADER, replayed_once_intact};
 use tapwire_testkit::traffic;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -161,18 +161,7 @@ async fn live_capture_to_a_file_replays_byte_for_byte_what_production_received()
     let replayed = target.received();
     assert_eq!(replayed.len() as u64, total);
     for sequence in 0..total {
-        let (original, copies) = (&production[&sequence][0], &replayed[&sequence]);
-        assert_eq!(
-            copies.len(),
-            1,
-            "request {sequence} replayed {} times",
-            copies.len()
-        );
-        let copy = &copies[0];
-        assert_eq!(copy.method, original.method, "request {sequence}");
-        assert_eq!(copy.path_and_query, original.path_and_query);
-        assert_eq!(copy.body, original.body, "request {sequence} body");
-        assert_eq!(copy.comparable_headers(), original.comparable_headers());
+        replayed_once_intact(&production, &replayed, sequence);
     }
 }
 
@@ -264,6 +253,21 @@ fn gor(kind: PayloadType, id: &str, timestamp_ns: u64, payload: &[u8]) -> Vec<u8
 }
 
 const T0: u64 = 1_700_000_000_000_000_000;
+
+/// A `.gor` file in `dir` of small requests numbered from 0, each captured at `T0` plus its
+/// offset.
+fn requests_file(dir: &Path, name: &str, offsets_ns: impl IntoIterator<Item = u64>) -> PathBuf {
+    let mut file = Vec::new();
+    for (sequence, offset_ns) in offsets_ns.into_iter().enumerate() {
+        let sequence = sequence as u64;
+        let request = fixture_request(sequence, "", b"x", "\r\n");
+        let id = format!("{sequence:024x}");
+        file.extend(gor(PayloadType::Request, &id, T0 + offset_ns, &request));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, file).unwrap();
+    path
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goreplay_files_replay_whatever_their_shape_and_bad_input_is_reported() {
@@ -396,20 +400,9 @@ async fn goreplay_files_replay_whatever_their_shape_and_bad_input_is_reported() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_and_far_future_timestamps_never_cause_a_long_pause() {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = Vec::new();
     // 0 ms, 200 ms, then 100 ms (out of order), then one an hour ahead, then 300 ms.
-    for (sequence, offset_ms) in [(0u64, 0u64), (1, 200), (2, 100), (3, 3_600_000), (4, 300)] {
-        let request = fixture_request(sequence, "", b"x", "\r\n");
-        let id = format!("{sequence:024x}");
-        file.extend(gor(
-            PayloadType::Request,
-            &id,
-            T0 + offset_ms * 1_000_000,
-            &request,
-        ));
-    }
-    let path = dir.path().join("odd.gor");
-    std::fs::write(&path, &file).unwrap();
+    let offsets_ms = [0u64, 200, 100, 3_600_000, 300];
+    let path = requests_file(dir.path(), "odd.gor", offsets_ms.map(|ms| ms * 1_000_000));
     let target = RecordingServer::start(true).await.unwrap();
     let started = tokio::time::Instant::now();
     let (status, summary, replayer) = replay_files(&strings(&[
@@ -435,19 +428,7 @@ async fn out_of_order_and_far_future_timestamps_never_cause_a_long_pause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looped_file_replays_until_exit_after() {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = Vec::new();
-    for sequence in 0..5u64 {
-        let request = fixture_request(sequence, "", b"x", "\r\n");
-        let id = format!("{sequence:024x}");
-        file.extend(gor(
-            PayloadType::Request,
-            &id,
-            T0 + sequence * 50_000_000,
-            &request,
-        ));
-    }
-    let path = dir.path().join("loop.gor");
-    std::fs::write(&path, &file).unwrap();
+    let path = requests_file(dir.path(), "loop.gor", (0..5).map(|n| n * 50_000_000));
     let target = RecordingServer::start(true).await.unwrap();
     let (status, summary, replayer) = replay_files(&strings(&[
         "--input-file",
@@ -472,18 +453,7 @@ async fn a_looped_file_replays_until_exit_after() {
 async fn a_file_longer_than_the_target_queue_is_replayed_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let total = 3000u64;
-    let mut file = Vec::new();
-    for sequence in 0..total {
-        let request = fixture_request(sequence, "", b"x", "\r\n");
-        file.extend(gor(
-            PayloadType::Request,
-            &format!("{sequence:024x}"),
-            T0 + sequence,
-            &request,
-        ));
-    }
-    let path = dir.path().join("long.gor");
-    std::fs::write(&path, &file).unwrap();
+    let path = requests_file(dir.path(), "long.gor", 0..total);
     let target = RecordingServer::start(true).await.unwrap();
     let (status, summary, replayer) = replay_files(&strings(&[
         "--input-file",
@@ -665,20 +635,13 @@ async fn a_goreplay_middleware_rewrites_drops_and_keeps_state_across_responses()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_middleware_that_crashes_or_hangs_costs_only_what_it_held() {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = Vec::new();
     let total = 20u64;
-    for sequence in 0..total {
-        let request = fixture_request(sequence, "", b"x", "\r\n");
-        file.extend(gor(
-            PayloadType::Request,
-            &format!("{sequence:024x}"),
-            // 2 s in all: a hung middleware is found (after 1 s) and restarted mid-file.
-            T0 + sequence * 100_000_000,
-            &request,
-        ));
-    }
-    let path = dir.path().join("twenty.gor");
-    std::fs::write(&path, file).unwrap();
+    // 2 s in all: a hung middleware is found (after 1 s) and restarted mid-file.
+    let path = requests_file(
+        dir.path(),
+        "twenty.gor",
+        (0..total).map(|n| n * 100_000_000),
+    );
     for script in ["crash_after_3.py", "hang.sh"] {
         let target = RecordingServer::start(true).await.unwrap();
         let (status, summary, replayer) = replay_files(&strings(&[
