@@ -126,12 +126,10 @@ impl StreamIntake {
             // Received once it goes on: one interrupted by shutdown is sent again (by the
             // listener) and counted then.
             self.metrics.records_received.inc();
-            if self.observers.is_empty() {
-                self.downstream.dispatch(record, origin, &batch_done);
-                continue;
+            if !self.observers.is_empty() {
+                self.observers
+                    .request(&GorMessage::request(&record, origin.instance));
             }
-            self.observers
-                .request(&GorMessage::request(&record, origin.instance));
             let id = record.id;
             self.downstream.dispatch(record, origin, &batch_done);
             for response in answers.remove(&id).into_iter().flatten() {
@@ -148,9 +146,7 @@ impl StreamIntake {
         drop(batch_done);
         Ok(delivered)
     }
-}
 
-impl StreamIntake {
     /// Takes a batch as it came over the wire: records that are not valid are counted
     /// (`invalid_record`), the rest taken.
     pub async fn take_wire(

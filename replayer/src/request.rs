@@ -24,13 +24,6 @@ pub struct Origin {
     pub instance: u64,
 }
 
-impl Origin {
-    /// The id a record of this origin has in `.gor` files and middleware messages.
-    pub fn message_id(&self, record_id: u64) -> String {
-        tapwire_shared::gor::message_id(self.instance, record_id)
-    }
-}
-
 /// A captured request, ready to send to any target.
 #[derive(Debug)]
 pub struct ReplayRequest {
