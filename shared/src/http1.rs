@@ -4,14 +4,52 @@
 //! for a target. Not having enough bytes yet is a normal outcome (`Ok(None)`), not an error.
 //! Redaction ([`redact_headers`], [`crate::redact`]) rewrites captured messages through the same
 //! grammar.
+//!
+//! # How strict the request grammar is
+//!
+//! A request is cut only where production's server would have cut it too: when tapwire and the
+//! server disagree about where a request ends, the bytes after it (a "smuggled" request the
+//! server never served) would reach staging. So [`parse_request_head`] refuses, with an error
+//! that [`HttpError::is_ambiguous_framing`] names, every head whose framing RFC 9112 says a
+//! server must reject or close on, and every head past the limits of a default nginx (checked
+//! against nginx 1.22 over raw sockets: it answers 400, 414 or 501 and closes the connection):
+//!
+//! - both `Content-Length` and `Transfer-Encoding` (RFC 9112 section 6.1);
+//! - `Transfer-Encoding` on an HTTP/1.0 request (section 6.1);
+//! - `Transfer-Encoding` other than exactly `chunked` (`gzip, chunked`, `chunked, chunked`,
+//!   `identity`, empty): nginx answers 501, and a request body is never close-delimited;
+//! - more than one `Content-Length` or `Transfer-Encoding` header, even if they agree;
+//! - a `Content-Length` that is not plain decimal digits (`+5`, `-5`, `5, 5`, `1 2`, `0x5`,
+//!   empty, or past 15 digits);
+//! - a header section that breaks the field grammar: whitespace before the colon, obs-fold
+//!   continuation lines, a bare CR, control bytes in a value (httparse refuses them);
+//! - a request line longer than [`MAX_REQUEST_LINE_BYTES`] (nginx: 414), a header line longer
+//!   than [`MAX_HEADER_LINE_BYTES`], or a head that does not fit nginx's default header buffers
+//!   ([`fits_header_buffers`]), or more than [`MAX_HEADERS`] headers;
+//! - in a chunked body, a chunk size that is not hex digits at the start of its line (`+3`,
+//!   `0x3`, ` 3`) or too large, or chunk data not followed by CRLF.
+//!
+//! Bare LF line endings in the head are accepted, as nginx and httparse accept them. A head
+//! whose request line itself does not parse is not HTTP/1.x at all (`MalformedHead`).
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 
-/// Most headers a request may carry; more is treated as malformed.
+/// Most headers a request may carry (the parser's slots); more is refused.
 pub const MAX_HEADERS: usize = 128;
-/// Largest request head (request line and headers) accepted.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Longest request line, CRLF included: nginx's `large_client_header_buffers` size (8k); one
+/// byte more and nginx answers 414 and closes. Apache's `LimitRequestLine` (8190 without CRLF)
+/// is the same.
+pub const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+/// Longest header line, CRLF included: one nginx large header buffer, as for the request line.
+pub const MAX_HEADER_LINE_BYTES: usize = 8 * 1024;
+/// nginx's default `client_header_buffer_size`: the first buffer a head is read into.
+const FIRST_HEADER_BUFFER_BYTES: usize = 1024;
+/// nginx's default number of `large_client_header_buffers`.
+const LARGE_HEADER_BUFFERS: usize = 4;
+/// Largest head any request can have: the first buffer and every large one full.
+pub const MAX_HEAD_BYTES: usize =
+    FIRST_HEADER_BUFFER_BYTES + LARGE_HEADER_BUFFERS * MAX_HEADER_LINE_BYTES;
 /// Longest chunk-size or trailer line accepted in a chunked body.
 const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 
@@ -20,16 +58,39 @@ const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 pub enum HttpError {
     #[error("malformed request head: {0}")]
     MalformedHead(httparse::Error),
-    #[error("request head exceeds {MAX_HEAD_BYTES} bytes")]
+    /// The request line parsed, the header section after it did not.
+    #[error("malformed header section: {0}")]
+    MalformedHeaders(httparse::Error),
+    #[error("request head does not fit the header buffers ({MAX_HEAD_BYTES} bytes at most)")]
     HeadTooLarge,
+    #[error("request line longer than {MAX_REQUEST_LINE_BYTES} bytes")]
+    RequestLineTooLong,
+    #[error("header line longer than {MAX_HEADER_LINE_BYTES} bytes")]
+    HeaderLineTooLong,
+    #[error("more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
     #[error("invalid Content-Length header")]
     InvalidContentLength,
-    #[error("Transfer-Encoding does not end in chunked, so the body length is unknowable")]
+    #[error("Transfer-Encoding is not exactly chunked, so the body length is unknowable")]
     UnsupportedTransferEncoding,
+    #[error("both Content-Length and Transfer-Encoding")]
+    ConflictingFraming,
+    #[error("Content-Length or Transfer-Encoding given more than once")]
+    RepeatedFramingHeader,
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    ChunkedHttp10,
     #[error("malformed chunked body")]
     MalformedChunkedBody,
     #[error("request ends before its body is complete")]
     Truncated,
+}
+
+impl HttpError {
+    /// The bytes look like an HTTP/1.x request (its request line parsed) whose framing or size
+    /// a server rejects and closes the connection on; anything else that fails is not HTTP/1.x.
+    pub fn is_ambiguous_framing(&self) -> bool {
+        !matches!(self, HttpError::MalformedHead(_) | HttpError::Truncated)
+    }
 }
 
 /// How a request's body is delimited (RFC 9112 section 6).
@@ -58,39 +119,84 @@ pub struct RequestHead {
 /// Why a connection may leave HTTP/1.x after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtocolSwitch {
-    /// `Upgrade:` header (websocket, h2c).
+    /// `Upgrade:` header (websocket, h2c), once the server agreed (`101`).
     Upgrade,
     /// `CONNECT` method: the connection becomes a tunnel.
     Connect,
 }
 
 /// Parses a request head at the start of `buf`; `Ok(None)` means the head is not complete yet.
+/// Refuses what a server would refuse (see the module documentation).
 pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    match request.parse(buf).map_err(HttpError::MalformedHead)? {
-        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
-        httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
-        httparse::Status::Complete(len) => {
-            let switch = if request.method == Some("CONNECT") {
-                Some(ProtocolSwitch::Connect)
-            } else if request
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-            {
-                Some(ProtocolSwitch::Upgrade)
+    let status = match request.parse(buf) {
+        Ok(status) => status,
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(error) if request.version.is_some() => return Err(HttpError::MalformedHeaders(error)),
+        Err(error) => return Err(HttpError::MalformedHead(error)),
+    };
+    let head_len = match status {
+        httparse::Status::Partial => buf.len(),
+        httparse::Status::Complete(len) => len,
+    };
+    fits_header_buffers(&buf[..head_len])?;
+    let httparse::Status::Complete(len) = status else {
+        return Ok(None);
+    };
+    let switch = if request.method == Some("CONNECT") {
+        Some(ProtocolSwitch::Connect)
+    } else if request
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    {
+        Some(ProtocolSwitch::Upgrade)
+    } else {
+        None
+    };
+    Ok(Some(RequestHead {
+        len,
+        framing: request_framing(request.version == Some(0), request.headers)?,
+        switch,
+    }))
+}
+
+/// Whether `head` (complete, or as much of it as has arrived) fits the header buffers of a
+/// default nginx: the first 1 KiB buffer, then at most four 8 KiB ones, where a line that does
+/// not fit in the current buffer moves whole to the next. So a head of five 4100-byte header
+/// lines (20 KiB) is refused, one of four 8000-byte lines (32 KiB) accepted, as nginx does.
+pub fn fits_header_buffers(head: &[u8]) -> Result<(), HttpError> {
+    let mut buffer_end = FIRST_HEADER_BUFFER_BYTES;
+    let mut large_buffers = 0;
+    let mut line_start = 0;
+    while line_start < head.len() {
+        let line_end = head[line_start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head.len(), |lf| line_start + lf + 1);
+        if line_end > buffer_end {
+            // nginx moves the line to a fresh large buffer, if one is left and it fits there.
+            let too_long = if line_start == 0 {
+                line_end > MAX_REQUEST_LINE_BYTES
             } else {
-                None
+                line_end - line_start > MAX_HEADER_LINE_BYTES
             };
-            Ok(Some(RequestHead {
-                len,
-                framing: body_framing(request.headers)?,
-                switch,
-            }))
+            if too_long && line_start == 0 {
+                return Err(HttpError::RequestLineTooLong);
+            }
+            if too_long {
+                return Err(HttpError::HeaderLineTooLong);
+            }
+            large_buffers += 1;
+            if large_buffers > LARGE_HEADER_BUFFERS {
+                return Err(HttpError::HeadTooLarge);
+            }
+            buffer_end = line_start + MAX_HEADER_LINE_BYTES;
         }
+        line_start = line_end;
     }
+    Ok(())
 }
 
 /// What the response cutter needs to know about a complete response head.
@@ -161,21 +267,58 @@ fn has_content_length(headers: &[httparse::Header<'_>]) -> bool {
 /// What a redacted header's value becomes.
 pub const REDACTED: &str = "REDACTED";
 
-/// `message` (a complete request or response) with the values of the headers named in
-/// `names` (lowercase) replaced by [`REDACTED`]; everything else is kept byte for byte. The
-/// message is returned as is when no such header is present.
+/// `message` (a complete request or response) with the values of the header fields named in
+/// `names` (lowercase) replaced by [`REDACTED`], in the head and in a chunked body's trailer
+/// section alike; everything else is kept byte for byte. The message is returned as is when
+/// no such field is present. Err when a chunked body cannot be walked to its trailers: the
+/// caller then drops the message rather than send a trailer unredacted.
 pub fn redact_headers(message: &Bytes, names: &[String]) -> Result<Bytes, HttpError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let head = MessageHead::parse(message, &mut slots)?;
+    let mut trailer_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let trailers = match head.framing() {
+        Ok(BodyFraming::Chunked) => trailer_fields(message, head.len, &mut trailer_slots)?,
+        _ => &[],
+    };
     let redacted = |name: &str| names.iter().any(|n| n.eq_ignore_ascii_case(name));
-    if !head.headers.iter().any(|h| redacted(h.name)) {
+    let mut values = head
+        .headers
+        .iter()
+        .chain(trailers.iter())
+        .filter(|field| redacted(field.name))
+        .peekable();
+    if values.peek().is_none() {
         return Ok(message.clone());
     }
-    head.rewrite(
-        message,
-        |name| redacted(name).then_some(REDACTED.as_bytes()),
-        &message[head.len..],
-    )
+    let mut out = BytesMut::with_capacity(message.len());
+    let mut copied = 0;
+    for field in values {
+        // httparse hands out values as slices of the message (empty ones included).
+        let span = span_in(message, field.value)
+            .ok_or(HttpError::MalformedHead(httparse::Error::HeaderValue))?;
+        out.extend_from_slice(&message[copied..span.start]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        copied = span.end;
+    }
+    out.extend_from_slice(&message[copied..]);
+    Ok(out.freeze())
+}
+
+/// The fields of the trailer section of the chunked body that starts at `body_start`.
+fn trailer_fields<'b, 'h>(
+    message: &'b [u8],
+    body_start: usize,
+    slots: &'h mut [httparse::Header<'b>],
+) -> Result<&'h [httparse::Header<'b>], HttpError> {
+    let body = &message[body_start..];
+    let mut scanner = ChunkedScanner::default();
+    let end = scanner.advance(body, |_| {})?.ok_or(HttpError::Truncated)?;
+    let start = scanner.trailers_at().ok_or(HttpError::Truncated)?;
+    match httparse::parse_headers(&body[start..end], slots) {
+        Ok(httparse::Status::Complete((_, fields))) => Ok(fields),
+        Ok(httparse::Status::Partial) => Err(HttpError::Truncated),
+        Err(error) => Err(HttpError::MalformedHeaders(error)),
+    }
 }
 
 /// The head of a complete captured message, request or response, taken apart for rewriting
@@ -275,8 +418,6 @@ const METHODS: [&[u8]; 9] = [
     b"TRACE ",
     b"CONNECT ",
 ];
-/// Longest request line a resynchronising cutter waits for.
-const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
 
 /// Where a request line starts in bytes that began at an unknown point of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +464,43 @@ fn request_line_offset(line: &[u8]) -> Option<usize> {
         .map(|method| up_to_method.len() - method.len())
 }
 
+/// A request's framing, strictly: see the module documentation for what is refused.
+fn request_framing(
+    http10: bool,
+    headers: &[httparse::Header<'_>],
+) -> Result<BodyFraming, HttpError> {
+    let mut content_length = None;
+    let mut transfer_encoding = None;
+    for header in headers {
+        let seen = if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            &mut transfer_encoding
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            &mut content_length
+        } else {
+            continue;
+        };
+        if seen.replace(header.value).is_some() {
+            return Err(HttpError::RepeatedFramingHeader);
+        }
+    }
+    match (content_length, transfer_encoding) {
+        (Some(_), Some(_)) => Err(HttpError::ConflictingFraming),
+        (None, Some(_)) if http10 => Err(HttpError::ChunkedHttp10),
+        (None, Some(coding)) if coding.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+            Ok(BodyFraming::Chunked)
+        }
+        (None, Some(_)) => Err(HttpError::UnsupportedTransferEncoding),
+        (Some(length), None) => Ok(match parse_content_length(length)? {
+            0 => BodyFraming::Empty,
+            length => BodyFraming::Length(length),
+        }),
+        (None, None) => Ok(BodyFraming::Empty),
+    }
+}
+
+/// A message's framing as RFC 9112 section 6.3 reads it, leniently: Transfer-Encoding
+/// overrides Content-Length, agreeing Content-Lengths are one. For responses, and for taking
+/// apart requests already cut by the strict [`request_framing`].
 fn body_framing(headers: &[httparse::Header<'_>]) -> Result<BodyFraming, HttpError> {
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
@@ -338,7 +516,6 @@ fn body_framing(headers: &[httparse::Header<'_>]) -> Result<BodyFraming, HttpErr
             content_length = Some(length);
         }
     }
-    // Transfer-Encoding overrides Content-Length (RFC 9112 section 6.3).
     if let Some(coding) = transfer_encoding {
         let last = coding.rsplit(|&b| b == b',').next().unwrap_or_default();
         return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
@@ -353,24 +530,32 @@ fn body_framing(headers: &[httparse::Header<'_>]) -> Result<BodyFraming, HttpErr
     })
 }
 
+/// Plain decimal digits (leading zeros allowed, as nginx allows them), at most 15 of them
+/// after the zeros: far above any request limit, and no overflow to think about.
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     let digits = value.trim_ascii();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(HttpError::InvalidContentLength);
     }
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or(HttpError::InvalidContentLength)
+    let significant = &digits[digits.iter().take_while(|&&b| b == b'0').count()..];
+    if significant.len() > 15 {
+        return Err(HttpError::InvalidContentLength);
+    }
+    Ok(significant
+        .iter()
+        .fold(0, |length, digit| length * 10 + u64::from(digit - b'0')))
 }
 
 /// Walks a chunked body incrementally. It remembers how far it got, so bytes arriving in many
-/// segments are each examined once.
+/// segments are each examined once; a body too large to hold can be walked while it streams
+/// past ([`ChunkedScanner::forget_scanned`]), however large.
 #[derive(Debug, Clone, Default)]
 pub struct ChunkedScanner {
     /// Offset into the body of the first byte not yet examined.
     position: usize,
     state: ChunkState,
+    /// Where the trailer section starts (right after the last chunk's size line), once seen.
+    trailers_at: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -402,6 +587,7 @@ impl ChunkedScanner {
                     let size = parse_chunk_size(line)?;
                     self.position += line.len() + 2;
                     self.state = if size == 0 {
+                        self.trailers_at = Some(self.position);
                         ChunkState::Trailers
                     } else {
                         ChunkState::Data { remaining: size }
@@ -444,6 +630,38 @@ impl ChunkedScanner {
         }
     }
 
+    /// Where the trailer section starts in the body, once the last chunk has been seen.
+    pub fn trailers_at(&self) -> Option<usize> {
+        self.trailers_at
+    }
+
+    /// Forgets the bytes examined so far and returns how many: the caller discards that many
+    /// from the front of the body and passes only the rest from now on. What is kept is at most
+    /// an unfinished chunk-size or trailer line.
+    pub fn forget_scanned(&mut self) -> usize {
+        self.trailers_at = None;
+        std::mem::take(&mut self.position)
+    }
+
+    /// `missing` body bytes right after those examined will never arrive. True if they all
+    /// fall inside the current chunk's data, so the framing is still known and scanning goes
+    /// on after them; false if the framing is lost.
+    pub fn skip_missing(&mut self, missing: u64) -> bool {
+        match self.state {
+            ChunkState::Data { remaining } if missing <= remaining => {
+                self.state = if missing == remaining {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data {
+                        remaining: remaining - missing,
+                    }
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The CRLF-terminated line at the current position, without its CRLF.
     fn next_line<'a>(&self, body: &'a [u8]) -> Result<Option<&'a [u8]>, HttpError> {
         let rest = &body[self.position..];
@@ -456,20 +674,24 @@ impl ChunkedScanner {
     }
 }
 
+/// `chunk-size [ BWS ";" chunk-ext ]`: hex digits from the very start of the line (nginx
+/// refuses ` 3`, `+3`, `0x3`), leading zeros allowed, at most 15 significant digits; spaces or
+/// tabs may follow the digits, as nginx accepts. Extensions carry nothing we replay.
 fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
-    // Chunk extensions (";name=value") carry nothing we replay.
-    let size = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let after = line[digits..].trim_ascii_start();
+    if digits == 0 || !(after.is_empty() || after[0] == b';') {
         return Err(HttpError::MalformedChunkedBody);
     }
-    std::str::from_utf8(size)
-        .ok()
-        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        .ok_or(HttpError::MalformedChunkedBody)
+    let zeros = line.iter().take_while(|&&b| b == b'0').count().min(digits);
+    let significant = &line[zeros..digits];
+    if significant.len() > 15 {
+        return Err(HttpError::MalformedChunkedBody);
+    }
+    Ok(significant.iter().fold(0, |size, &digit| {
+        // Hex digits only, checked above.
+        size * 16 + u64::from(char::from(digit).to_digit(16).unwrap_or_default())
+    }))
 }
 
 /// A message body with its transfer coding removed.
@@ -479,6 +701,9 @@ pub struct DecodedBody {
     /// Bytes after the head that the body took, coding and trailers included; what follows
     /// is not part of this message.
     pub consumed: usize,
+    /// A chunked body's trailer section as captured: its fields and the blank line that ends
+    /// it (just CRLF when there are none). Empty for other framings.
+    pub trailers: Bytes,
 }
 
 /// Decodes the body that `framing` delimits in `rest`, the bytes after a complete head: the
@@ -488,6 +713,7 @@ pub fn decode_body(rest: &Bytes, framing: BodyFraming) -> Result<DecodedBody, Ht
         BodyFraming::Empty => Ok(DecodedBody {
             body: Bytes::new(),
             consumed: 0,
+            trailers: Bytes::new(),
         }),
         BodyFraming::Length(length) => {
             let length = usize::try_from(length).map_err(|_| HttpError::Truncated)?;
@@ -497,20 +723,25 @@ pub fn decode_body(rest: &Bytes, framing: BodyFraming) -> Result<DecodedBody, Ht
             Ok(DecodedBody {
                 body: rest.slice(..length),
                 consumed: length,
+                trailers: Bytes::new(),
             })
         }
         BodyFraming::UntilClose => Ok(DecodedBody {
             body: rest.clone(),
             consumed: rest.len(),
+            trailers: Bytes::new(),
         }),
         BodyFraming::Chunked => {
             let mut decoded = BytesMut::with_capacity(rest.len());
-            let consumed = ChunkedScanner::default()
+            let mut scanner = ChunkedScanner::default();
+            let consumed = scanner
                 .advance(rest, |range| decoded.extend_from_slice(&rest[range]))?
                 .ok_or(HttpError::Truncated)?;
+            let trailers_at = scanner.trailers_at().unwrap_or(consumed);
             Ok(DecodedBody {
                 body: decoded.freeze(),
                 consumed,
+                trailers: rest.slice(trailers_at..consumed),
             })
         }
     }
@@ -711,22 +942,254 @@ mod tests {
         assert_eq!(parse_request_head(b""), Ok(None));
     }
 
+    /// Each of these made nginx 1.22 answer 400, 414 or 501 and close the connection, so a
+    /// request pipelined after it was never served.
+    const SMUGGLING_SHAPES: &[(&str, &[u8], HttpError)] = &[
+        (
+            "CL and TE",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            HttpError::ConflictingFraming,
+        ),
+        (
+            "HTTP/1.0 chunked",
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            HttpError::ChunkedHttp10,
+        ),
+        (
+            "gzip, chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            HttpError::UnsupportedTransferEncoding,
+        ),
+        (
+            "chunked, chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            HttpError::UnsupportedTransferEncoding,
+        ),
+        (
+            "identity",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+            HttpError::UnsupportedTransferEncoding,
+        ),
+        (
+            "two TE",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            HttpError::RepeatedFramingHeader,
+        ),
+        (
+            "two identical CL",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            HttpError::RepeatedFramingHeader,
+        ),
+        (
+            "CL list",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
+            HttpError::InvalidContentLength,
+        ),
+        (
+            "CL sign",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+            HttpError::InvalidContentLength,
+        ),
+        (
+            "CL inner space",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 2\r\n\r\n",
+            HttpError::InvalidContentLength,
+        ),
+        (
+            "CL too long",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            HttpError::InvalidContentLength,
+        ),
+        (
+            "space before colon",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\n",
+            HttpError::MalformedHeaders(httparse::Error::HeaderName),
+        ),
+        (
+            "obs-fold",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
+            HttpError::MalformedHeaders(httparse::Error::HeaderName),
+        ),
+        (
+            "bare CR",
+            b"POST / HTTP/1.1\r\nHost: a\r\nX-A: 1\r2\r\n\r\n",
+            HttpError::MalformedHeaders(httparse::Error::HeaderValue),
+        ),
+    ];
+
     #[test]
-    fn transfer_encoding_chunked_overrides_content_length() {
-        let head = parse_request_head(
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(head.framing, BodyFraming::Chunked);
+    fn smuggling_shapes_are_ambiguous_framing() {
+        for (shape, head, expected) in SMUGGLING_SHAPES {
+            let result = parse_request_head(head);
+            assert_eq!(result, Err(*expected), "{shape}");
+            assert!(expected.is_ambiguous_framing(), "{shape}");
+        }
     }
 
     #[test]
-    fn conflicting_content_lengths_are_rejected() {
-        let result = parse_request_head(
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+    fn framing_nginx_accepts_is_accepted() {
+        let framing = |raw: &[u8]| parse_request_head(raw).unwrap().unwrap().framing;
+        for (head, expected) in [
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n".as_slice(),
+                BodyFraming::Chunked,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding:  chunked \r\n\r\n",
+                BodyFraming::Chunked,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 003\r\n\r\n",
+                BodyFraming::Length(3),
+            ),
+            (
+                b"POST / HTTP/1.0\r\nContent-Length: 3 \r\n\r\n",
+                BodyFraming::Length(3),
+            ),
+            (
+                b"POST / HTTP/1.1\nHost: a\nContent-Length: 3\n\n",
+                BodyFraming::Length(3),
+            ),
+        ] {
+            assert_eq!(framing(head), expected, "{}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn request_line_and_header_lines_are_limited_like_nginx() {
+        let with_line = |len: usize| {
+            let pad = len - b"GET / HTTP/1.1\r\n".len();
+            format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(pad))
+        };
+        assert!(parse_request_head(with_line(8192).as_bytes()).is_ok());
+        let too_long = with_line(8193);
+        assert_eq!(
+            parse_request_head(too_long.as_bytes()),
+            Err(HttpError::RequestLineTooLong)
         );
-        assert_eq!(result, Err(HttpError::InvalidContentLength));
+        // Refused as soon as the line is known to be too long, before its end arrives.
+        assert_eq!(
+            parse_request_head(&too_long.as_bytes()[..8200]),
+            Err(HttpError::RequestLineTooLong)
+        );
+        let with_header = |len: usize| {
+            let pad = len - b"X-Big: \r\n".len();
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(pad))
+        };
+        assert!(parse_request_head(with_header(8192).as_bytes()).is_ok());
+        assert_eq!(
+            parse_request_head(with_header(8193).as_bytes()),
+            Err(HttpError::HeaderLineTooLong)
+        );
+    }
+
+    #[test]
+    fn head_must_fit_nginx_header_buffers() {
+        let head = |lines: usize, line_len: usize| {
+            let mut head = "GET / HTTP/1.1\r\nHost: a\r\n".to_owned();
+            for i in 0..lines {
+                let name = format!("X-{i}: ");
+                head.push_str(&name);
+                head.push_str(&"c".repeat(line_len - name.len() - 2));
+                head.push_str("\r\n");
+            }
+            head + "\r\n"
+        };
+        // Measured on nginx 1.22: accepted, accepted, refused (400).
+        assert!(parse_request_head(head(4, 8000).as_bytes()).is_ok());
+        assert!(parse_request_head(head(4, 4100).as_bytes()).is_ok());
+        assert_eq!(
+            parse_request_head(head(5, 4100).as_bytes()),
+            Err(HttpError::HeadTooLarge)
+        );
+        assert!(HttpError::HeadTooLarge.is_ambiguous_framing());
+    }
+
+    #[test]
+    fn chunk_sizes_are_read_like_nginx() {
+        let size = |line: &[u8]| parse_chunk_size(line).ok();
+        assert_eq!(size(b"1a"), Some(26));
+        assert_eq!(size(b"3 "), Some(3));
+        assert_eq!(size(b"3;ext=1"), Some(3));
+        assert_eq!(size(b"3 ;ext"), Some(3));
+        assert_eq!(size(b"00000000000000003"), Some(3));
+        for refused in [
+            b" 3".as_slice(),
+            b"+3",
+            b"0x3",
+            b"",
+            b"3 x",
+            b"ffffffffffffffff",
+        ] {
+            assert_eq!(size(refused), None, "{}", String::from_utf8_lossy(refused));
+        }
+    }
+
+    #[test]
+    fn only_a_bad_request_line_is_not_http() {
+        assert_eq!(
+            parse_request_head(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(HttpError::MalformedHead(httparse::Error::Version))
+        );
+        assert!(!HttpError::MalformedHead(httparse::Error::Token).is_ambiguous_framing());
+        assert!(HttpError::MalformedChunkedBody.is_ambiguous_framing());
+    }
+
+    #[test]
+    fn trailers_are_redacted_like_headers() {
+        let raw = Bytes::from_static(
+            b"POST /u HTTP/1.1\r\nAuthorization: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nauthorization:  Bearer t \r\nX-Keep: 1\r\n\r\n",
+        );
+        assert_eq!(
+            redact_headers(&raw, &["authorization".to_owned()]).unwrap(),
+            "POST /u HTTP/1.1\r\nAuthorization: REDACTED\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nauthorization:  REDACTED \r\nX-Keep: 1\r\n\r\n"
+        );
+        let response = Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nSet-Cookie: s\r\n\r\n",
+        );
+        assert_eq!(
+            redact_headers(&response, &["set-cookie".to_owned()]).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nSet-Cookie: REDACTED\r\n\r\n"
+        );
+        // A chunked body that cannot be walked to its trailers is refused, never sent as is.
+        let broken = Bytes::from_static(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        );
+        assert!(redact_headers(&broken, &["authorization".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn chunked_body_can_be_walked_without_holding_it() {
+        let body = b"4\r\nWiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\nNEXT";
+        let mut scanner = ChunkedScanner::default();
+        let mut held: Vec<u8> = Vec::new();
+        let mut walked = 0;
+        let mut end = None;
+        for &byte in body.iter() {
+            held.push(byte);
+            if let Some(len) = scanner.advance(&held, |_| {}).unwrap() {
+                end = Some(walked + len);
+                break;
+            }
+            let scanned = scanner.forget_scanned();
+            held.drain(..scanned);
+            walked += scanned;
+            assert!(held.len() <= 6, "only an unfinished line is held");
+        }
+        assert_eq!(end, Some(body.len() - 4));
+    }
+
+    #[test]
+    fn bytes_missing_inside_chunk_data_keep_the_framing() {
+        let mut scanner = ChunkedScanner::default();
+        assert_eq!(scanner.advance(b"a\r\n0123", |_| {}), Ok(None));
+        scanner.forget_scanned();
+        // Four of the six remaining data bytes never arrive.
+        assert!(scanner.skip_missing(4));
+        assert_eq!(scanner.advance(b"89\r\n0\r\n\r\n", |_| {}), Ok(Some(9)));
+        let mut in_size_line = ChunkedScanner::default();
+        assert_eq!(in_size_line.advance(b"a", |_| {}), Ok(None));
+        assert!(!in_size_line.skip_missing(1));
     }
 
     #[test]
@@ -745,10 +1208,15 @@ mod tests {
     }
 
     #[test]
-    fn endless_head_is_too_large() {
+    fn endless_head_is_refused() {
         let mut head = b"GET / HTTP/1.1\r\nX-Filler: ".to_vec();
         head.resize(MAX_HEAD_BYTES + 10, b'a');
-        assert_eq!(parse_request_head(&head), Err(HttpError::HeadTooLarge));
+        assert_eq!(parse_request_head(&head), Err(HttpError::HeaderLineTooLong));
+        let many_lines = "GET / HTTP/1.1\r\n".to_owned() + &"X-A: b\r\n".repeat(5000);
+        assert_eq!(
+            parse_request_head(many_lines.as_bytes()),
+            Err(HttpError::TooManyHeaders)
+        );
     }
 
     #[test]

@@ -49,10 +49,11 @@ impl Redaction {
     /// byte. JSON fields are looked for only in bodies whose Content-Type is `application/json`
     /// or `application/*+json`.
     ///
-    /// A Content-Length body keeps its framing with the length updated. A chunked body is
-    /// re-emitted as one chunk (and no trailers) under the same head, so the head needs no
-    /// surgery and the replayer still sends it chunked, as production did; trailers are never
-    /// replayed.
+    /// Header fields are redacted wherever they are: in the head and in a chunked body's
+    /// trailer section. A Content-Length body keeps its framing with the length updated. A
+    /// chunked JSON body is re-emitted as one chunk followed by its (redacted) trailers under
+    /// the same head, so the head needs no surgery and the replayer still sends it chunked, as
+    /// production did.
     ///
     /// Err if the message cannot be parsed, or its body is declared JSON but is not valid JSON
     /// or is compressed: the caller then drops it rather than send it unredacted.
@@ -87,6 +88,7 @@ fn redact_json_body(message: &Bytes, fields: &[String]) -> Result<Bytes, RedactE
     if decoded.consumed < rest.len() {
         return Err(RedactError::TrailingBytes);
     }
+    let trailers = decoded.trailers;
     let json = decoded.body;
     let spans =
         redacted_spans(&json, fields).map_err(|offset| RedactError::InvalidJson { offset })?;
@@ -110,7 +112,8 @@ fn redact_json_body(message: &Bytes, fields: &[String]) -> Result<Bytes, RedactE
             let mut body = BytesMut::with_capacity(json.len() + 32);
             body.extend_from_slice(format!("{:x}\r\n", json.len()).as_bytes());
             body.extend_from_slice(&json);
-            body.extend_from_slice(b"\r\n0\r\n\r\n");
+            body.extend_from_slice(b"\r\n0\r\n");
+            body.extend_from_slice(&trailers);
             head.rewrite(message, |_| None, &body)?
         }
         BodyFraming::Empty | BodyFraming::UntilClose => head.rewrite(message, |_| None, &json)?,
@@ -535,14 +538,14 @@ mod tests {
     }
 
     #[test]
-    fn chunked_body_is_reemitted_as_one_chunk_without_trailers() {
+    fn chunked_body_is_reemitted_as_one_chunk_with_its_trailers() {
         let raw = Bytes::from_static(
             b"POST /c HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{\"pin\"\r\n3;ext=1\r\n:12\r\n2\r\n3}\r\n0\r\nX-Trailer: t\r\n\r\n",
         );
         let redacted = fields(&["pin"]).apply(&raw).unwrap();
         assert_eq!(
             redacted,
-            "POST /c HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n12\r\n{\"pin\":\"REDACTED\"}\r\n0\r\n\r\n"
+            "POST /c HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n12\r\n{\"pin\":\"REDACTED\"}\r\n0\r\nX-Trailer: t\r\n\r\n"
         );
         let parsed = http1::ParsedRequest::parse(&redacted).unwrap();
         assert_eq!(parsed.body, "{\"pin\":\"REDACTED\"}");
