@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tapwire_shared::http1::{self, BodyFraming, ChunkedScanner, ProtocolSwitch, RequestLineSearch};
+use tapwire_shared::http1::{
+    self, BodyFraming, ChunkedScanner, HttpError, ProtocolSwitch, RequestLineSearch,
+};
 
 use crate::metrics::DropReason;
 
@@ -107,11 +109,27 @@ enum Phase {
         scanner: ChunkedScanner,
         switch: Option<ProtocolSwitch>,
     },
+    /// A chunked request given up as too large: its body is walked by its chunk sizes as it
+    /// streams past, holding at most an unfinished chunk-size line, however large it is.
+    SkipChunked { scanner: ChunkedScanner },
     /// The stream is not HTTP/1.x (or no longer is); everything after is ignored.
     Broken,
 }
 
 /// Per-flow request cutter. Feed it in-order stream bytes with [`RequestCutter::push`].
+///
+/// Rules (the grammar's strictness is in `tapwire_shared::http1`):
+/// - A request production's server must refuse ([`HttpError::is_ambiguous_framing`]) is
+///   counted `ambiguous_framing` and ends the flow: the server closed the connection on it, so
+///   nothing pipelined after it was served. Bytes that are not HTTP/1.x at all end the flow
+///   as `malformed_http`.
+/// - A request larger than `--max-request-bytes` is skipped by its own framing (its length,
+///   or its chunk sizes), never by looking for a request line inside its body, and counted
+///   `too_large`; the next request is cut where it really starts.
+/// - `CONNECT` ends HTTP on the connection after it (a tunnel, or nginx's 400 and close).
+///   `Upgrade` does not by itself: the server may ignore it. The flow switches when production
+///   answers `101` ([`RequestCutter::switch_protocols`], with tracked responses), or when the
+///   bytes after the upgrade request are not HTTP/1.x (reported as a switch, not as malformed).
 #[derive(Debug)]
 pub struct RequestCutter {
     buffer: MessageBuffer,
@@ -119,6 +137,8 @@ pub struct RequestCutter {
     max_request_bytes: usize,
     /// A protocol switch to report right after the request that caused it.
     switched: Option<ProtocolSwitch>,
+    /// The last request asked for an upgrade and nothing has shown the server ignored it.
+    upgrade_requested: bool,
 }
 
 impl RequestCutter {
@@ -129,6 +149,7 @@ impl RequestCutter {
             phase: Phase::Head,
             max_request_bytes,
             switched: None,
+            upgrade_requested: false,
         }
     }
 
@@ -149,9 +170,21 @@ impl RequestCutter {
         matches!(self.phase, Phase::Broken)
     }
 
+    /// Production answered `101 Switching Protocols`: from now on the client speaks another
+    /// protocol, skipped. True if the flow was still being cut, so the switch is to be
+    /// reported (once).
+    pub fn switch_protocols(&mut self) -> bool {
+        if self.is_broken() {
+            return false;
+        }
+        self.phase = Phase::Broken;
+        self.buffer.clear();
+        true
+    }
+
     /// `missing` bytes of the stream will never arrive. Only the request they fall in is lost:
-    /// when its length is known the cutter skips exactly to the next request, otherwise it
-    /// resynchronises at the next request line.
+    /// when they fall inside a body of known length or inside a chunk's data, the cutter skips
+    /// exactly to the next request, otherwise it resynchronises at the next request line.
     pub fn skip_gap(&mut self, missing: u64, on_event: &mut impl FnMut(CutEvent)) {
         if matches!(self.phase, Phase::Broken | Phase::Resync) {
             return;
@@ -162,16 +195,28 @@ impl RequestCutter {
             return;
         }
         let buffered = self.buffer.bytes.len() as u64;
-        match self.phase {
+        let already_dropped = matches!(self.phase, Phase::SkipChunked { .. });
+        match std::mem::replace(&mut self.phase, Phase::Resync) {
             // The gap ends inside the current request's known length: skip to its end.
             Phase::Sized { request_len, .. } if buffered + missing < request_len as u64 => {
                 self.buffer.abandon(request_len as u64 - missing);
                 self.phase = Phase::Head;
             }
-            _ => {
+            Phase::Chunked { mut scanner, .. } | Phase::SkipChunked { mut scanner } => {
                 self.buffer.clear();
-                self.phase = Phase::Resync;
+                // Inside chunk data (all of it buffered so far examined), the chunk sizes
+                // still say where the request ends; otherwise resynchronise.
+                scanner.forget_scanned();
+                if scanner.skip_missing(missing) {
+                    self.phase = Phase::SkipChunked { scanner };
+                }
             }
+            // Where the request ends is lost with the gap: resynchronise.
+            _ => self.buffer.clear(),
+        }
+        // A request already given up was counted then.
+        if already_dropped {
+            return;
         }
         on_event(CutEvent::Dropped(DropReason::CaptureGap));
     }
@@ -232,7 +277,7 @@ impl RequestCutter {
                             },
                         }
                     }
-                    Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
+                    Err(error) => return Some(self.refuse(error)),
                 },
                 Phase::Sized {
                     request_len,
@@ -251,25 +296,49 @@ impl RequestCutter {
                 } => {
                     let (head_len, switch) = (*head_len, *switch);
                     match scanner.advance(&buffered[head_len..], |_| {}) {
+                        Ok(Some(body_len)) if head_len + body_len > self.max_request_bytes => {
+                            // Complete in one go, but too large all the same.
+                            self.buffer.bytes.advance(head_len + body_len);
+                            self.buffer.started_at_ns = now_ns;
+                            self.phase = Phase::Head;
+                            return Some(CutEvent::Dropped(DropReason::TooLarge));
+                        }
                         Ok(Some(body_len)) => {
                             return Some(self.emit(head_len + body_len, switch, now_ns));
                         }
                         Ok(None) if buffered.len() > self.max_request_bytes => {
-                            // Without a known length, skipping means finding the next request.
-                            self.buffer.clear();
-                            self.phase = Phase::Resync;
+                            // Too large to hold: walk the rest of its chunks as they pass.
+                            let mut scanner = std::mem::take(scanner);
+                            let scanned = head_len + scanner.forget_scanned();
+                            self.buffer.bytes.advance(scanned);
+                            self.phase = Phase::SkipChunked { scanner };
                             return Some(CutEvent::Dropped(DropReason::TooLarge));
                         }
                         Ok(None) => return None,
-                        Err(_) => return Some(self.enter_broken(DropReason::MalformedHttp)),
+                        Err(error) => return Some(self.refuse(error)),
                     }
                 }
+                Phase::SkipChunked { scanner } => match scanner.advance(buffered, |_| {}) {
+                    Ok(Some(body_len)) => {
+                        self.buffer.bytes.advance(body_len);
+                        // What is left started arriving with the latest bytes.
+                        self.buffer.started_at_ns = now_ns;
+                        self.phase = Phase::Head;
+                    }
+                    Ok(None) => {
+                        let scanned = scanner.forget_scanned();
+                        self.buffer.bytes.advance(scanned);
+                        return None;
+                    }
+                    Err(error) => return Some(self.refuse(error)),
+                },
                 Phase::Broken => return None,
             }
         }
     }
 
-    /// Emits the complete request; a protocol switch ends HTTP on this connection after it.
+    /// Emits the complete request. `CONNECT` ends HTTP on this connection after it; `Upgrade`
+    /// is remembered until the next request shows the server ignored it.
     fn emit(
         &mut self,
         request_len: usize,
@@ -278,16 +347,33 @@ impl RequestCutter {
     ) -> CutEvent {
         let (bytes, started_at_ns) = self.buffer.take(request_len, now_ns);
         self.phase = Phase::Head;
-        if let Some(switch) = switch {
-            // What follows is another protocol: skip it, and report the switch.
+        self.upgrade_requested = switch == Some(ProtocolSwitch::Upgrade);
+        if switch == Some(ProtocolSwitch::Connect) {
+            // What follows is a tunnel: skip it, and report the switch.
             self.phase = Phase::Broken;
             self.buffer.clear();
-            self.switched = Some(switch);
+            self.switched = Some(ProtocolSwitch::Connect);
         }
         CutEvent::Request {
             bytes,
             started_at_ns,
         }
+    }
+
+    /// The bytes at the front cannot be cut: the rest of the stream is skipped. After an
+    /// upgrade request that is the new protocol starting (a switch); otherwise a request the
+    /// server refused and closed on, or bytes that are not HTTP/1.x at all.
+    fn refuse(&mut self, error: HttpError) -> CutEvent {
+        if self.upgrade_requested {
+            self.phase = Phase::Broken;
+            self.buffer.clear();
+            return CutEvent::Switched(ProtocolSwitch::Upgrade);
+        }
+        self.enter_broken(if error.is_ambiguous_framing() {
+            DropReason::AmbiguousFraming
+        } else {
+            DropReason::MalformedHttp
+        })
     }
 
     /// The rest of the stream is skipped; returns the drop that caused it.
@@ -316,7 +402,11 @@ impl Cutter for RequestCutter {
         RequestCutter::buffered_bytes(self)
     }
     fn has_partial_message(&self) -> bool {
-        !self.buffer.bytes.is_empty() && !matches!(self.phase, Phase::Resync | Phase::Broken)
+        !self.buffer.bytes.is_empty()
+            && !matches!(
+                self.phase,
+                Phase::Resync | Phase::Broken | Phase::SkipChunked { .. }
+            )
     }
 }
 
@@ -328,6 +418,8 @@ pub enum ResponseEvent {
         bytes: Bytes,
         started_at_ns: u64,
         completed_at_ns: u64,
+        /// `101 Switching Protocols`: neither side speaks HTTP/1.x after it.
+        switches: bool,
     },
     /// A response was given up (or all further ones: the stream is then broken).
     Dropped(DropReason),
@@ -428,11 +520,14 @@ impl ResponseCutter {
                     if buffered.len() < response_len {
                         return None;
                     }
-                    let event = self.emit(response_len, now_ns);
+                    let mut event = self.emit(response_len, now_ns);
                     if switches {
                         // 101 Switching Protocols: what follows is not HTTP/1.x.
                         self.phase = ResponsePhase::Broken;
                         self.buffer.clear();
+                        if let ResponseEvent::Response { switches, .. } = &mut event {
+                            *switches = true;
+                        }
                     }
                     return Some(event);
                 }
@@ -462,6 +557,7 @@ impl ResponseCutter {
             bytes,
             started_at_ns,
             completed_at_ns: now_ns,
+            switches: false,
         }
     }
 
@@ -690,13 +786,137 @@ mod tests {
         assert_eq!(events.len(), 1, "{events:?}");
     }
 
+    const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: prod\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
     #[test]
-    fn upgrade_request_is_kept_and_the_rest_of_the_flow_skipped() {
-        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        let events = cut_all(&[upgrade, b"\x81\x85binary websocket frames", GET]);
-        assert_eq!(requests(&events), [upgrade.as_slice()]);
+    fn upgrade_followed_by_another_protocol_is_a_switch_not_malformed() {
+        let events = cut_all(&[UPGRADE, b"\x81\x85binary websocket frames", GET]);
+        assert_eq!(requests(&events), [UPGRADE]);
         assert_eq!(events[1], CutEvent::Switched(ProtocolSwitch::Upgrade));
         assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn upgrade_the_server_ignored_keeps_the_flow_http() {
+        let events = cut_all(&[UPGRADE, GET, POST]);
+        assert_eq!(requests(&events), [UPGRADE, GET, POST]);
+        assert_eq!(events.len(), 3, "{events:?}");
+        // Once a request followed, bytes that are not HTTP are malformed again.
+        let events = cut_all(&[UPGRADE, GET, b"\x81\x85frames\r\n\r\n"]);
+        assert_eq!(
+            events.last(),
+            Some(&CutEvent::Dropped(DropReason::MalformedHttp))
+        );
+    }
+
+    #[test]
+    fn a_101_switches_the_flow_even_if_what_follows_looks_like_http() {
+        let mut cutter = RequestCutter::new(MAX);
+        let mut events = Vec::new();
+        cutter.push(UPGRADE, 0, &mut |e| events.push(e));
+        assert!(cutter.switch_protocols());
+        assert!(!cutter.switch_protocols(), "reported once");
+        cutter.push(GET, 1, &mut |e| events.push(e));
+        assert_eq!(requests(&events), [UPGRADE]);
+        assert!(cutter.is_broken());
+    }
+
+    #[test]
+    fn connect_ends_http_on_the_connection() {
+        let connect = b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n";
+        let events = cut_all(&[connect, GET]);
+        assert_eq!(requests(&events), [connect.as_slice()]);
+        assert_eq!(events[1], CutEvent::Switched(ProtocolSwitch::Connect));
+        assert_eq!(events.len(), 2);
+    }
+
+    /// Requests nginx refuses and closes the connection on (each checked against nginx 1.22).
+    const SMUGGLING: &[&[u8]] = &[
+        b"POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /s HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST /s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /s HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\nabc",
+        b"POST /s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n",
+        b"POST /s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+    ];
+
+    #[test]
+    fn smuggling_shapes_end_the_flow_as_ambiguous_framing() {
+        for shape in SMUGGLING {
+            let stream = [shape, GET].concat();
+            for split in [1, shape.len() / 2, shape.len(), stream.len() - 1] {
+                let (first, second) = stream.split_at(split);
+                assert_eq!(
+                    cut_all(&[first, second]),
+                    [CutEvent::Dropped(DropReason::AmbiguousFraming)],
+                    "{} split at {split}",
+                    String::from_utf8_lossy(shape)
+                );
+            }
+        }
+        let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(10 * 1024));
+        assert_eq!(
+            cut_all(&[long_line.as_bytes(), GET]),
+            [CutEvent::Dropped(DropReason::AmbiguousFraming)]
+        );
+    }
+
+    /// A chunked upload whose data carries request lines, larger than `max`.
+    fn upload_with_embedded_requests(chunks: usize) -> Vec<u8> {
+        let mut upload = b"POST /upload HTTP/1.1\r\nHost: prod\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let data = b"GET /embedded HTTP/1.1\r\nHost: prod\r\n\r\n";
+        for _ in 0..chunks {
+            upload.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            upload.extend_from_slice(data);
+            upload.extend_from_slice(b"\r\n");
+        }
+        upload.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+        upload
+    }
+
+    #[test]
+    fn oversized_chunked_upload_is_skipped_by_its_chunks_not_searched() {
+        let stream = [upload_with_embedded_requests(100).as_slice(), GET].concat();
+        for segment in [1, 7, 100, 1448, stream.len()] {
+            let mut cutter = RequestCutter::new(256);
+            let mut events = Vec::new();
+            let mut most_held = 0;
+            for piece in stream.chunks(segment) {
+                cutter.push(piece, 0, &mut |e| events.push(e));
+                most_held = most_held.max(cutter.buffered_bytes());
+            }
+            assert_eq!(
+                events,
+                [
+                    CutEvent::Dropped(DropReason::TooLarge),
+                    CutEvent::Request {
+                        bytes: Bytes::from_static(GET),
+                        started_at_ns: 0
+                    }
+                ],
+                "segments of {segment}"
+            );
+            assert!(most_held <= 256 + segment, "held {most_held}");
+        }
+    }
+
+    #[test]
+    fn gap_inside_chunk_data_costs_only_that_request() {
+        let upload = upload_with_embedded_requests(3);
+        let lost = 80..90; // inside the second chunk's data
+        let mut cutter = RequestCutter::new(MAX);
+        let mut events = Vec::new();
+        cutter.push(&upload[..lost.start], 0, &mut |e| events.push(e));
+        cutter.skip_gap(lost.len() as u64, &mut |e| events.push(e));
+        cutter.push(&[&upload[lost.end..], GET].concat(), 1, &mut |e| {
+            events.push(e)
+        });
+        assert_eq!(events[0], CutEvent::Dropped(DropReason::CaptureGap));
+        assert_eq!(requests(&events), [GET]);
+        assert_eq!(events.len(), 2, "{events:?}");
     }
 
     fn responses(cutter: &mut ResponseCutter, chunks: &[&[u8]]) -> Vec<ResponseEvent> {
@@ -758,7 +978,8 @@ mod tests {
             [ResponseEvent::Response {
                 bytes: Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\nall of this"),
                 started_at_ns: 0,
-                completed_at_ns: 99
+                completed_at_ns: 99,
+                switches: false,
             }]
         );
     }

@@ -44,10 +44,15 @@ pub enum DropReason {
     FileFull,
     /// A file (or stdout) output could not be written.
     FileError,
+    /// A request whose framing or size production's server must refuse and close on (both
+    /// Content-Length and Transfer-Encoding, a coding other than chunked, repeated framing
+    /// headers, a request line or head past the limits...): it and the rest of its connection
+    /// are not replayed, since production never served what followed.
+    AmbiguousFraming,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::QueueFull,
         DropReason::MalformedHttp,
         DropReason::TooLarge,
@@ -62,6 +67,7 @@ impl DropReason {
         DropReason::Unredactable,
         DropReason::FileFull,
         DropReason::FileError,
+        DropReason::AmbiguousFraming,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +86,7 @@ impl DropReason {
             DropReason::Unredactable => "unredactable",
             DropReason::FileFull => "file_full",
             DropReason::FileError => "file_error",
+            DropReason::AmbiguousFraming => "ambiguous_framing",
         }
     }
 

@@ -211,13 +211,15 @@ impl Reassembler {
             }
             Direction::Response => {
                 let Flow {
+                    requests,
                     responses,
                     unanswered,
                     ..
                 } = flow;
                 if let Some(responses) = responses {
-                    let mut on_response =
-                        |event| handle_response_event(event, key, unanswered, observer);
+                    let mut on_response = |event| {
+                        handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
+                    };
                     let seq = segment.seq.wrapping_add(u32::from(segment.syn));
                     responses.take(seq, segment, now_ns, &limits, &mut on_response);
                 }
@@ -276,7 +278,7 @@ impl Reassembler {
             });
             if let Some(responses) = responses {
                 responses.expire_hole(now_ns, &limits, &mut |event| {
-                    handle_response_event(event, key, unanswered, observer)
+                    handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
                 });
             }
             self.buffered_bytes = self.buffered_bytes + flow.buffered() - before;
@@ -320,7 +322,7 @@ impl Reassembler {
         });
         if let Some(responses) = responses {
             responses.close(now_ns, &mut |event| {
-                handle_response_event(event, key, unanswered, observer)
+                handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
             });
         }
     }
@@ -410,10 +412,12 @@ fn handle_request_event(
     observer.event(key, event);
 }
 
-/// A response cut from the server's stream, paired with the oldest unanswered request.
+/// A response cut from the server's stream, paired with the oldest unanswered request. A
+/// `101` switches the client's side of the connection to the new protocol too.
 fn handle_response_event(
     event: ResponseEvent,
     key: FlowKey,
+    requests: &mut RequestCutter,
     unanswered: &mut VecDeque<(u64, u64)>,
     observer: &mut impl FlowObserver,
 ) {
@@ -422,16 +426,22 @@ fn handle_response_event(
             bytes,
             started_at_ns,
             completed_at_ns,
-        } => match unanswered.pop_front() {
-            Some((request_id, request_started_ns)) => FlowEvent::Response {
-                request_id,
-                bytes,
-                started_at_ns,
-                latency_ns: completed_at_ns.saturating_sub(request_started_ns),
-            },
-            // A response to a request we did not capture.
-            None => FlowEvent::ResponseDropped(DropReason::Unpaired),
-        },
+            switches,
+        } => {
+            if switches && requests.switch_protocols() {
+                observer.event(key, FlowEvent::Switched(ProtocolSwitch::Upgrade));
+            }
+            match unanswered.pop_front() {
+                Some((request_id, request_started_ns)) => FlowEvent::Response {
+                    request_id,
+                    bytes,
+                    started_at_ns,
+                    latency_ns: completed_at_ns.saturating_sub(request_started_ns),
+                },
+                // A response to a request we did not capture.
+                None => FlowEvent::ResponseDropped(DropReason::Unpaired),
+            }
+        }
         ResponseEvent::Dropped(reason) => {
             // Pairing by order is lost: forget what was waiting.
             unanswered.clear();
