@@ -255,10 +255,18 @@ impl RequestCutter {
                         let switch = head.switch;
                         self.phase = match head.framing {
                             // A request body is never delimited by the close.
-                            BodyFraming::Empty | BodyFraming::UntilClose => Phase::Sized {
-                                request_len: head.len,
-                                switch,
-                            },
+                            BodyFraming::Empty | BodyFraming::UntilClose
+                                if head.len <= self.max_request_bytes =>
+                            {
+                                Phase::Sized {
+                                    request_len: head.len,
+                                    switch,
+                                }
+                            }
+                            BodyFraming::Empty | BodyFraming::UntilClose => {
+                                self.buffer.abandon(head.len as u64);
+                                return Some(CutEvent::Dropped(DropReason::TooLarge));
+                            }
                             BodyFraming::Length(body_len) => {
                                 let request_len = (head.len as u64).saturating_add(body_len);
                                 if request_len > self.max_request_bytes as u64 {
@@ -360,11 +368,11 @@ impl RequestCutter {
         }
     }
 
-    /// The bytes at the front cannot be cut: the rest of the stream is skipped. After an
-    /// upgrade request that is the new protocol starting (a switch); otherwise a request the
-    /// server refused and closed on, or bytes that are not HTTP/1.x at all.
+    /// The bytes at the front cannot be cut: the rest of the stream is skipped. A request the
+    /// server refused and closed on, or bytes that are not HTTP/1.x at all: after an upgrade
+    /// request, those are the new protocol starting (a switch).
     fn refuse(&mut self, error: HttpError) -> CutEvent {
-        if self.upgrade_requested {
+        if self.upgrade_requested && !error.is_ambiguous_framing() {
             self.phase = Phase::Broken;
             self.buffer.clear();
             return CutEvent::Switched(ProtocolSwitch::Upgrade);

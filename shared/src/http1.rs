@@ -134,6 +134,10 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
         Ok(status) => status,
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(error) if request.version.is_some() => return Err(HttpError::MalformedHeaders(error)),
+        // The error lies past the longest request line: had the bytes arrived in pieces, the
+        // line would have been refused as too long first, and the verdict must not depend on
+        // how the bytes were segmented.
+        Err(_) if request_line_outgrows_limit(buf) => return Err(HttpError::RequestLineTooLong),
         Err(error) => return Err(HttpError::MalformedHead(error)),
     };
     let head_len = match status {
@@ -160,6 +164,16 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
         framing: request_framing(request.version == Some(0), request.headers)?,
         switch,
     }))
+}
+
+/// Whether the first [`MAX_REQUEST_LINE_BYTES`] + 1 bytes of `buf` are a request line still
+/// unfinished and valid so far.
+fn request_line_outgrows_limit(buf: &[u8]) -> bool {
+    let Some(prefix) = buf.get(..=MAX_REQUEST_LINE_BYTES) else {
+        return false;
+    };
+    let mut request = httparse::Request::new(&mut []);
+    matches!(request.parse(prefix), Ok(httparse::Status::Partial))
 }
 
 /// Whether `head` (complete, or as much of it as has arrived) fits the header buffers of a
