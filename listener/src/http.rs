@@ -874,7 +874,8 @@ mod tests {
 
     /// A chunked upload whose data carries request lines, larger than `max`.
     fn upload_with_embedded_requests(chunks: usize) -> Vec<u8> {
-        let mut upload = b"POST /upload HTTP/1.1\r\nHost: prod\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut upload =
+            b"POST /upload HTTP/1.1\r\nHost: prod\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let data = b"GET /embedded HTTP/1.1\r\nHost: prod\r\n\r\n";
         for _ in 0..chunks {
             upload.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());

@@ -218,7 +218,13 @@ impl Reassembler {
                 } = flow;
                 if let Some(responses) = responses {
                     let mut on_response = |event| {
-                        handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
+                        handle_response_event(
+                            event,
+                            key,
+                            &mut requests.cutter,
+                            unanswered,
+                            observer,
+                        )
                     };
                     let seq = segment.seq.wrapping_add(u32::from(segment.syn));
                     responses.take(seq, segment, now_ns, &limits, &mut on_response);

@@ -149,8 +149,16 @@ fn is_one_complete_request(bytes: &Bytes) -> bool {
         .is_ok_and(|body| head.len + body.consumed == bytes.len())
 }
 
+/// `PROPTEST_CASES` when set (the long runs of `bench/fuzz.sh`), else `short` cases.
+fn cases(short: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(short)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(cases(256)))]
 
     #[test]
     fn any_segmentation_gives_the_same_events_and_only_whole_requests(

@@ -1088,7 +1088,10 @@ mod tests {
         );
         let with_header = |len: usize| {
             let pad = len - b"X-Big: \r\n".len();
-            format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(pad))
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(pad)
+            )
         };
         assert!(parse_request_head(with_header(8192).as_bytes()).is_ok());
         assert_eq!(
@@ -1166,9 +1169,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nSet-Cookie: REDACTED\r\n\r\n"
         );
         // A chunked body that cannot be walked to its trailers is refused, never sent as is.
-        let broken = Bytes::from_static(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        );
+        let broken =
+            Bytes::from_static(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
         assert!(redact_headers(&broken, &["authorization".to_owned()]).is_err());
     }
 

@@ -88,8 +88,16 @@ fn json_like_text() -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
+/// `PROPTEST_CASES` when set (the long runs of `bench/fuzz.sh`), else `short` cases.
+fn cases(short: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(short)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases(512)))]
 
     #[test]
     fn redacted_json_parses_to_the_same_value_but_the_named_members(

@@ -28,7 +28,8 @@ async fn send_raw(production: SocketAddr, bytes: &[u8]) {
 
 /// A valid request carrying sequence number `sequence`.
 fn numbered_get(path: &str, sequence: u64) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: prod\r\n{SEQUENCE_HEADER}: {sequence}\r\n\r\n").into_bytes()
+    format!("GET {path} HTTP/1.1\r\nHost: prod\r\n{SEQUENCE_HEADER}: {sequence}\r\n\r\n")
+        .into_bytes()
 }
 
 /// Requests nginx 1.22 answers with 400, 414 or 501 and then closes the connection on
@@ -76,7 +77,10 @@ fn smuggling_shapes() -> Vec<(&'static str, Vec<u8>)> {
         .into_iter()
         .map(|(name, bytes)| (name, bytes.to_vec()))
         .collect();
-    let long_line = format!("GET /{} HTTP/1.1\r\nHost: prod\r\n\r\n", "a".repeat(10 * 1024));
+    let long_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: prod\r\n\r\n",
+        "a".repeat(10 * 1024)
+    );
     shapes.push(("10 KiB request line", long_line.into_bytes()));
     shapes
 }
