@@ -38,6 +38,7 @@ pub mod sample;
 pub mod sink;
 pub mod source;
 pub mod target;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
