@@ -487,10 +487,12 @@ pub fn parse_target_url(text: &str) -> Result<Uri, String> {
         return Err("expected http://host:port".into());
     };
     if authority.as_str().contains('@') {
-        return Err("credentials do not belong in a target URL (they would show in metrics and \
+        return Err(
+            "credentials do not belong in a target URL (they would show in metrics and \
              logs); send them as a header instead, e.g. --set-header 'Authorization: Basic ...' \
              or `set_headers` in the target's [target.rewrites]"
-            .into());
+                .into(),
+        );
     }
     if authority.host().is_empty() {
         return Err("a target URL needs a host: expected http://host:port".into());

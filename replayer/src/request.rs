@@ -265,7 +265,8 @@ impl ReplayRequest {
             layout
                 .fields
                 .last()
-                .map_or(layout.line_tail.end, |field| field.line.end)..layout.body.start,
+                .map_or(layout.line_tail.end, |field| field.line.end)
+                ..layout.body.start,
         );
         let mut identity = Xxh3::new();
         identity.update(listener_id.as_bytes());
@@ -387,7 +388,10 @@ pub(crate) mod tests {
         let captured = "GET / HTTP/1.1\r\nX-Empty:\r\nX-Blank:   \r\nHost: a\r\n\r\n";
         let replay = request(captured);
         assert_eq!(replay.header("x-empty"), Some(&b""[..]));
-        assert_eq!(wire(&replay, HostRule::Replace(b"b")), captured.replace("Host: a", "Host: b"));
+        assert_eq!(
+            wire(&replay, HostRule::Replace(b"b")),
+            captured.replace("Host: a", "Host: b")
+        );
     }
 
     #[test]

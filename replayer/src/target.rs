@@ -261,7 +261,10 @@ impl RequestSender {
                 }
                 other => other,
             };
-            if !response.as_ref().is_ok_and(|r| r.persists && replay.persists) {
+            if !response
+                .as_ref()
+                .is_ok_and(|r| r.persists && replay.persists)
+            {
                 *connection = None;
             }
             response
@@ -293,6 +296,11 @@ impl RequestSender {
         replay: &ReplayRequest,
         keep: bool,
     ) -> Result<TargetResponse, ExchangeError> {
+        if let Some(upstream) = connection
+            && upstream.went_away().await
+        {
+            *connection = None;
+        }
         let upstream = match connection {
             Some(upstream) => upstream,
             None => connection.insert(self.connect().await?),

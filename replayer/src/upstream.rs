@@ -8,10 +8,14 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 use tapwire_shared::http1::{
     BodyFraming, ChunkedScanner, HttpError, TargetResponseHead, parse_target_response_head,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Largest target response (head and body as received) kept for the observers (`--record`, the
 /// middleware); a larger one is read to its end but not kept.
@@ -20,6 +24,9 @@ pub const MAX_KEPT_RESPONSE: usize = 16 << 20;
 const COPIED_BODY: usize = 16 << 10;
 /// Read buffer growth: one read takes at most this much.
 const READ_CHUNK: usize = 16 << 10;
+/// A connection idle for this long is checked for a close by the target before it is used:
+/// servers close idle connections after seconds (nginx: 75 s), and checking costs a syscall.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A target's answer to one request.
 #[derive(Debug)]
@@ -57,6 +64,8 @@ pub struct Upstream<S> {
     outgoing: Vec<u8>,
     /// Responses read on it: a connection that carried one has been idle in between.
     exchanges: u64,
+    /// When its last response ended.
+    idle_since: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Upstream<S> {
@@ -66,7 +75,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upstream<S> {
             received: BytesMut::with_capacity(READ_CHUNK),
             outgoing: Vec::with_capacity(1024),
             exchanges: 0,
+            idle_since: Instant::now(),
         }
+    }
+
+    /// Whether the target closed this connection (or sent something unasked) while it was
+    /// idle long enough for that to be likely; checked without waiting.
+    pub async fn went_away(&mut self) -> bool {
+        if self.idle_since.elapsed() < IDLE_CHECK {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let stream = &mut self.stream;
+        std::future::poll_fn(|cx| {
+            let mut probe = ReadBuf::new(&mut probe);
+            match Pin::new(&mut *stream).poll_read(cx, &mut probe) {
+                Poll::Pending => Poll::Ready(false),
+                // The end of the stream, an error, or bytes no request asked for.
+                Poll::Ready(_) => Poll::Ready(true),
+            }
+        })
+        .await
     }
 
     /// Whether this connection has carried a request before (so may have gone stale).
@@ -88,12 +117,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upstream<S> {
         answers_head: bool,
         keep: bool,
     ) -> Result<TargetResponse, ExchangeError> {
-        self.send(body).await.map_err(|cause| ExchangeError::Closed {
-            answered_nothing: true,
-            cause: Some(cause),
-        })?;
+        self.send(body)
+            .await
+            .map_err(|cause| ExchangeError::Closed {
+                answered_nothing: true,
+                cause: Some(cause),
+            })?;
         let response = self.read_response(answers_head, keep).await?;
         self.exchanges += 1;
+        self.idle_since = Instant::now();
         Ok(response)
     }
 
@@ -281,7 +313,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_request_is_sent_as_written() {
-        let (_, received) = exchange(GET, false, &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
+        let (_, received) =
+            exchange(GET, false, &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
         assert_eq!(received, GET);
     }
 
@@ -290,7 +323,11 @@ mod tests {
         let response = ok(exchange(
             GET,
             false,
-            &[b"HTTP/1.1 200 OK\r\nCont", b"ent-Length: 5\r\n\r\nhe", b"llo"],
+            &[
+                b"HTTP/1.1 200 OK\r\nCont",
+                b"ent-Length: 5\r\n\r\nhe",
+                b"llo",
+            ],
             false,
         )
         .await);
@@ -354,7 +391,10 @@ mod tests {
         )
         .await);
         assert!(!response.persists);
-        assert_eq!(response.raw.unwrap(), &b"HTTP/1.0 200 OK\r\n\r\nall of this"[..]);
+        assert_eq!(
+            response.raw.unwrap(),
+            &b"HTTP/1.0 200 OK\r\n\r\nall of this"[..]
+        );
     }
 
     #[tokio::test]
@@ -391,6 +431,16 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_noticed() {
+        let (near, far) = tokio::io::duplex(64);
+        let mut upstream = Upstream::new(near);
+        upstream.idle_since -= IDLE_CHECK;
+        assert!(!upstream.went_away().await, "open and quiet");
+        drop(far);
+        assert!(upstream.went_away().await);
     }
 
     #[tokio::test]

@@ -607,7 +607,8 @@ pub fn request_layout(raw: &[u8]) -> Result<RequestLayout, HttpError> {
         httparse::Status::Partial => return Err(HttpError::Truncated),
     };
     let head = &raw[..head_len];
-    let span = |part: &[u8]| span_in(head, part).ok_or(HttpError::MalformedHead(httparse::Error::Token));
+    let span =
+        |part: &[u8]| span_in(head, part).ok_or(HttpError::MalformedHead(httparse::Error::Token));
     let method = span(request.method.unwrap_or_default().as_bytes())?;
     let target = span(request.path.unwrap_or_default().as_bytes())?;
     let request_line_end = line_end(head, target.end);

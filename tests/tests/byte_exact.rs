@@ -75,10 +75,17 @@ async fn assert_received_exactly(target: &RawServer, cases: &[Case]) {
             .filter(|request| {
                 let line_end = request.iter().position(|&b| b == b'\n').unwrap_or(0);
                 let line = String::from_utf8_lossy(&request[..line_end]);
-                line.contains(&format!("{}?", case.path)) || line.contains(&format!("{} ", case.path))
+                line.contains(&format!("{}?", case.path))
+                    || line.contains(&format!("{} ", case.path))
             })
             .collect();
-        assert_eq!(copies.len(), 1, "{} arrived {} times", case.path, copies.len());
+        assert_eq!(
+            copies.len(),
+            1,
+            "{} arrived {} times",
+            case.path,
+            copies.len()
+        );
         let expected = case.expected.replace("{target}", &target.authority());
         assert_eq!(
             String::from_utf8_lossy(copies[0]),
@@ -185,7 +192,10 @@ fn target_urls_without_a_host_or_with_credentials_are_refused() {
     assert_eq!(code, 2, "{message}");
     assert!(message.contains("target[0].url"), "{message}");
     assert!(message.contains("credentials"), "{message}");
-    assert!(message.contains("--set-header"), "says where they go: {message}");
+    assert!(
+        message.contains("--set-header"),
+        "says where they go: {message}"
+    );
     assert!(!message.contains("secret"), "{message}");
     for url in ["http://:8080", "http://staging:", "http://staging:0"] {
         let (code, message) = check_target(url);
