@@ -470,7 +470,10 @@ pub enum Timing {
     Original,
 }
 
-/// Parses `http://host:port` (no path or query): where a target's requests go.
+/// Parses a target URL into `http://host:port`, the port made explicit (80 when the URL gives
+/// none): where a target's requests go, and its name in metrics and logs. A path or query is
+/// refused (the captured path and query are what is sent), and so are credentials: they would
+/// end up in metric labels and logs, and a target would not be sent them anyway.
 pub fn parse_target_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
@@ -480,13 +483,33 @@ pub fn parse_target_url(text: &str) -> Result<Uri, String> {
         Some("https") => return Err("https targets are not supported yet; use http://".into()),
         _ => return Err("expected http://host:port".into()),
     }
-    if uri.authority().is_none() {
+    let Some(authority) = uri.authority() else {
         return Err("expected http://host:port".into());
+    };
+    if authority.as_str().contains('@') {
+        return Err(
+            "credentials do not belong in a target URL (they would show in metrics and \
+             logs); send them as a header instead, e.g. --set-header 'Authorization: Basic ...' \
+             or `set_headers` in the target's [target.rewrites]"
+                .into(),
+        );
+    }
+    if authority.host().is_empty() {
+        return Err("a target URL needs a host: expected http://host:port".into());
+    }
+    if authority.as_str().ends_with(':') {
+        return Err("empty port: expected http://host:port (or http://host for port 80)".into());
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err("a target is host:port only; the captured path and query are kept".into());
     }
-    Ok(uri)
+    let port = authority.port_u16().unwrap_or(80);
+    if port == 0 {
+        return Err("port 0 is not a port a target can listen on".into());
+    }
+    format!("http://{}:{port}", authority.host())
+        .parse()
+        .map_err(|error| format!("not a URL ({error}); expected http://host:port"))
 }
 
 /// Parses `"10%"` into 10.0.
@@ -521,6 +544,20 @@ mod tests {
         assert!(parse_target_url("https://staging").is_err());
         assert!(parse_target_url("http://staging/prefix").is_err());
         assert!(parse_target_url("staging:8080").is_err());
+    }
+
+    #[test]
+    fn target_urls_name_their_port_and_carry_no_credentials() {
+        let url = |text| parse_target_url(text).map(|uri| uri.to_string());
+        assert_eq!(url("http://127.0.0.1").unwrap(), "http://127.0.0.1:80/");
+        assert_eq!(url("http://[::1]:8080").unwrap(), "http://[::1]:8080/");
+        let credentials = url("http://user:pw@staging:8080").unwrap_err();
+        assert!(credentials.contains("set-header"), "{credentials}");
+        assert!(!credentials.contains("pw"), "{credentials}");
+        assert!(url("http://user@staging:8080").is_err());
+        assert!(url("http://:8080").is_err());
+        assert!(url("http://staging:").is_err());
+        assert!(url("http://staging:0").is_err());
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Dispatch for FanOut {
         }
         if !self.rewrites.is_empty() {
             self.rewrites
-                .apply(&mut request.path_and_query, &mut request.headers);
+                .apply(&mut request.path_and_query, &mut request.fields);
             request.host_override = self.rewrites.host().cloned();
         }
         request.batch = Some(Arc::clone(batch));

@@ -2,7 +2,7 @@
 //! names the [`FilterRule`] that made it, so each filtered request is counted by rule.
 
 use base64::Engine;
-use http::{HeaderName, header};
+use http::HeaderName;
 use regex::Regex;
 
 use tapwire_shared::config::ConfigError;
@@ -94,9 +94,8 @@ impl Filters {
             return Err(FilterRule::DenyUrl);
         }
         let host = request
-            .headers
-            .get(header::HOST)
-            .and_then(|value| value.to_str().ok())
+            .header("host")
+            .and_then(|value| std::str::from_utf8(value).ok())
             .unwrap_or_default();
         if !self.allow_host.is_empty() && !self.allow_host.iter().any(|r| r.is_match(host)) {
             return Err(FilterRule::AllowHost);
@@ -106,10 +105,8 @@ impl Filters {
         }
         let header_matches = |(name, value): &(HeaderName, Regex)| {
             request
-                .headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| value.is_match(v)))
+                .header_values(name.as_str())
+                .any(|v| std::str::from_utf8(v).is_ok_and(|v| value.is_match(v)))
         };
         if !self.allow_header.iter().all(header_matches) {
             return Err(FilterRule::AllowHeader);
@@ -128,7 +125,7 @@ impl Filters {
 
 /// The decoded `user:password` of a Basic Authorization header.
 fn basic_credentials(request: &ReplayRequest) -> Option<String> {
-    let value = request.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = std::str::from_utf8(request.header("authorization")?).ok()?;
     let encoded = value
         .strip_prefix("Basic ")
         .or_else(|| value.strip_prefix("basic "))?;

@@ -10,8 +10,9 @@
 //! - [`fanout`]: each record parsed once into a [`request::ReplayRequest`]; global [`filter`]s,
 //!   admission [`rate`] and [`rewrite`]s; offered to every [`sink`].
 //! - [`target`]: a sink per staging target: its own filters, [`sample`]r and rate, bounded
-//!   queue, concurrency-limited hyper client, preserved sessions. [`print`] is the sink that
-//!   shows requests instead.
+//!   queue, workers each with an [`upstream`] HTTP/1 connection that writes the captured
+//!   request byte for byte, preserved sessions. [`print`] is the sink that shows requests
+//!   instead.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
 //! reason a request is not replayed, [`metrics`] the counters that account for every request,
@@ -38,6 +39,7 @@ pub mod sample;
 pub mod sink;
 pub mod source;
 pub mod target;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,17 +13,20 @@ pub enum TargetDropReason {
     ConnectError,
     /// No complete response within `--timeout`.
     Timeout,
-    /// The connection failed mid-exchange or the response was not valid HTTP.
+    /// The response was not valid HTTP (or its head was over 64 KiB).
     HttpError,
+    /// The target closed or reset the connection before its response was complete.
+    ConnectionClosed,
 }
 
 impl TargetDropReason {
-    pub const ALL: [TargetDropReason; 5] = [
+    pub const ALL: [TargetDropReason; 6] = [
         TargetDropReason::RateLimited,
         TargetDropReason::TargetQueueFull,
         TargetDropReason::ConnectError,
         TargetDropReason::Timeout,
         TargetDropReason::HttpError,
+        TargetDropReason::ConnectionClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl TargetDropReason {
             TargetDropReason::ConnectError => "connect_error",
             TargetDropReason::Timeout => "timeout",
             TargetDropReason::HttpError => "http_error",
+            TargetDropReason::ConnectionClosed => "connection_closed",
         }
     }
 }

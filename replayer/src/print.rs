@@ -6,12 +6,11 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use http::header;
 use tapwire_runtime::gor_output::{Destination, GorOutput, GorOutputSettings, OutputDone};
 use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
 
 use crate::metrics::ReplayerMetrics;
-use crate::request::ReplayRequest;
+use crate::request::{HostRule, ReplayRequest};
 use crate::sink::ReplaySink;
 
 /// Message bytes waiting to be printed at most.
@@ -50,33 +49,14 @@ impl ReplaySink for PrintSink {
     }
 }
 
-/// The request as a target would get it (but for the target's own rewrites and Host): its
-/// body whole, with its length.
+/// The request as a target would get it, but for the target's own rewrites and Host.
 fn as_sent(request: &ReplayRequest) -> BytesMut {
     let mut out = BytesMut::with_capacity(256 + request.body.len());
-    out.put_slice(request.method.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(request.path_and_query.as_str().as_bytes());
-    out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &request.headers {
-        let replaced = name == header::HOST && request.host_override.is_some();
-        if replaced || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    if let Some(host) = &request.host_override {
-        out.put_slice(b"host: ");
-        out.put_slice(host.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    if !request.body.is_empty() {
-        out.put_slice(format!("content-length: {}\r\n", request.body.len()).as_bytes());
-    }
-    out.put_slice(b"\r\n");
+    let host = match &request.host_override {
+        Some(host) => HostRule::Set(host),
+        None => HostRule::Keep,
+    };
+    request.write_head(&mut out, &request.path_and_query, &request.fields, host);
     out.put_slice(&request.body);
     out
 }

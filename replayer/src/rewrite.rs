@@ -1,31 +1,40 @@
 //! Rewrites: how a request is changed before a target gets it: the URL by regex with capture
 //! groups, headers set, removed or redacted, query parameters set, the Host overridden.
-//! Compiled once from [`RewriteSettings`].
+//! Compiled once from [`RewriteSettings`]. A header rewrite replaces whole lines
+//! ([`HeaderField`]) and leaves every other line as captured: a set header takes the place of
+//! the first line of that name (the others go), or comes last; a redacted one keeps its name
+//! as captured.
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
 use tapwire_shared::config::ConfigError;
 
 use crate::config::RewriteSettings;
+use crate::request::HeaderField;
 
 /// What a redacted header's value becomes: the same marker the listener writes.
-const REDACTED: HeaderValue = HeaderValue::from_static(tapwire_shared::http1::REDACTED);
+const REDACTED: &[u8] = tapwire_shared::http1::REDACTED.as_bytes();
 
 /// Compiled rewrites, applied in a fixed order: URL, query, then headers.
 #[derive(Debug, Clone, Default)]
 pub struct Rewrites {
     url: Vec<(Regex, String)>,
     set_query: Vec<(String, String)>,
-    set_headers: Vec<(HeaderName, HeaderValue)>,
-    remove_headers: Vec<HeaderName>,
-    redact_headers: Vec<HeaderName>,
-    host: Option<HeaderValue>,
+    /// Names as configured: a set header is written with this case.
+    set_headers: Vec<(String, Bytes)>,
+    remove_headers: Vec<String>,
+    redact_headers: Vec<String>,
+    host: Option<Bytes>,
 }
 
-fn header_name(field: &str, name: &str) -> Result<HeaderName, ConfigError> {
-    HeaderName::from_bytes(name.trim().as_bytes()).map_err(|error| ConfigError::new(field, error))
+/// `name`, checked to be a header name and trimmed, its case kept.
+fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    let name = name.trim();
+    HeaderName::from_bytes(name.as_bytes()).map_err(|error| ConfigError::new(field, error))?;
+    Ok(name.to_owned())
 }
 
 impl Rewrites {
@@ -54,9 +63,8 @@ impl Rewrites {
             .iter()
             .map(|(name, value)| {
                 let field = format!("{field}.set_headers.{name}");
-                let value = HeaderValue::from_str(value)
-                    .map_err(|error| ConfigError::new(&field, error))?;
-                Ok((header_name(&field, name)?, value))
+                HeaderValue::from_str(value).map_err(|error| ConfigError::new(&field, error))?;
+                Ok((header_name(&field, name)?, Bytes::from(value.clone())))
             })
             .collect::<Result<_, ConfigError>>()?;
         let names = |list: &[String], name: &str| {
@@ -76,6 +84,7 @@ impl Rewrites {
                 .as_deref()
                 .map(|host| {
                     HeaderValue::from_str(host)
+                        .map(|_| Bytes::from(host.to_owned()))
                         .map_err(|error| ConfigError::new(format!("{field}.host"), error))
                 })
                 .transpose()?,
@@ -92,13 +101,13 @@ impl Rewrites {
     }
 
     /// The Host header to send, if overridden.
-    pub fn host(&self) -> Option<&HeaderValue> {
+    pub fn host(&self) -> Option<&Bytes> {
         self.host.as_ref()
     }
 
     /// Rewrites the URL and headers in place. A rewrite that would make the URL invalid leaves
     /// the URL as it was.
-    pub fn apply(&self, path_and_query: &mut PathAndQuery, headers: &mut HeaderMap) {
+    pub fn apply(&self, path_and_query: &mut PathAndQuery, fields: &mut Vec<HeaderField>) {
         if !self.url.is_empty() || !self.set_query.is_empty() {
             let mut url = path_and_query.as_str().to_owned();
             for (regex, replacement) in &self.url {
@@ -112,14 +121,25 @@ impl Rewrites {
             }
         }
         for name in &self.remove_headers {
-            headers.remove(name);
+            fields.retain(|field| !field.is(name));
         }
         for (name, value) in &self.set_headers {
-            headers.insert(name.clone(), value.clone());
+            let set = HeaderField::new(name, value);
+            match fields.iter().position(|field| field.is(name)) {
+                Some(first) => {
+                    fields[first] = set;
+                    let mut index = 0;
+                    fields.retain(|field| {
+                        index += 1;
+                        index - 1 <= first || !field.is(name)
+                    });
+                }
+                None => fields.push(set),
+            }
         }
         for name in &self.redact_headers {
-            if headers.contains_key(name) {
-                headers.insert(name.clone(), REDACTED);
+            for field in fields.iter_mut().filter(|field| field.is(name)) {
+                *field = field.with_value(REDACTED);
             }
         }
     }
@@ -157,20 +177,19 @@ mod tests {
             host: Some("staging.example".into()),
         };
         let rewrites = Rewrites::compile(&settings, "rewrites").unwrap();
-        let mut url: PathAndQuery = "/v1/user/42/ping?debug=0&a=b".parse().unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert("cookie", HeaderValue::from_static("session=abc"));
-        headers.insert("authorization", HeaderValue::from_static("Bearer secret"));
-        rewrites.apply(&mut url, &mut headers);
-        assert_eq!(url.as_str(), "/v2/user/42/ping?a=b&debug=1");
-        assert!(!headers.contains_key("cookie"));
-        assert_eq!(headers["authorization"], "REDACTED");
-        assert!(
-            !headers.contains_key("x-absent"),
-            "redaction never adds a header"
+        let mut replay = crate::request::tests::request(
+            "GET /v1/user/42/ping?debug=0&a=b HTTP/1.1\r\nHost: a\r\nCOOKIE: session=abc\r\n\
+             x-replayed-by: 1\r\nAuthorization:  Bearer secret\r\nX-Replayed-By: 2\r\n\
+             Accept: */*\r\n\r\n",
         );
-        assert_eq!(headers["x-replayed-by"], "tapwire");
-        assert_eq!(rewrites.host().unwrap(), "staging.example");
+        rewrites.apply(&mut replay.path_and_query, &mut replay.fields);
+        assert_eq!(
+            crate::request::tests::wire(&replay, crate::request::HostRule::Keep),
+            "GET /v2/user/42/ping?a=b&debug=1 HTTP/1.1\r\nHost: a\r\n\
+             X-Replayed-By: tapwire\r\nAuthorization:  REDACTED\r\nAccept: */*\r\n\r\n",
+            "removed, set in place of the first, redacted in place; nothing added by redaction"
+        );
+        assert_eq!(&rewrites.host().unwrap()[..], b"staging.example");
     }
 
     #[test]

@@ -83,9 +83,8 @@ impl Sampler {
         let hash = match &self.key {
             SampleKey::Request => request.identity_hash,
             SampleKey::Header(name) => request
-                .headers
-                .get(name)
-                .map_or(request.identity_hash, |value| xxh3_64(value.as_bytes())),
+                .header(name.as_str())
+                .map_or(request.identity_hash, xxh3_64),
             SampleKey::Cookie(name) => cookie(request, name).map_or(request.identity_hash, xxh3_64),
             SampleKey::Param(name) => {
                 query_param(request, name).map_or(request.identity_hash, xxh3_64)
@@ -97,10 +96,8 @@ impl Sampler {
 
 fn cookie<'a>(request: &'a ReplayRequest, name: &str) -> Option<&'a [u8]> {
     request
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
+        .header_values("cookie")
+        .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(|value| value.split(';'))
         .find_map(|pair| {
             let (key, value) = pair.trim().split_once('=')?;

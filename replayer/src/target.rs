@@ -2,20 +2,17 @@
 //! send its requests under a timeout. Each worker owns one upstream connection (so the target
 //! sees at most `concurrency` connections); with `--preserve-connections` each captured client
 //! connection gets a session of its own instead, replayed in order. A target owns all of this,
-//! so a dead or slow target fills only its own queue and never delays the others.
+//! so a dead or slow target fills only its own queue and never delays the others. Requests are
+//! written as captured ([`crate::request`]) on an [`Upstream`] connection, which is reused
+//! until the request or the response says otherwise (HTTP/1.0, `Connection: close`, a body
+//! delimited by the close) and then reopened for the next request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use governor::DefaultDirectRateLimiter;
-use http::uri::Authority;
-use http::{HeaderValue, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::Method;
 use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -28,13 +25,12 @@ use crate::observe::Observers;
 use crate::outcome::{FilterRule, TargetDropReason};
 use crate::plan::TargetPlan;
 use crate::rate::CaptureRate;
-use crate::request::ReplayRequest;
+use crate::request::{HostRule, ReplayRequest};
 use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
 use crate::sink::ReplaySink;
+use crate::upstream::{ExchangeError, TargetResponse, Upstream};
 
-/// Largest target response body kept for the observers (`--record`, the middleware).
-const MAX_KEPT_BODY: usize = 16 << 20;
 /// Requests queued per preserved session.
 const SESSION_QUEUE: usize = 256;
 /// A preserved session with no requests for this long closes, freeing its slot.
@@ -210,50 +206,12 @@ async fn run_session(sender: Arc<RequestSender>, mut requests: Queue, _slot: Own
     }
 }
 
-/// Reads the whole response (so the connection can carry the next request); with `keep`, also
-/// returns it as an HTTP/1.1 message, for the observers: its body decoded (no transfer coding,
-/// its length given), at most [`MAX_KEPT_BODY`] (a larger one is not kept).
-async fn read_response(
-    response: http::Response<Incoming>,
-    keep: bool,
-) -> Result<(StatusCode, Option<Bytes>), ExchangeError> {
-    let (head, mut body) = response.into_parts();
-    let mut kept = keep.then(BytesMut::new);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(ExchangeError::Http)?;
-        if let (Some(body), Some(data)) = (kept.as_mut(), frame.data_ref()) {
-            if body.len() + data.len() > MAX_KEPT_BODY {
-                kept = None;
-            } else {
-                body.extend_from_slice(data);
-            }
-        }
-    }
-    let Some(body) = kept else {
-        return Ok((head.status, None));
-    };
-    let mut message = BytesMut::with_capacity(256 + body.len());
-    message.extend_from_slice(format!("HTTP/1.1 {}\r\n", head.status).as_bytes());
-    for (name, value) in &head.headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
-            continue;
-        }
-        message.extend_from_slice(name.as_str().as_bytes());
-        message.extend_from_slice(b": ");
-        message.extend_from_slice(value.as_bytes());
-        message.extend_from_slice(b"\r\n");
-    }
-    message.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-    message.extend_from_slice(&body);
-    Ok((head.status, Some(message.freeze())))
-}
-
 /// Builds and sends requests to one target, and counts what happened.
 struct RequestSender {
     /// `http://host:port`: the target's name in metrics and to the observers.
     name: String,
-    authority: Authority,
-    authority_host: HeaderValue,
+    /// `host:port`: where to connect, and the Host the target is sent.
+    authority: String,
     keep_host: bool,
     rewrites: Rewrites,
     timeout: Duration,
@@ -261,19 +219,19 @@ struct RequestSender {
     observers: Observers,
 }
 
+/// A worker's connection to the target, if it has one.
+type Connection = Option<Upstream<TcpStream>>;
+
 impl RequestSender {
     fn new(plan: &TargetPlan, metrics: TargetMetrics, observers: Observers) -> Self {
         let authority = plan
             .url
             .authority()
-            .cloned()
-            .expect("target URLs are validated to have an authority");
-        let authority_host = HeaderValue::from_str(authority.as_str())
-            .expect("an authority is a valid header value");
+            .expect("target URLs are validated to have an authority")
+            .to_string();
         RequestSender {
             name: plan.name.clone(),
             authority,
-            authority_host,
             keep_host: plan.keep_host,
             rewrites: plan.rewrites.clone(),
             timeout: plan.timeout,
@@ -283,75 +241,107 @@ impl RequestSender {
     }
 
     /// Sends one request over `connection` (connecting first if there is none) and counts the
-    /// outcome. A failed exchange drops the connection; the next request reconnects.
-    async fn exchange(
-        &self,
-        connection: &mut Option<SendRequest<Full<Bytes>>>,
-        replay: &ReplayRequest,
-    ) {
+    /// outcome. A failed exchange, or one after which either side closes, drops the connection;
+    /// the next request reconnects.
+    async fn exchange(&self, connection: &mut Connection, replay: &ReplayRequest) {
         let observed = self.observers.wants_replayed_responses();
         let sent_at_ns = observed.then(wall_clock_ns);
         let exchange = async {
-            if connection.as_ref().is_none_or(|c| c.is_closed()) {
-                *connection = Some(self.connect().await?);
+            let response = match self.send(connection, replay, observed).await {
+                // The target closed a connection that had been idle as our request arrived: the
+                // request was not served, and one that is safe to repeat is sent again.
+                Err(ExchangeError::Closed {
+                    answered_nothing: true,
+                    ..
+                }) if connection.as_ref().is_some_and(Upstream::is_reused)
+                    && replay.method.is_idempotent() =>
+                {
+                    *connection = None;
+                    self.send(connection, replay, observed).await
+                }
+                other => other,
+            };
+            if !response
+                .as_ref()
+                .is_ok_and(|r| r.persists && replay.persists)
+            {
+                *connection = None;
             }
-            let upstream = connection.as_mut().expect("connected above");
-            upstream.ready().await.map_err(ExchangeError::Http)?;
-            let response = upstream
-                .send_request(self.build(replay))
-                .await
-                .map_err(ExchangeError::Http)?;
-            read_response(response, observed).await
+            response
         };
-        match self.account(exchange).await {
-            None => *connection = None,
-            Some((latency, Some(raw))) => {
-                self.observers.replayed_response(
-                    &self.name,
-                    &GorMessage {
-                        header: GorHeader {
-                            payload_type: PayloadType::ReplayedResponse,
-                            id: replay.message_id(),
-                            timestamp_ns: sent_at_ns.unwrap_or_default(),
-                            latency_ns: Some(latency.as_nanos() as u64),
-                        },
-                        payload: raw,
+        let Some((latency, response)) = self.account(exchange).await else {
+            *connection = None;
+            return;
+        };
+        if let Some(raw) = response.raw {
+            self.observers.replayed_response(
+                &self.name,
+                &GorMessage {
+                    header: GorHeader {
+                        payload_type: PayloadType::ReplayedResponse,
+                        id: replay.message_id(),
+                        timestamp_ns: sent_at_ns.unwrap_or_default(),
+                        latency_ns: Some(latency.as_nanos() as u64),
                     },
-                );
-            }
-            Some((_, None)) => {}
+                    payload: raw,
+                },
+            );
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ExchangeError> {
+    /// Writes the request on the connection (opened if needed) and reads the response.
+    async fn send(
+        &self,
+        connection: &mut Connection,
+        replay: &ReplayRequest,
+        keep: bool,
+    ) -> Result<TargetResponse, ExchangeError> {
+        if let Some(upstream) = connection
+            && upstream.went_away().await
+        {
+            *connection = None;
+        }
+        let upstream = match connection {
+            Some(upstream) => upstream,
+            None => connection.insert(self.connect().await?),
+        };
+        self.write_head(replay, upstream.request_head());
+        upstream
+            .exchange(&replay.body, replay.method == Method::HEAD, keep)
+            .await
+    }
+
+    async fn connect(&self) -> Result<Upstream<TcpStream>, ExchangeError> {
         let stream = TcpStream::connect(self.authority.as_str())
             .await
             .map_err(ExchangeError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(ExchangeError::Http)?;
-        tokio::spawn(connection);
-        Ok(sender)
+        Ok(Upstream::new(stream))
     }
 
     /// Runs one exchange under the timeout and counts its outcome; when a response came, its
-    /// latency and (if kept) the response itself.
+    /// latency and the response.
     async fn account(
         &self,
-        exchange: impl Future<Output = Result<(StatusCode, Option<Bytes>), ExchangeError>>,
-    ) -> Option<(Duration, Option<Bytes>)> {
+        exchange: impl Future<Output = Result<TargetResponse, ExchangeError>>,
+    ) -> Option<(Duration, TargetResponse)> {
         self.metrics.sent.inc();
         let started = Instant::now();
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((status, kept))) => {
+            Ok(Ok(response)) => {
                 let latency = started.elapsed();
                 self.metrics.latency.observe(latency.as_secs_f64());
-                self.metrics.response(status).inc();
-                Some((latency, kept))
+                self.metrics.response(response.status).inc();
+                Some((latency, response))
             }
             Ok(Err(error)) => {
-                let reason = error.reason();
+                let reason = match error {
+                    ExchangeError::Connect(_) => TargetDropReason::ConnectError,
+                    ExchangeError::InvalidResponse(_) | ExchangeError::InvalidStatus(_) => {
+                        TargetDropReason::HttpError
+                    }
+                    ExchangeError::Closed { .. } => TargetDropReason::ConnectionClosed,
+                };
                 tracing::debug!(%error, reason = reason.as_str(), "request to target failed");
                 self.metrics.dropped(reason).inc();
                 None
@@ -363,48 +353,22 @@ impl RequestSender {
         }
     }
 
-    /// The request for this target: the target's rewrites applied, sent to the target's
-    /// authority whatever Host the capture carried. The URI is origin-form: it is written as is
-    /// on a connection that already goes to the target.
-    fn build(&self, replay: &ReplayRequest) -> Request<Full<Bytes>> {
-        let mut path_and_query = replay.path_and_query.clone();
-        let mut headers = replay.headers.clone();
-        if !self.rewrites.is_empty() {
-            self.rewrites.apply(&mut path_and_query, &mut headers);
-        }
-        let host = self
-            .rewrites
-            .host()
-            .or(replay.host_override.as_ref())
-            .cloned()
-            .or_else(|| {
-                self.keep_host
-                    .then(|| headers.get(header::HOST).cloned())
-                    .flatten()
-            })
-            .unwrap_or_else(|| self.authority_host.clone());
-        headers.insert(header::HOST, host);
-        let mut request = Request::new(Full::new(replay.body.clone()));
-        *request.method_mut() = replay.method.clone();
-        *request.uri_mut() = Uri::from(path_and_query);
-        *request.headers_mut() = headers;
-        request
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ExchangeError {
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    #[error(transparent)]
-    Http(hyper::Error),
-}
-
-impl ExchangeError {
-    fn reason(&self) -> TargetDropReason {
-        match self {
-            ExchangeError::Connect(_) => TargetDropReason::ConnectError,
-            ExchangeError::Http(_) => TargetDropReason::HttpError,
+    /// The request head for this target: the captured one with the target's rewrites applied
+    /// and its Host rule: a Host rewrite (the target's, else the global one) is set, else with
+    /// `--keep-host` the captured Host is kept, else captured Host lines name the target.
+    fn write_head(&self, replay: &ReplayRequest, out: &mut Vec<u8>) {
+        let host = match self.rewrites.host().or(replay.host_override.as_ref()) {
+            Some(host) => HostRule::Set(host),
+            None if self.keep_host => HostRule::Keep,
+            None => HostRule::Replace(self.authority.as_bytes()),
+        };
+        if self.rewrites.is_empty() {
+            replay.write_head(out, &replay.path_and_query, &replay.fields, host);
+        } else {
+            let mut path_and_query = replay.path_and_query.clone();
+            let mut fields = replay.fields.clone();
+            self.rewrites.apply(&mut path_and_query, &mut fields);
+            replay.write_head(out, &path_and_query, &fields, host);
         }
     }
 }

@@ -814,6 +814,171 @@ impl ParsedRequest {
     }
 }
 
+/// A complete captured request located in its own bytes, so that it can be sent again byte for
+/// byte: every range indexes the captured message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLayout {
+    pub method: std::ops::Range<usize>,
+    /// The request-target as sent (origin-form, absolute-form, ...).
+    pub target: std::ops::Range<usize>,
+    /// From the space before the version to the end of the request line: ` HTTP/1.1\r\n`.
+    pub line_tail: std::ops::Range<usize>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Every header line, in order, duplicates kept.
+    pub fields: Vec<FieldLayout>,
+    /// The body as captured, its transfer coding (chunks, trailers) included.
+    pub body: std::ops::Range<usize>,
+    pub framing: BodyFraming,
+    /// The client let the connection stay open after this request (RFC 9112 section 9.3).
+    pub persists: bool,
+}
+
+/// One header line: its name and value, and the whole line with its line ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldLayout {
+    pub line: std::ops::Range<usize>,
+    pub name: std::ops::Range<usize>,
+    pub value: std::ops::Range<usize>,
+}
+
+/// Locates the parts of `raw`, which must hold one complete request (bytes after its body are
+/// not part of it).
+pub fn request_layout(raw: &[u8]) -> Result<RequestLayout, HttpError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let head_len = match request.parse(raw).map_err(HttpError::MalformedHead)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Err(HttpError::Truncated),
+    };
+    let head = &raw[..head_len];
+    let span =
+        |part: &[u8]| span_in(head, part).ok_or(HttpError::MalformedHead(httparse::Error::Token));
+    let method = span(request.method.unwrap_or_default().as_bytes())?;
+    let target = span(request.path.unwrap_or_default().as_bytes())?;
+    let request_line_end = line_end(head, target.end);
+    let minor_version = request.version.unwrap_or(1);
+    let mut fields = Vec::with_capacity(request.headers.len());
+    for header in request.headers.iter() {
+        let name = span(header.name.as_bytes())?;
+        // An empty value is not always a slice of the message; it sits before the line end.
+        let value = match span_in(head, header.value) {
+            Some(value) if !header.value.is_empty() => value,
+            _ => {
+                let colon = name.end;
+                let end = line_end(head, colon);
+                let content_end = head[..end].trim_ascii_end().len().max(colon + 1);
+                content_end..content_end
+            }
+        };
+        fields.push(FieldLayout {
+            line: name.start..line_end(head, value.end),
+            name,
+            value,
+        });
+    }
+    let framing = body_framing(request.headers)?;
+    let body_len = match framing {
+        BodyFraming::Empty => 0,
+        BodyFraming::Length(length) => {
+            let length = usize::try_from(length).map_err(|_| HttpError::Truncated)?;
+            if raw.len() - head_len < length {
+                return Err(HttpError::Truncated);
+            }
+            length
+        }
+        BodyFraming::Chunked => ChunkedScanner::default()
+            .advance(&raw[head_len..], |_| {})?
+            .ok_or(HttpError::Truncated)?,
+        BodyFraming::UntilClose => raw.len() - head_len,
+    };
+    let persists = connection_persists(minor_version, request.headers);
+    Ok(RequestLayout {
+        line_tail: target.end..request_line_end,
+        method,
+        target,
+        minor_version,
+        fields,
+        body: head_len..head_len + body_len,
+        framing,
+        persists,
+    })
+}
+
+/// Where the line containing `from` ends, just after its `\n`.
+fn line_end(head: &[u8], from: usize) -> usize {
+    head[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(head.len(), |newline| from + newline + 1)
+}
+
+/// Whether a message's sender keeps the connection open after it: HTTP/1.1 unless
+/// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive` (RFC 9112 section 9.3).
+fn connection_persists(minor_version: u8, headers: &[httparse::Header<'_>]) -> bool {
+    let has_option = |option: &[u8]| {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(option))
+    };
+    if has_option(b"close") {
+        return false;
+    }
+    minor_version >= 1 || has_option(b"keep-alive")
+}
+
+/// A response head from a target: what [`ResponseHead`] says, and whether the target keeps
+/// the connection open after this response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetResponseHead {
+    pub head: ResponseHead,
+    pub persists: bool,
+}
+
+/// Parses a target's response head at the start of `buf`, like [`parse_response_head`], and
+/// says whether the connection persists after it; `Ok(None)`: not complete yet.
+pub fn parse_target_response_head(
+    buf: &[u8],
+    answers_head: bool,
+) -> Result<Option<TargetResponseHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf).map_err(HttpError::MalformedHead)? {
+        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
+            return Err(HttpError::HeadTooLarge);
+        }
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => {
+            return Err(HttpError::HeadTooLarge);
+        }
+        httparse::Status::Complete(len) => len,
+    };
+    let status = response.code.unwrap_or_default();
+    let framing = response_framing(status, answers_head, response.headers)?;
+    Ok(Some(TargetResponseHead {
+        head: ResponseHead {
+            len,
+            status,
+            framing,
+        },
+        // A body delimited by the close ends the connection; so does a switch of protocol.
+        persists: framing != BodyFraming::UntilClose
+            && status != 101
+            && connection_persists(response.version.unwrap_or(1), response.headers),
+    }))
+}
+
+impl ChunkedScanner {
+    /// Forgets the body bytes already examined and returns how many they were: the caller
+    /// drops that many from the front of its buffer, so a long chunked body is walked in
+    /// bounded memory.
+    pub fn release_examined(&mut self) -> usize {
+        std::mem::take(&mut self.position)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

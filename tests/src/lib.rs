@@ -1,7 +1,8 @@
 //! Test kit for tapwire's demo, end-to-end tests and benchmarks. Everything here is real: HTTP
 //! servers on loopback sockets, real HTTP clients, the real binaries as child processes.
 //!
-//! - [`servers`]: a recording HTTP server, used as "production" and as staging targets.
+//! - [`servers`]: a recording HTTP server, used as "production" and as staging targets, and a
+//!   raw target that records the exact bytes it receives.
 //! - [`traffic`]: request mixes (keep-alive, fresh connections, bodies, chunked) and fixed-rate load.
 //! - [`process`]: spawning tapwire binaries and waiting on their readiness log lines.
 //! - [`scrape`]: reading a Prometheus `/metrics` endpoint.

@@ -244,3 +244,89 @@ async fn handle(
     state.served_watch.send_replace(served);
     Response::new(Full::new(Bytes::from_static(b"ok\n")))
 }
+
+/// A target that records exactly the bytes of each request it receives, to compare raw bytes
+/// (not parsed headers) with what a client sent production. It finds where each request ends
+/// with the shared grammar, answers it `200` with an empty body, and closes the connection
+/// after a request that did not keep it open (HTTP/1.0, `Connection: close`), as servers do.
+#[derive(Clone)]
+pub struct RawServer {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    received: watch::Sender<usize>,
+}
+
+impl RawServer {
+    /// Starts a raw server on a free loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let server = RawServer {
+            addr: listener.local_addr()?,
+            requests: Arc::default(),
+            received: watch::channel(0).0,
+        };
+        let accepting = server.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(accepting.clone().serve(stream));
+            }
+        });
+        Ok(server)
+    }
+
+    async fn serve(self, mut stream: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = Vec::new();
+        loop {
+            let layout = match tapwire_shared::http1::request_layout(&buffer) {
+                Ok(layout) => layout,
+                Err(tapwire_shared::http1::HttpError::Truncated) => {
+                    let mut chunk = [0; 16 * 1024];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    // Not a request: keep what came, for the test to see, and hang up.
+                    self.record(std::mem::take(&mut buffer));
+                    return;
+                }
+            };
+            let request: Vec<u8> = buffer.drain(..layout.body.end).collect();
+            self.record(request);
+            let answer: &[u8] = if layout.persists {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            if stream.write_all(answer).await.is_err() || !layout.persists {
+                return;
+            }
+        }
+    }
+
+    fn record(&self, request: Vec<u8>) {
+        let mut requests = self.requests.lock().expect("raw requests lock");
+        requests.push(request);
+        self.received.send_replace(requests.len());
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `host:port`: the Host a target is sent.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Waits until `count` requests have arrived or `timeout` passes; every request received,
+    /// byte for byte, in arrival order.
+    pub async fn wait_for_requests(&self, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let mut received = self.received.subscribe();
+        let _ = tokio::time::timeout(timeout, received.wait_for(|&n| n >= count)).await;
+        self.requests.lock().expect("raw requests lock").clone()
+    }
+}
