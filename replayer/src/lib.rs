@@ -88,6 +88,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
             GrpcSource::bind(
                 addr,
                 plan.grpc_pacing,
+                plan.grpc_limits,
                 plan.token,
                 plan.tls,
                 metrics.clone(),
@@ -134,6 +135,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
 
     let target_names: Vec<String> = plan.targets.iter().map(|t| t.name.clone()).collect();
     let mut sinks: Vec<Box<dyn ReplaySink>> = Vec::new();
+    let mut backpressure = Vec::new();
     let mut target_workers = Vec::new();
     for target in plan.targets {
         let (target, worker) = Target::start(
@@ -142,6 +144,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
             plan.preserve_connections,
             observers.clone(),
         );
+        backpressure.push(target.backpressure());
         sinks.push(Box::new(target));
         target_workers.push(worker);
     }
@@ -169,6 +172,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     let intake = intake::Intake::new(
         Arc::downgrade(&downstream),
         global.pacing,
+        sink::Room::new(backpressure),
         observers,
         metrics.clone(),
     );

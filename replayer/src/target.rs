@@ -1,11 +1,14 @@
 //! One staging target: its filters, sampler and rate, its bounded queue, and the workers that
-//! send its requests under a timeout. Each worker owns one upstream connection (so the target
+//! send its requests under a timeout. Sources wait for room in the queue ([`TargetQueue`]
+//! implements [`Backpressure`]) until it has been full for longer than `--shed-after`; the
+//! target then sheds what does not fit (`shed_slow_target`) until its queue has emptied. Each worker owns one upstream connection (so the target
 //! sees at most `concurrency` connections); with `--preserve-connections` each captured client
 //! connection gets a session of its own instead, replayed in order. A target owns all of this,
 //! so a dead or slow target fills only its own queue and never delays the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +34,7 @@ use crate::rate::CaptureRate;
 use crate::request::ReplayRequest;
 use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
-use crate::sink::ReplaySink;
+use crate::sink::{Backpressure, ReplaySink, RoomWait};
 
 /// Largest target response body kept for the observers (`--record`, the middleware).
 const MAX_KEPT_BODY: usize = 16 << 20;
@@ -45,7 +48,7 @@ type Pacing = Option<Arc<DefaultDirectRateLimiter>>;
 
 /// The handle the fan-out offers requests to.
 pub struct Target {
-    queue: mpsc::Sender<Arc<ReplayRequest>>,
+    queue: Arc<TargetQueue>,
     filters: Filters,
     sampler: Option<Sampler>,
     /// Decides which requests fit the rate when over-rate requests are dropped.
@@ -64,6 +67,13 @@ impl Target {
     ) -> (Target, JoinHandle<()>) {
         let metrics = metrics.target(&plan.name);
         let (queue, requests) = mpsc::channel(plan.queue);
+        let queue = Arc::new(TargetQueue {
+            sender: queue,
+            shed_after: plan.shed_after,
+            full_since: std::sync::Mutex::new(None),
+            shedding: AtomicBool::new(false),
+            name: plan.name.clone(),
+        });
         let sender = Arc::new(RequestSender::new(&plan, metrics.clone(), observers));
         let (admission, pacing) = match plan.rate {
             None => (None, None),
@@ -97,10 +107,68 @@ impl Target {
         };
         (target, workers)
     }
+
+    /// What sources wait on for room in this target's queue.
+    pub fn backpressure(&self) -> Arc<dyn Backpressure> {
+        Arc::clone(&self.queue) as Arc<dyn Backpressure>
+    }
+}
+
+/// A target's bounded queue, and whether the target is shedding.
+pub struct TargetQueue {
+    sender: mpsc::Sender<Arc<ReplayRequest>>,
+    /// How long the queue may stay full, making sources wait, before the target sheds.
+    shed_after: Duration,
+    /// Since when sources have found the queue full every time they looked.
+    full_since: std::sync::Mutex<Option<Instant>>,
+    /// Full for longer than `shed_after`: sources no longer wait for it, and what does not
+    /// fit is dropped (`shed_slow_target`) until the queue has emptied.
+    shedding: AtomicBool,
+    name: String,
+}
+
+impl TargetQueue {
+    fn full_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.full_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn wait_until_room_or_shed(&self, deadline: Instant) {
+        match tokio::time::timeout_at(deadline.into(), self.sender.reserve()).await {
+            // The slot stays free: only the stream holding the dispatch turn can take it.
+            Ok(_) => {}
+            Err(_) => {
+                self.shedding.store(true, Ordering::Relaxed);
+                tracing::warn!(target = %self.name, shed_after = ?self.shed_after,
+                    "target queue full for longer than --shed-after: shedding until it catches up");
+            }
+        }
+    }
+}
+
+impl Backpressure for TargetQueue {
+    fn wait_for_room(&self) -> Option<RoomWait<'_>> {
+        let shedding = self.shedding.load(Ordering::Relaxed);
+        if self.sender.capacity() > 0 {
+            if shedding && self.sender.capacity() == self.sender.max_capacity() {
+                self.shedding.store(false, Ordering::Relaxed);
+                tracing::info!(target = %self.name, "target caught up: no longer shedding");
+            }
+            *self.full_since() = None;
+            return None;
+        }
+        if shedding {
+            return None;
+        }
+        let since = *self.full_since().get_or_insert_with(Instant::now);
+        Some(Box::pin(self.wait_until_room_or_shed(since + self.shed_after)))
+    }
 }
 
 impl ReplaySink for Target {
-    /// Never waits: filtered, sampled-out, over-rate and over-capacity requests are counted.
+    /// Never waits (sources waited for room before): filtered, sampled-out, over-rate and
+    /// over-capacity requests are counted.
     fn offer(&self, request: &Arc<ReplayRequest>) {
         if let Err(rule) = self.filters.check(request) {
             self.metrics.filtered(rule).inc();
@@ -116,10 +184,13 @@ impl ReplaySink for Target {
             self.metrics.dropped(TargetDropReason::RateLimited).inc();
             return;
         }
-        if self.queue.try_send(Arc::clone(request)).is_err() {
-            self.metrics
-                .dropped(TargetDropReason::TargetQueueFull)
-                .inc();
+        if self.queue.sender.try_send(Arc::clone(request)).is_err() {
+            let reason = if self.queue.shedding.load(Ordering::Relaxed) {
+                TargetDropReason::ShedSlowTarget
+            } else {
+                TargetDropReason::TargetQueueFull
+            };
+            self.metrics.dropped(reason).inc();
         }
     }
 }
