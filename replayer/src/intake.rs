@@ -133,7 +133,8 @@ impl StreamIntake {
                 }
             }
             // While a target's queue is full this stream reads nothing more, and its source
-            // (the listener's buffer, a file) holds what follows.
+            // (the listener's buffer, a file) holds what follows. No await from here to the
+            // dispatch: the room seen is still there.
             let _turn = tokio::select! {
                 biased;
                 () = shutdown.requested() => return Err(Interrupted),

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -67,13 +67,7 @@ impl Target {
     ) -> (Target, JoinHandle<()>) {
         let metrics = metrics.target(&plan.name);
         let (queue, requests) = mpsc::channel(plan.queue);
-        let queue = Arc::new(TargetQueue {
-            sender: queue,
-            shed_after: plan.shed_after,
-            full_since: std::sync::Mutex::new(None),
-            shedding: AtomicBool::new(false),
-            name: plan.name.clone(),
-        });
+        let queue = Arc::new(TargetQueue::new(queue, plan.shed_after, &plan.name));
         let sender = Arc::new(RequestSender::new(&plan, metrics.clone(), observers));
         let (admission, pacing) = match plan.rate {
             None => (None, None),
@@ -108,9 +102,11 @@ impl Target {
         (target, workers)
     }
 
-    /// What sources wait on for room in this target's queue.
-    pub fn backpressure(&self) -> Arc<dyn Backpressure> {
-        Arc::clone(&self.queue) as Arc<dyn Backpressure>
+    /// What sources wait on for room in this target's queue (for as long as the target is
+    /// fed).
+    pub fn backpressure(&self) -> std::sync::Weak<dyn Backpressure> {
+        let queue: Arc<dyn Backpressure> = Arc::clone(&self.queue) as Arc<dyn Backpressure>;
+        Arc::downgrade(&queue)
     }
 }
 
@@ -119,8 +115,10 @@ pub struct TargetQueue {
     sender: mpsc::Sender<Arc<ReplayRequest>>,
     /// How long the queue may stay full, making sources wait, before the target sheds.
     shed_after: Duration,
-    /// Since when sources have found the queue full every time they looked.
-    full_since: std::sync::Mutex<Option<Instant>>,
+    /// Since when sources have found the queue full every time they looked, in nanoseconds
+    /// after `created` plus one; 0 while it is not full.
+    full_since: AtomicU64,
+    created: Instant,
     /// Full for longer than `shed_after`: sources no longer wait for it, and what does not
     /// fit is dropped (`shed_slow_target`) until the queue has emptied.
     shedding: AtomicBool,
@@ -128,10 +126,39 @@ pub struct TargetQueue {
 }
 
 impl TargetQueue {
-    fn full_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.full_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn new(sender: mpsc::Sender<Arc<ReplayRequest>>, shed_after: Duration, name: &str) -> Self {
+        TargetQueue {
+            sender,
+            shed_after,
+            full_since: AtomicU64::new(0),
+            created: Instant::now(),
+            shedding: AtomicBool::new(false),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Room now: the queue's full time starts again, and a shedding target whose queue has
+    /// emptied has caught up.
+    fn found_room(&self) {
+        if self.full_since.load(Ordering::Relaxed) != 0 {
+            self.full_since.store(0, Ordering::Relaxed);
+        }
+        if self.shedding.load(Ordering::Relaxed)
+            && self.sender.capacity() == self.sender.max_capacity()
+        {
+            self.shedding.store(false, Ordering::Relaxed);
+            tracing::info!(target = %self.name, "target caught up: no longer shedding");
+        }
+    }
+
+    /// When sources started finding the queue full (now, if this is the first time).
+    fn full_since(&self) -> Instant {
+        let mut since = self.full_since.load(Ordering::Relaxed);
+        if since == 0 {
+            since = self.created.elapsed().as_nanos() as u64 + 1;
+            self.full_since.store(since, Ordering::Relaxed);
+        }
+        self.created + Duration::from_nanos(since - 1)
     }
 
     async fn wait_until_room_or_shed(&self, deadline: Instant) {
@@ -148,21 +175,24 @@ impl TargetQueue {
 }
 
 impl Backpressure for TargetQueue {
+    fn has_room_beyond(&self, spare: usize) -> bool {
+        let room = self.sender.capacity() > spare;
+        if room {
+            self.found_room();
+        }
+        room
+    }
+
     fn wait_for_room(&self) -> Option<RoomWait<'_>> {
-        let shedding = self.shedding.load(Ordering::Relaxed);
         if self.sender.capacity() > 0 {
-            if shedding && self.sender.capacity() == self.sender.max_capacity() {
-                self.shedding.store(false, Ordering::Relaxed);
-                tracing::info!(target = %self.name, "target caught up: no longer shedding");
-            }
-            *self.full_since() = None;
+            self.found_room();
             return None;
         }
-        if shedding {
+        if self.shedding.load(Ordering::Relaxed) {
             return None;
         }
-        let since = *self.full_since().get_or_insert_with(Instant::now);
-        Some(Box::pin(self.wait_until_room_or_shed(since + self.shed_after)))
+        let deadline = self.full_since() + self.shed_after;
+        Some(Box::pin(self.wait_until_room_or_shed(deadline)))
     }
 }
 

@@ -96,8 +96,12 @@ pub fn accept(
                         if refusal.reason == LinkRefusal::TlsHandshake {
                             metrics.tls_handshakes_failed.inc();
                         }
-                        tracing::warn!(%peer, reason = refusal.reason.as_str(),
-                            detail = %refusal.detail, "refused a listener connection");
+                        let reason = match refusal.reason {
+                            LinkRefusal::TlsHandshake => "TLS handshake failed",
+                            _ => "no HTTP/2 preface",
+                        };
+                        tracing::warn!(%peer, detail = %refusal.detail,
+                            "refused a listener connection: {reason}");
                     }
                     Err(_) => {
                         metrics
