@@ -46,11 +46,21 @@ pub struct ReplayerConfig {
 
     /// Listener connections held at once (TLS or not, handshaking or streaming); past it a new
     /// connection is closed at once and counted. Keep it well under the open-file limit.
-    #[arg(long, default_value_t = 512, value_name = "CONNECTIONS", help_heading = "Listeners")]
+    #[arg(
+        long,
+        default_value_t = 512,
+        value_name = "CONNECTIONS",
+        help_heading = "Listeners"
+    )]
     pub max_connections: u32,
 
     /// Concurrent streams one listener connection may open (a listener uses one).
-    #[arg(long, default_value_t = 16, value_name = "STREAMS", help_heading = "Listeners")]
+    #[arg(
+        long,
+        default_value_t = 16,
+        value_name = "STREAMS",
+        help_heading = "Listeners"
+    )]
     pub max_streams_per_connection: u32,
 
     /// Time a new listener connection has to complete its TLS handshake (with TLS) and send

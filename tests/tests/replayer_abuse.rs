@@ -49,7 +49,10 @@ async fn open_idle_connections(grpc: std::net::SocketAddr) -> Vec<TcpStream> {
     let opening = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
     let mut connecting = tokio::task::JoinSet::new();
     for _ in 0..IDLE_CONNECTIONS {
-        let permit = std::sync::Arc::clone(&opening).acquire_owned().await.unwrap();
+        let permit = std::sync::Arc::clone(&opening)
+            .acquire_owned()
+            .await
+            .unwrap();
         connecting.spawn(async move {
             let connection =
                 tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(grpc)).await;
@@ -97,7 +100,10 @@ async fn idle_connections_under_a_1024_file_limit_lock_no_listener_out() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu = pipeline.replayer.resource_usage().unwrap().cpu_seconds - cpu_before;
     eprintln!("replayer CPU during 2 s of {IDLE_CONNECTIONS} idle connections: {cpu:.2} s");
-    assert!(cpu < 0.5, "{cpu:.2} CPU seconds in 2 s: the replayer is spinning");
+    assert!(
+        cpu < 0.5,
+        "{cpu:.2} CPU seconds in 2 s: the replayer is spinning"
+    );
     // ...its metrics answer, and the linked listener keeps delivering.
     let metrics = tokio::time::timeout(TIMEOUT, scrape(pipeline.replayer_metrics))
         .await
@@ -133,7 +139,10 @@ async fn idle_connections_under_a_1024_file_limit_lock_no_listener_out() {
     let refused = metrics.sum(REFUSED, &[("reason", "connection_limit")]);
     let timed_out = metrics.sum(REFUSED, &[("reason", "handshake_timeout")]);
     eprintln!("refused at the cap: {refused}, closed for saying nothing: {timed_out}");
-    assert_eq!(idle_count, IDLE_CONNECTIONS, "connections the replayer never took");
+    assert_eq!(
+        idle_count, IDLE_CONNECTIONS,
+        "connections the replayer never took"
+    );
     assert_eq!(refused + timed_out, IDLE_CONNECTIONS as u64);
 
     // Once they are gone a new listener connection is taken as usual.

@@ -77,9 +77,7 @@ pub fn accept(
                 }
             };
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                metrics
-                    .link_refused(LinkRefusal::ConnectionLimit)
-                    .inc();
+                metrics.link_refused(LinkRefusal::ConnectionLimit).inc();
                 tracing::debug!(%peer, "refused a listener connection: --max-connections reached");
                 continue;
             };
@@ -104,9 +102,7 @@ pub fn accept(
                             "refused a listener connection: {reason}");
                     }
                     Err(_) => {
-                        metrics
-                            .link_refused(LinkRefusal::HandshakeTimeout)
-                            .inc();
+                        metrics.link_refused(LinkRefusal::HandshakeTimeout).inc();
                         if tls.is_some() {
                             metrics.tls_handshakes_failed.inc();
                         }
@@ -252,7 +248,11 @@ impl AsyncRead for LinkStream {
 }
 
 impl AsyncWrite for LinkStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             LinkStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
             LinkStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),

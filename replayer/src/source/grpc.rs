@@ -18,10 +18,10 @@ use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use subtle::ConstantTimeEq;
 use tapwire_runtime::Shutdown;
+use tapwire_shared::config::ConfigError;
 use tapwire_shared::link;
 use tapwire_shared::proto::replay_server::{Replay, ReplayServer};
 use tapwire_shared::proto::{BatchAck, RecordBatch};
-use tapwire_shared::config::ConfigError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Duration;
 use tokio_rustls::rustls::ServerConfig;
@@ -73,7 +73,10 @@ impl LinkLimits {
             ("max_held_bytes", config.max_held_bytes.get() / HELD_UNIT),
         ] {
             if value == 0 {
-                return Err(ConfigError::new(field, "must be at least 1 (1KiB for bytes)"));
+                return Err(ConfigError::new(
+                    field,
+                    "must be at least 1 (1KiB for bytes)",
+                ));
             }
         }
         Ok(LinkLimits {
