@@ -1,11 +1,12 @@
 //! tapwire-replayer: receives captured requests and replays each one to every staging target.
 //! Data moves through the modules in this order:
 //!
-//! - [`source`]: where records come from: listeners' gRPC streams ([`source::grpc`], guarded by
-//!   [`source::tls`] and a token) and recorded `.gor` files ([`source::file`]).
+//! - [`source`]: where records come from: listeners' gRPC streams ([`source::grpc`], behind
+//!   [`source::connections`]' limits, [`source::tls`] and a token) and recorded `.gor` files
+//!   ([`source::file`]).
 //! - [`intake`]: what every source hands its records to: resent copies dropped ([`dedup`]),
 //!   shown to the [`observe`]rs ([`recorder`], [`middleware`]), each stream paced on its own
-//!   ([`pace`]).
+//!   ([`pace`]) and held while a target's queue is full ([`sink::Room`]).
 //! - [`middleware`]: when configured, GoReplay's middleware protocol decides what goes on.
 //! - [`fanout`]: each record parsed once into a [`request::ReplayRequest`]; global [`filter`]s,
 //!   admission [`rate`] and [`rewrite`]s; offered to every [`sink`].

@@ -209,3 +209,34 @@ async fn a_listener_id_with_a_newline_forges_no_log_line() {
         "the refusal was not logged:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_share_a_held_bytes_cap_smaller_than_one_batch_and_all_get_through() {
+    use tapwire_testkit::feed::feed_as;
+    use tapwire_testkit::pipeline::Replayer;
+    use tapwire_testkit::servers::RecordingServer;
+    // 1 KiB: each batch takes the whole budget, so one batch at a time is held in all.
+    let target = RecordingServer::start(false).await.unwrap();
+    let mut replayer = Replayer::start(&target.url(), &["--max-held-bytes".into(), "1KiB".into()])
+        .await
+        .unwrap();
+    let (feeds, per_feed) = (4, 2000u64);
+    let running: Vec<_> = (0..feeds)
+        .map(|i| {
+            let grpc = replayer.grpc;
+            tokio::spawn(async move { feed_as(grpc, &format!("capped-{i}"), per_feed, None).await })
+        })
+        .collect();
+    for feed in running {
+        tokio::time::timeout(TIMEOUT, feed)
+            .await
+            .expect("a feed hung behind the held-bytes cap")
+            .unwrap()
+            .expect("a feed was not fully acknowledged");
+    }
+    let total = feeds * per_feed;
+    assert_eq!(target.wait_for_served(total, TIMEOUT).await, total);
+    let summary = replayer.stop().await.unwrap();
+    assert_eq!(summary.get("received"), total);
+    assert_eq!(target.served(), total);
+}
