@@ -156,6 +156,59 @@ async fn idle_connections_under_a_1024_file_limit_lock_no_listener_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_replayer_backs_off_instead_of_spinning() {
+    raise_own_open_files_limit();
+    // A connection cap above the file limit: accepting runs out of descriptors (EMFILE).
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        record: false,
+        replayer_open_files: Some(OPEN_FILES),
+        replayer_args: vec![
+            "--max-connections".into(),
+            "5000".into(),
+            "--handshake-timeout".into(),
+            format!("{}s", HANDSHAKE_TIMEOUT.as_secs()),
+        ],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let idle = open_idle_connections(pipeline.replayer_grpc).await;
+    let cpu_before = pipeline.replayer.resource_usage().unwrap().cpu_seconds;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = pipeline.replayer.resource_usage().unwrap().cpu_seconds - cpu_before;
+    eprintln!("replayer CPU during 2 s out of file descriptors: {cpu:.2} s");
+    assert!(
+        cpu < 0.5,
+        "{cpu:.2} CPU seconds in 2 s: the replayer is spinning"
+    );
+    // Once the idle connections' handshake time is up their descriptors come back.
+    drop(idle);
+    let metrics = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Ok(metrics) = scrape(pipeline.replayer_metrics).await {
+                return metrics;
+            }
+            // Refused while descriptors are short; no other signal says when they are back.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the metrics endpoint never answered again");
+    let errors = metrics.sum("tapwire_replayer_accept_errors_total", &[]);
+    eprintln!("accept errors counted: {errors}");
+    assert!(errors > 0, "the file limit was never reached");
+    let target = pipeline.targets[0].clone();
+    assert_eq!(
+        traffic::send_mix_range(pipeline.production.addr(), 0..100, 4)
+            .await
+            .ok,
+        100
+    );
+    assert_eq!(target.wait_for_served(100, TIMEOUT).await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_id_with_a_newline_forges_no_log_line() {
     let pipeline = Pipeline::start(PipelineOptions {
         targets: 1,
@@ -189,6 +242,12 @@ async fn a_listener_id_with_a_newline_forges_no_log_line() {
         }
     };
     let outcome = tokio::time::timeout(Duration::from_secs(10), outcome).await;
+    // Logged escaped inside the refusal's line, or as a line of its own if forged.
+    pipeline
+        .replayer
+        .wait_for_line("FORGED", TIMEOUT)
+        .await
+        .unwrap();
     let log = pipeline.replayer.log();
     assert!(
         !log.lines().any(|line| line.starts_with("FORGED")),
