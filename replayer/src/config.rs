@@ -13,7 +13,7 @@ use clap::{Args, Parser, ValueEnum};
 use http::Uri;
 use serde::{Deserialize, Serialize};
 use tapwire_shared::config::{
-    self as shared_config, ConfigError, ConfigFileFlags, Loaded, flag_defaults,
+    self as shared_config, ByteSize, ConfigError, ConfigFileFlags, Loaded, flag_defaults,
 };
 
 /// Receives captured HTTP requests from tapwire listeners over gRPC and replays them to staging
@@ -43,6 +43,38 @@ pub struct ReplayerConfig {
     #[arg(long, value_name = "FILE", help_heading = "Listeners")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+
+    /// Listener connections held at once (TLS or not, handshaking or streaming); past it a new
+    /// connection is closed at once and counted. Keep it well under the open-file limit.
+    #[arg(
+        long,
+        default_value_t = 512,
+        value_name = "CONNECTIONS",
+        help_heading = "Listeners"
+    )]
+    pub max_connections: u32,
+
+    /// Concurrent streams one listener connection may open (a listener uses one).
+    #[arg(
+        long,
+        default_value_t = 16,
+        value_name = "STREAMS",
+        help_heading = "Listeners"
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Time a new listener connection has to complete its TLS handshake (with TLS) and send
+    /// the HTTP/2 preface; a connection that says nothing is closed after it.
+    #[arg(long, default_value = "10s", value_name = "DURATION", help_heading = "Listeners",
+          value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+
+    /// Bytes of batches held from all listeners together, received and not yet finished with
+    /// by the targets; at the cap, streams stop reading (the listeners hold the rest).
+    #[arg(long, default_value_t = ByteSize(256 << 20), value_name = "SIZE",
+          help_heading = "Listeners")]
+    pub max_held_bytes: ByteSize,
 
     /// On SIGTERM or Ctrl-C, how long targets may take to finish what is queued.
     #[arg(long, default_value = "10s", value_name = "DURATION", help_heading = "Engine",
@@ -275,14 +307,22 @@ pub struct TargetSettings {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 
-    /// Requests queued per target; when full, that target's new requests are dropped and
-    /// counted (reason `target_queue_full`) while other targets go on.
+    /// Requests queued per target. While a queue is full, the replayer stops reading from
+    /// listeners and files (they hold the burst) rather than drop.
     #[arg(
         long = "target-queue",
         default_value_t = 10_000,
         value_name = "REQUESTS"
     )]
     pub queue: u64,
+
+    /// A target whose queue stays full for longer than this is slower than the traffic: it
+    /// stops holding the others back and sheds what does not fit its queue (counted,
+    /// `shed_slow_target`) until it has caught up.
+    #[arg(long, default_value = "5s", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub shed_after: Duration,
 
     /// Send the captured Host header instead of the target's host:port.
     #[arg(long)]

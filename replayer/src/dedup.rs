@@ -2,10 +2,15 @@
 //! reconnect (at-least-once), so some records arrive twice at the same replayer, and not always
 //! in id order: with several replayers each sees a subset of a listener's ids, and a replayer
 //! that goes down hands its batches to another. (What a replayer that died had replayed, the
-//! next one cannot know: those copies pass, and the listener counts them as resent.) Per listener instance, a bitmap remembers which of the last
-//! [`WINDOW`] ids were seen. A record further behind than that is let through: resends are
+//! next one cannot know: those copies pass, and the listener counts them as resent.) Per
+//! listener instance, a bitmap remembers which of the last [`WINDOW`] ids were seen. A record further behind than that is let through: resends are
 //! never that far behind, but records restored from a listener's disk spool can be, and losing
 //! them would be worse than a rare second copy.
+//!
+//! The work per record is bounded whatever ids a client sends: sliding the window forward
+//! clears whole words (at most `WINDOW / 64` of them), and ids are never walked one by one.
+//! Memory is bounded too: [`MAX_INSTANCES`] windows of 32 KiB, keyed by listener ids the gRPC
+//! source caps in length.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,7 +20,7 @@ use tapwire_shared::proto;
 /// Ids remembered per listener instance (32 KiB of bits).
 pub const WINDOW: u64 = 1 << 18;
 /// Listener instances remembered; past it the least recently seen is forgotten.
-const MAX_INSTANCES: usize = 1024;
+pub const MAX_INSTANCES: usize = 1024;
 
 /// Which recent ids of one listener instance were seen.
 #[derive(Debug)]
@@ -46,6 +51,23 @@ impl SeenWindow {
         }
     }
 
+    /// Forgets the `count` slots from `first` on (wrapping), a word at a time.
+    fn clear(&mut self, first: u64, count: u64) {
+        let (mut slot, mut left) = (first % WINDOW, count.min(WINDOW));
+        while left > 0 {
+            let (word, bit) = ((slot / 64) as usize, slot % 64);
+            let width = (64 - bit).min(left);
+            let mask = if width == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << width) - 1) << bit
+            };
+            self.bits[word] &= !mask;
+            slot = (slot + width) % WINDOW;
+            left -= width;
+        }
+    }
+
     fn is_set(&self, id: u64) -> bool {
         let slot = id % WINDOW;
         self.bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0
@@ -58,9 +80,7 @@ impl SeenWindow {
                 self.bits.fill(0);
             } else {
                 // The slots the window slides onto held ids a whole window older.
-                for newer in self.highest + 1..id {
-                    self.flip(newer, false);
-                }
+                self.clear(self.highest + 1, id - self.highest - 1);
             }
             self.highest = id;
             self.flip(id, true);
@@ -224,6 +244,40 @@ mod tests {
         // Within the window the slots slid onto are clean, not leftovers of older ids.
         let (fresh, _) = dedup.fresh("host-a", 1, records(WINDOW * 3 + 6..=WINDOW * 3 + 8));
         assert_eq!(fresh.len(), 3);
+    }
+
+    #[test]
+    fn any_ids_are_judged_as_a_plain_set_would() {
+        // Large jumps forward and back, against a model that remembers every id.
+        let dedup = Deduplicator::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut highest = None::<u64>;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut id = WINDOW;
+        for _ in 0..20_000 {
+            id = match next() % 4 {
+                0 => id + next() % WINDOW,
+                1 => id.saturating_sub(next() % (WINDOW + 100)),
+                2 => id + next() % 70,
+                _ => id.saturating_sub(next() % 70),
+            };
+            let expected = match highest {
+                Some(top) if id + WINDOW <= top => true,
+                _ => !seen.contains(&id),
+            };
+            if highest.is_none_or(|top| id + WINDOW > top) {
+                seen.insert(id);
+            }
+            highest = Some(highest.map_or(id, |top| top.max(id)));
+            let (fresh, _) = dedup.fresh("host-a", 1, records(id..=id));
+            assert_eq!(fresh.len() == 1, expected, "id {id}");
+        }
     }
 
     #[test]

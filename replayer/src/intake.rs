@@ -2,7 +2,9 @@
 //! stream of records (a listener's gRPC stream; a pass over recorded files); for each batch,
 //! resent copies are dropped ([`dedup`](crate::dedup)), every record and production response
 //! is shown to the [observers](crate::observe), each request waits for its turn
-//! ([`pace`](crate::pace)), then goes on downstream: the [middleware](crate::middleware) if
+//! ([`pace`](crate::pace)) and for room in every target's queue ([`Room`]: a full queue
+//! stops the stream, so a burst is held by its source instead of dropped), then goes on
+//! downstream: the [middleware](crate::middleware) if
 //! there is one, else the [fan-out](crate::fanout). The returned [`Delivered`] fires once
 //! everything downstream is done with the batch's requests: only then may the source
 //! acknowledge it.
@@ -22,6 +24,7 @@ use crate::observe::Observers;
 use crate::outcome::RejectReason;
 use crate::pace::{Pacer, StreamPacing};
 use crate::request::{BatchDone, Dispatch, Origin};
+use crate::sink::Room;
 
 /// Fires once every sink is done with each request of a batch (answered, failed or dropped,
 /// and counted either way).
@@ -42,6 +45,8 @@ pub struct Intake {
     /// Shared by all streams: a listener's resend arrives on its next stream.
     dedup: Arc<Deduplicator>,
     global_rate: Option<Arc<DefaultDirectRateLimiter>>,
+    /// Shared by all streams: room in the targets' queues, one record at a time.
+    room: Arc<Room>,
     observers: Observers,
     metrics: ReplayerMetrics,
 }
@@ -50,6 +55,7 @@ impl Intake {
     pub fn new(
         downstream: Weak<dyn Dispatch>,
         global_rate: Option<Arc<DefaultDirectRateLimiter>>,
+        room: Room,
         observers: Observers,
         metrics: ReplayerMetrics,
     ) -> Self {
@@ -57,6 +63,7 @@ impl Intake {
             downstream,
             dedup: Arc::default(),
             global_rate,
+            room: Arc::new(room),
             observers,
             metrics,
         }
@@ -69,6 +76,7 @@ impl Intake {
             downstream: self.downstream.upgrade()?,
             dedup: Arc::clone(&self.dedup),
             pacer: Pacer::new(pacing, self.global_rate.clone()),
+            room: Arc::clone(&self.room),
             observers: self.observers.clone(),
             metrics: self.metrics.clone(),
         })
@@ -80,6 +88,7 @@ pub struct StreamIntake {
     downstream: Arc<dyn Dispatch>,
     dedup: Arc<Deduplicator>,
     pacer: Pacer,
+    room: Arc<Room>,
     observers: Observers,
     metrics: ReplayerMetrics,
 }
@@ -123,6 +132,14 @@ impl StreamIntake {
                     () = self.pacer.until_due(record.captured_at_ns) => {}
                 }
             }
+            // While a target's queue is full this stream reads nothing more, and its source
+            // (the listener's buffer, a file) holds what follows. No await from here to the
+            // dispatch: the room seen is still there.
+            let _turn = tokio::select! {
+                biased;
+                () = shutdown.requested() => return Err(Interrupted),
+                turn = self.room.for_one() => turn,
+            };
             // Received once it goes on: one interrupted by shutdown is sent again (by the
             // listener) and counted then.
             self.metrics.records_received.inc();

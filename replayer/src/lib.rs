@@ -1,11 +1,12 @@
 //! tapwire-replayer: receives captured requests and replays each one to every staging target.
 //! Data moves through the modules in this order:
 //!
-//! - [`source`]: where records come from: listeners' gRPC streams ([`source::grpc`], guarded by
-//!   [`source::tls`] and a token) and recorded `.gor` files ([`source::file`]).
+//! - [`source`]: where records come from: listeners' gRPC streams ([`source::grpc`], behind
+//!   [`source::connections`]' limits, [`source::tls`] and a token) and recorded `.gor` files
+//!   ([`source::file`]).
 //! - [`intake`]: what every source hands its records to: resent copies dropped ([`dedup`]),
 //!   shown to the [`observe`]rs ([`recorder`], [`middleware`]), each stream paced on its own
-//!   ([`pace`]).
+//!   ([`pace`]) and held while a target's queue is full ([`sink::Room`]).
 //! - [`middleware`]: when configured, GoReplay's middleware protocol decides what goes on.
 //! - [`fanout`]: each record parsed once into a [`request::ReplayRequest`]; global [`filter`]s,
 //!   admission [`rate`] and [`rewrite`]s; offered to every [`sink`].
@@ -90,6 +91,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
             GrpcSource::bind(
                 addr,
                 plan.grpc_pacing,
+                plan.grpc_limits,
                 plan.token,
                 plan.tls,
                 metrics.clone(),
@@ -136,6 +138,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
 
     let target_names: Vec<String> = plan.targets.iter().map(|t| t.name.clone()).collect();
     let mut sinks: Vec<Box<dyn ReplaySink>> = Vec::new();
+    let mut backpressure = Vec::new();
     let mut target_workers = Vec::new();
     for target in plan.targets {
         let (target, worker) = Target::start(
@@ -144,6 +147,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
             plan.preserve_connections,
             observers.clone(),
         );
+        backpressure.push(target.backpressure());
         sinks.push(Box::new(target));
         target_workers.push(worker);
     }
@@ -171,6 +175,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     let intake = intake::Intake::new(
         Arc::downgrade(&downstream),
         global.pacing,
+        sink::Room::new(backpressure),
         observers,
         metrics.clone(),
     );

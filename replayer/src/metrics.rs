@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use tapwire_runtime::gor_output::{Outcome, Tally};
 
-use crate::outcome::{FilterRule, RejectReason, TargetDropReason};
+use crate::outcome::{FilterRule, LinkRefusal, RejectReason, TargetDropReason};
 
 macro_rules! label_value_from_as_str {
     ($($kind:ty),*) => {$(
@@ -22,7 +22,7 @@ macro_rules! label_value_from_as_str {
         }
     )*};
 }
-label_value_from_as_str!(TargetDropReason, RejectReason, FilterRule);
+label_value_from_as_str!(TargetDropReason, RejectReason, FilterRule, LinkRefusal);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TargetLabel {
@@ -44,6 +44,11 @@ struct TargetReasonLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RejectLabel {
     reason: RejectReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabel {
+    reason: LinkRefusal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -69,6 +74,10 @@ pub struct ReplayerMetrics {
     pub streams_unauthenticated: Counter,
     /// Listener connections refused by TLS: plaintext, no certificate, or an untrusted one.
     pub tls_handshakes_failed: Counter,
+    /// Listener connections and streams refused before any record was taken, by reason.
+    link_refused: [Counter; LinkRefusal::ALL.len()],
+    /// Failed `accept`s on the gRPC port (out of file descriptors...), each followed by a pause.
+    pub accept_errors: Counter,
     /// Production responses from listeners that track them (kept for comparison).
     pub production_responses_received: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
@@ -119,6 +128,7 @@ impl ReplayerMetrics {
         let registry = registry.sub_registry_with_prefix("tapwire_replayer");
         let rejected_family = Family::<RejectLabel, Counter>::default();
         let filtered_family = Family::<RuleLabel, Counter>::default();
+        let refused_family = Family::<RefusalLabel, Counter>::default();
         let filtered = FilterRule::ALL.map(|rule| {
             filtered_family.get_or_create_owned(&RuleLabel {
                 target: ALL_TARGETS.to_owned(),
@@ -130,6 +140,9 @@ impl ReplayerMetrics {
             records_duplicate: Counter::default(),
             streams_unauthenticated: Counter::default(),
             tls_handshakes_failed: Counter::default(),
+            link_refused: LinkRefusal::ALL
+                .map(|reason| refused_family.get_or_create_owned(&RefusalLabel { reason })),
+            accept_errors: Counter::default(),
             production_responses_received: Counter::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected_family.get_or_create_owned(&RejectLabel { reason })),
@@ -212,6 +225,16 @@ impl ReplayerMetrics {
             metrics.tls_handshakes_failed.clone(),
         );
         registry.register(
+            "link_refused",
+            "Listener connections and streams refused before any record was taken, by reason",
+            refused_family,
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts on the gRPC port (out of file descriptors...), each followed by a pause",
+            metrics.accept_errors.clone(),
+        );
+        registry.register(
             "records_duplicate",
             "Resent records already replayed (a listener resends what was not acknowledged)",
             metrics.records_duplicate.clone(),
@@ -266,6 +289,10 @@ impl ReplayerMetrics {
     /// Received records that could not be replayed at all, whatever the reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().map(Counter::get).sum()
+    }
+
+    pub fn link_refused(&self, reason: LinkRefusal) -> &Counter {
+        &self.link_refused[reason as usize]
     }
 
     pub fn rejected(&self, reason: RejectReason) -> &Counter {

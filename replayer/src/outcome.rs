@@ -7,7 +7,8 @@
 pub enum TargetDropReason {
     /// Over the target's `--rate`.
     RateLimited,
-    /// The target's queue was full: it is slower than the traffic.
+    /// The target's queue was full when a request came that could not wait for room: one the
+    /// middleware wrote back (sources wait for room, see [`ShedSlowTarget`](Self::ShedSlowTarget)).
     TargetQueueFull,
     /// No TCP connection to the target could be made.
     ConnectError,
@@ -17,16 +18,21 @@ pub enum TargetDropReason {
     HttpError,
     /// The target closed or reset the connection before its response was complete.
     ConnectionClosed,
+    /// The target's queue stayed full for longer than `--shed-after`: it is slower than the
+    /// traffic, so it no longer holds the other targets and the listeners back, and what does
+    /// not fit its queue is shed until it has caught up (its queue empty).
+    ShedSlowTarget,
 }
 
 impl TargetDropReason {
-    pub const ALL: [TargetDropReason; 6] = [
+    pub const ALL: [TargetDropReason; 7] = [
         TargetDropReason::RateLimited,
         TargetDropReason::TargetQueueFull,
         TargetDropReason::ConnectError,
         TargetDropReason::Timeout,
         TargetDropReason::HttpError,
         TargetDropReason::ConnectionClosed,
+        TargetDropReason::ShedSlowTarget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +43,7 @@ impl TargetDropReason {
             TargetDropReason::Timeout => "timeout",
             TargetDropReason::HttpError => "http_error",
             TargetDropReason::ConnectionClosed => "connection_closed",
+            TargetDropReason::ShedSlowTarget => "shed_slow_target",
         }
     }
 }
@@ -76,6 +83,41 @@ impl RejectReason {
             RejectReason::GlobalRateLimited => "global_rate_limited",
             RejectReason::MalformedRecord => "malformed_record",
             RejectReason::Middleware => "middleware",
+        }
+    }
+}
+
+/// Why a listener connection or stream was refused before any of its records were taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkRefusal {
+    /// `--max-connections` were already open: closed at once.
+    ConnectionLimit,
+    /// No TLS handshake and HTTP/2 preface within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// The TLS handshake failed (plaintext, no certificate or an untrusted one).
+    TlsHandshake,
+    /// The connection did not open with the HTTP/2 preface.
+    NotHttp2,
+    /// The stream's listener id is longer than allowed or holds control characters.
+    InvalidListenerId,
+}
+
+impl LinkRefusal {
+    pub const ALL: [LinkRefusal; 5] = [
+        LinkRefusal::ConnectionLimit,
+        LinkRefusal::HandshakeTimeout,
+        LinkRefusal::TlsHandshake,
+        LinkRefusal::NotHttp2,
+        LinkRefusal::InvalidListenerId,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkRefusal::ConnectionLimit => "connection_limit",
+            LinkRefusal::HandshakeTimeout => "handshake_timeout",
+            LinkRefusal::TlsHandshake => "tls_handshake",
+            LinkRefusal::NotHttp2 => "not_http2",
+            LinkRefusal::InvalidListenerId => "invalid_listener_id",
         }
     }
 }
@@ -140,6 +182,9 @@ mod tests {
             assert_eq!(reason as usize, index, "{reason:?}");
         }
         for (index, reason) in TargetDropReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason:?}");
+        }
+        for (index, reason) in LinkRefusal::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, index, "{reason:?}");
         }
     }

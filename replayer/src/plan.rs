@@ -33,6 +33,8 @@ pub struct EnginePlan {
     pub grpc_listen: Option<SocketAddr>,
     /// How listeners' streams are paced.
     pub grpc_pacing: StreamPacing,
+    /// What listeners may hold of the gRPC server.
+    pub grpc_limits: crate::source::grpc::LinkLimits,
     /// Recorded files to replay.
     pub files: Option<FileSettings>,
     /// Only read the files and report; send nothing.
@@ -79,6 +81,8 @@ pub struct TargetPlan {
     pub concurrency: usize,
     pub timeout: Duration,
     pub queue: usize,
+    /// How long the queue may stay full, holding sources back, before the target sheds.
+    pub shed_after: Duration,
     pub keep_host: bool,
 }
 
@@ -193,6 +197,7 @@ impl EnginePlan {
                     concurrency: target.concurrency as usize,
                     timeout: target.timeout,
                     queue: target.queue as usize,
+                    shed_after: target.shed_after,
                     keep_host: target.keep_host,
                     url,
                 })
@@ -231,6 +236,7 @@ impl EnginePlan {
                 speed: config.speed,
                 max_wait: None,
             },
+            grpc_limits: crate::source::grpc::LinkLimits::compile(config)?,
             files,
             dry_run: config.input_file_dry_run,
             exit_after: config.exit_after,

@@ -1,6 +1,8 @@
 //! One staging target: its filters, sampler and rate, its bounded queue, and the workers that
-//! send its requests under a timeout. Each worker owns one upstream connection (so the target
-//! sees at most `concurrency` connections); with `--preserve-connections` each captured client
+//! send its requests under a timeout. Sources wait for room in the queue ([`TargetQueue`]
+//! implements [`Backpressure`]) until it has been full for longer than `--shed-after`; the
+//! target then sheds what does not fit (`shed_slow_target`) until its queue has emptied. Each
+//! worker owns one upstream connection (so the target sees at most `concurrency` connections); with `--preserve-connections` each captured client
 //! connection gets a session of its own instead, replayed in order. A target owns all of this,
 //! so a dead or slow target fills only its own queue and never delays the others. Requests are
 //! written as captured ([`crate::request`]) on an [`Upstream`] connection, which is reused
@@ -9,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::DefaultDirectRateLimiter;
@@ -28,7 +31,7 @@ use crate::rate::CaptureRate;
 use crate::request::{HostRule, ReplayRequest};
 use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
-use crate::sink::ReplaySink;
+use crate::sink::{Backpressure, ReplaySink, RoomWait};
 use crate::upstream::{ExchangeError, TargetResponse, Upstream};
 
 /// Requests queued per preserved session.
@@ -41,7 +44,7 @@ type Pacing = Option<Arc<DefaultDirectRateLimiter>>;
 
 /// The handle the fan-out offers requests to.
 pub struct Target {
-    queue: mpsc::Sender<Arc<ReplayRequest>>,
+    queue: Arc<TargetQueue>,
     filters: Filters,
     sampler: Option<Sampler>,
     /// Decides which requests fit the rate when over-rate requests are dropped.
@@ -60,6 +63,7 @@ impl Target {
     ) -> (Target, JoinHandle<()>) {
         let metrics = metrics.target(&plan.name);
         let (queue, requests) = mpsc::channel(plan.queue);
+        let queue = Arc::new(TargetQueue::new(queue, plan.shed_after, &plan.name));
         let sender = Arc::new(RequestSender::new(&plan, metrics.clone(), observers));
         let (admission, pacing) = match plan.rate {
             None => (None, None),
@@ -93,10 +97,104 @@ impl Target {
         };
         (target, workers)
     }
+
+    /// What sources wait on for room in this target's queue (for as long as the target is
+    /// fed).
+    pub fn backpressure(&self) -> std::sync::Weak<dyn Backpressure> {
+        let queue: Arc<dyn Backpressure> = Arc::clone(&self.queue) as Arc<dyn Backpressure>;
+        Arc::downgrade(&queue)
+    }
+}
+
+/// A target's bounded queue, and whether the target is shedding.
+pub struct TargetQueue {
+    sender: mpsc::Sender<Arc<ReplayRequest>>,
+    /// How long the queue may stay full, making sources wait, before the target sheds.
+    shed_after: Duration,
+    /// Since when sources have found the queue full every time they looked, in nanoseconds
+    /// after `created` plus one; 0 while it is not full.
+    full_since: AtomicU64,
+    created: Instant,
+    /// Full for longer than `shed_after`: sources no longer wait for it, and what does not
+    /// fit is dropped (`shed_slow_target`) until the queue has emptied.
+    shedding: AtomicBool,
+    name: String,
+}
+
+impl TargetQueue {
+    fn new(sender: mpsc::Sender<Arc<ReplayRequest>>, shed_after: Duration, name: &str) -> Self {
+        TargetQueue {
+            sender,
+            shed_after,
+            full_since: AtomicU64::new(0),
+            created: Instant::now(),
+            shedding: AtomicBool::new(false),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Room now: the queue's full time starts again, and a shedding target whose queue has
+    /// emptied has caught up.
+    fn found_room(&self) {
+        if self.full_since.load(Ordering::Relaxed) != 0 {
+            self.full_since.store(0, Ordering::Relaxed);
+        }
+        if self.shedding.load(Ordering::Relaxed)
+            && self.sender.capacity() == self.sender.max_capacity()
+        {
+            self.shedding.store(false, Ordering::Relaxed);
+            tracing::info!(target = %self.name, "target caught up: no longer shedding");
+        }
+    }
+
+    /// When sources started finding the queue full (now, if this is the first time).
+    fn full_since(&self) -> Instant {
+        let mut since = self.full_since.load(Ordering::Relaxed);
+        if since == 0 {
+            since = self.created.elapsed().as_nanos() as u64 + 1;
+            self.full_since.store(since, Ordering::Relaxed);
+        }
+        self.created + Duration::from_nanos(since - 1)
+    }
+
+    async fn wait_until_room_or_shed(&self, deadline: Instant) {
+        match tokio::time::timeout_at(deadline.into(), self.sender.reserve()).await {
+            // The slot stays free: only the stream holding the dispatch turn can take it.
+            Ok(_) => {}
+            Err(_) => {
+                self.shedding.store(true, Ordering::Relaxed);
+                tracing::warn!(target = %self.name, shed_after = ?self.shed_after,
+                    "target queue full for longer than --shed-after: shedding until it catches up");
+            }
+        }
+    }
+}
+
+impl Backpressure for TargetQueue {
+    fn has_room_beyond(&self, spare: usize) -> bool {
+        let room = self.sender.capacity() > spare;
+        if room {
+            self.found_room();
+        }
+        room
+    }
+
+    fn wait_for_room(&self) -> Option<RoomWait<'_>> {
+        if self.sender.capacity() > 0 {
+            self.found_room();
+            return None;
+        }
+        if self.shedding.load(Ordering::Relaxed) {
+            return None;
+        }
+        let deadline = self.full_since() + self.shed_after;
+        Some(Box::pin(self.wait_until_room_or_shed(deadline)))
+    }
 }
 
 impl ReplaySink for Target {
-    /// Never waits: filtered, sampled-out, over-rate and over-capacity requests are counted.
+    /// Never waits (sources waited for room before): filtered, sampled-out, over-rate and
+    /// over-capacity requests are counted.
     fn offer(&self, request: &Arc<ReplayRequest>) {
         if let Err(rule) = self.filters.check(request) {
             self.metrics.filtered(rule).inc();
@@ -112,10 +210,13 @@ impl ReplaySink for Target {
             self.metrics.dropped(TargetDropReason::RateLimited).inc();
             return;
         }
-        if self.queue.try_send(Arc::clone(request)).is_err() {
-            self.metrics
-                .dropped(TargetDropReason::TargetQueueFull)
-                .inc();
+        if self.queue.sender.try_send(Arc::clone(request)).is_err() {
+            let reason = if self.queue.shedding.load(Ordering::Relaxed) {
+                TargetDropReason::ShedSlowTarget
+            } else {
+                TargetDropReason::TargetQueueFull
+            };
+            self.metrics.dropped(reason).inc();
         }
     }
 }

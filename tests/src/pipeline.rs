@@ -37,6 +37,8 @@ pub struct PipelineOptions {
     /// A replayer TOML configuration used instead of flags; `{target0}`, `{target1}`... stand
     /// for the targets' URLs. The listen addresses are added.
     pub replayer_config: Option<String>,
+    /// The replayer's limit on open files (RLIMIT_NOFILE), if it must have one.
+    pub replayer_open_files: Option<u64>,
 }
 
 impl Default for PipelineOptions {
@@ -52,6 +54,7 @@ impl Default for PipelineOptions {
             replayer_grpc_listen: "127.0.0.1:0".into(),
             replayer_url_base: "http://127.0.0.1".into(),
             wait_for_link: true,
+            replayer_open_files: None,
         }
     }
 }
@@ -59,6 +62,7 @@ impl Default for PipelineOptions {
 /// A running pipeline. Dropping it kills the processes.
 pub struct Pipeline {
     replayer_args: Vec<String>,
+    replayer_open_files: Option<u64>,
     listener_args: Vec<String>,
     /// Holds the replayer's config file for as long as a restart may read it.
     _config_dir: tempfile::TempDir,
@@ -122,7 +126,7 @@ impl Pipeline {
                 args
             }
         };
-        let replayer = Process::spawn("tapwire-replayer", &replayer_args)?;
+        let replayer = spawn_replayer(&replayer_args, options.replayer_open_files)?;
         let replayer_metrics = ready_addr(&replayer, "metrics endpoint listening").await?;
         let replayer_grpc = ready_addr(&replayer, "grpc server listening").await?;
 
@@ -151,6 +155,7 @@ impl Pipeline {
         }
         Ok(Pipeline {
             replayer_args,
+            replayer_open_files: options.replayer_open_files,
             listener_args,
             _config_dir: config_dir,
             production,
@@ -183,7 +188,7 @@ impl Pipeline {
     }
 
     pub async fn restart_replayer(&mut self) -> anyhow::Result<()> {
-        self.replayer = Process::spawn("tapwire-replayer", &self.replayer_args)?;
+        self.replayer = spawn_replayer(&self.replayer_args, self.replayer_open_files)?;
         self.replayer_metrics = ready_addr(&self.replayer, "metrics endpoint listening").await?;
         self.replayer_grpc = ready_addr(&self.replayer, "grpc server listening").await?;
         Ok(())
@@ -310,6 +315,13 @@ impl Replayer {
             Duration::from_secs(30),
         )
         .await
+    }
+}
+
+fn spawn_replayer(args: &[String], open_files: Option<u64>) -> anyhow::Result<Process> {
+    match open_files {
+        Some(limit) => Process::spawn_with_open_files("tapwire-replayer", args, limit),
+        None => Process::spawn("tapwire-replayer", args),
     }
 }
 

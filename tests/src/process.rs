@@ -70,6 +70,33 @@ impl Process {
         Process::start(binary, Command::new(&path).args(args))
     }
 
+    /// Runs a tapwire binary with at most `open_files` file descriptors (RLIMIT_NOFILE, soft
+    /// and hard), as under systemd's default of 1024.
+    pub fn spawn_with_open_files(
+        binary: &str,
+        args: &[String],
+        open_files: u64,
+    ) -> anyhow::Result<Process> {
+        let path = binary_path(binary)?;
+        let mut command = Command::new(&path);
+        command.args(args);
+        let limit = libc::rlimit {
+            rlim_cur: open_files,
+            rlim_max: open_files,
+        };
+        // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Process::start(binary, &mut command)
+    }
+
     /// Runs a tapwire binary inside a network namespace (`ip netns exec`, which becomes it).
     pub fn spawn_in_namespace(
         namespace: &str,

@@ -1,5 +1,8 @@
-//! The listeners' source: a gRPC server accepting record streams from any number of listeners,
-//! each stream a [`StreamSession`] that hands batches to its own
+//! The listeners' source: a gRPC server accepting record streams from listeners (within the
+//! [`LinkLimits`]: connections, handshake time and streams per connection are capped by
+//! [`connections`](super::connections), and the bytes of batches held from all listeners
+//! together by one budget: at the cap, streams stop reading and HTTP/2 flow control leaves the
+//! rest with the listeners), each stream a [`StreamSession`] that hands batches to its own
 //! [`StreamIntake`](crate::intake::StreamIntake) and acknowledges each batch, in order, once
 //! every target is done with its requests. Pacing a stream holds that listener back (its
 //! acknowledgements wait), never the others. A stream that sends what cannot be decoded is
@@ -15,18 +18,21 @@ use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use subtle::ConstantTimeEq;
 use tapwire_runtime::Shutdown;
+use tapwire_shared::config::ConfigError;
 use tapwire_shared::link;
 use tapwire_shared::proto::replay_server::{Replay, ReplayServer};
 use tapwire_shared::proto::{BatchAck, RecordBatch};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Duration;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::connections::{self, ConnectionLimits};
+use crate::config::ReplayerConfig;
 use crate::intake::{Delivered, Intake, StreamIntake};
 use crate::metrics::ReplayerMetrics;
+use crate::outcome::LinkRefusal;
 use crate::pace::StreamPacing;
 use crate::request::Origin;
 
@@ -42,11 +48,53 @@ const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(3);
 const END_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// How long shutdown waits for listener connections to close once their streams have ended.
 const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Longest listener id taken (bytes); it keys the de-duplicator and appears in logs.
+const MAX_LISTENER_ID: usize = 256;
+/// The held-bytes budget counts in units of this many bytes (a semaphore's permits).
+const HELD_UNIT: u64 = 1024;
+
+/// What listeners may hold of the gRPC server.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    pub connections: ConnectionLimits,
+    pub max_streams_per_connection: u32,
+    /// Bytes of batches held from all listeners together.
+    pub max_held_bytes: u64,
+}
+
+impl LinkLimits {
+    pub fn compile(config: &ReplayerConfig) -> Result<LinkLimits, ConfigError> {
+        for (field, value) in [
+            ("max_connections", u64::from(config.max_connections)),
+            (
+                "max_streams_per_connection",
+                u64::from(config.max_streams_per_connection),
+            ),
+            ("max_held_bytes", config.max_held_bytes.get() / HELD_UNIT),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(
+                    field,
+                    "must be at least 1 (1KiB for bytes)",
+                ));
+            }
+        }
+        Ok(LinkLimits {
+            connections: ConnectionLimits {
+                max_connections: config.max_connections as usize,
+                handshake_timeout: config.handshake_timeout,
+            },
+            max_streams_per_connection: config.max_streams_per_connection,
+            max_held_bytes: config.max_held_bytes.get(),
+        })
+    }
+}
 
 /// The gRPC server, bound and ready to serve.
 pub struct GrpcSource {
     listener: tokio::net::TcpListener,
     pacing: StreamPacing,
+    limits: LinkLimits,
     token: Option<String>,
     tls: Option<Arc<ServerConfig>>,
     metrics: ReplayerMetrics,
@@ -57,6 +105,7 @@ impl GrpcSource {
     pub async fn bind(
         addr: SocketAddr,
         pacing: StreamPacing,
+        limits: LinkLimits,
         token: Option<String>,
         tls: Option<Arc<ServerConfig>>,
         metrics: ReplayerMetrics,
@@ -67,6 +116,7 @@ impl GrpcSource {
         Ok(GrpcSource {
             listener,
             pacing,
+            limits,
             token,
             tls,
             metrics,
@@ -84,10 +134,15 @@ impl GrpcSource {
     /// Serves listeners until `shutdown`: then every stream acknowledges what its targets
     /// finish in time and ends, and connections get a grace period to close.
     pub async fn run(self, intake: Intake, shutdown: Shutdown) -> anyhow::Result<()> {
+        // At most u32::MAX units (4 TiB): what one acquire can ask for.
+        let held_units = (self.limits.max_held_bytes / HELD_UNIT).min(u64::from(u32::MAX)) as u32;
         let service = ReplayServer::new(ReplayService {
             intake,
             pacing: self.pacing,
             shutdown: shutdown.clone(),
+            held: Arc::new(Semaphore::new(held_units as usize)),
+            held_units,
+            metrics: self.metrics.clone(),
         })
         .max_decoding_message_size(link::MAX_MESSAGE_BYTES)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -98,30 +153,15 @@ impl GrpcSource {
         let server = tonic::transport::Server::builder()
             .initial_stream_window_size(link::WINDOW_BYTES)
             .initial_connection_window_size(link::WINDOW_BYTES)
+            .max_concurrent_streams(self.limits.max_streams_per_connection)
             .add_service(service);
-        let serve = async {
-            match self.tls {
-                Some(tls) => {
-                    let incoming = super::tls::accept(
-                        self.listener,
-                        tls,
-                        self.metrics.tls_handshakes_failed.clone(),
-                    );
-                    server
-                        .serve_with_incoming_shutdown(incoming, shutdown.requested())
-                        .await
-                }
-                None => {
-                    // The builder's `tcp_nodelay` is ignored for an incoming stream: set it
-                    // here, or each small ack waits on Nagle for the listener's delayed ACK
-                    // (40 ms).
-                    let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-                    server
-                        .serve_with_incoming_shutdown(incoming, shutdown.requested())
-                        .await
-                }
-            }
-        };
+        let incoming = connections::accept(
+            self.listener,
+            self.limits.connections,
+            self.tls,
+            self.metrics.clone(),
+        );
+        let serve = server.serve_with_incoming_shutdown(incoming, shutdown.requested());
         // Streams end at once on shutdown, but the connection of a listener that reads nothing
         // cannot flush its last frames, and the server would wait on it for ever.
         let grace = async {
@@ -184,6 +224,10 @@ struct ReplayService {
     intake: Intake,
     pacing: StreamPacing,
     shutdown: Shutdown,
+    /// The budget of bytes held from all listeners, in [`HELD_UNIT`]s.
+    held: Arc<Semaphore>,
+    held_units: u32,
+    metrics: ReplayerMetrics,
 }
 
 #[tonic::async_trait]
@@ -207,6 +251,9 @@ impl Replay for ReplayService {
             intake,
             in_flight: VecDeque::new(),
             shutdown: self.shutdown.clone(),
+            held: Arc::clone(&self.held),
+            held_units: self.held_units,
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(session.run());
         Ok(Response::new(ReceiverStream::new(outgoing)))
@@ -225,6 +272,9 @@ struct StreamSession {
     /// order, once every target is done with its requests.
     in_flight: VecDeque<(BatchAck, Delivered)>,
     shutdown: Shutdown,
+    held: Arc<Semaphore>,
+    held_units: u32,
+    metrics: ReplayerMetrics,
 }
 
 /// What wakes a stream up.
@@ -234,6 +284,18 @@ enum Turn {
     /// The listener sent a batch, closed its side (`None`), or broke the stream.
     Received(Result<Option<RecordBatch>, Status>),
     Stopping,
+}
+
+/// Why a stream takes no more batches.
+enum Refused {
+    /// Shutdown came first.
+    Stopping,
+    InvalidListenerId,
+}
+
+/// Printable and short: a listener id keys the de-duplicator and is written to logs.
+fn valid_listener_id(id: &str) -> bool {
+    id.len() <= MAX_LISTENER_ID && !id.chars().any(char::is_control)
 }
 
 /// What became of a reply.
@@ -255,19 +317,28 @@ impl StreamSession {
                         break;
                     }
                 },
-                Turn::Received(Ok(Some(batch))) => {
-                    if self.take(batch).await.is_err() {
+                Turn::Received(Ok(Some(batch))) => match self.take(batch).await {
+                    Ok(()) => {}
+                    Err(Refused::Stopping) => {
                         // That batch is not acknowledged: the listener sends it again elsewhere.
                         self.finish_for_shutdown().await;
                         break;
                     }
-                }
+                    Err(Refused::InvalidListenerId) => {
+                        let status = Status::invalid_argument(format!(
+                            "listener id must be at most {MAX_LISTENER_ID} bytes without control characters"
+                        ));
+                        let _ = self.reply(Err(status)).await;
+                        break;
+                    }
+                },
                 Turn::Received(Ok(None)) => {
                     self.acknowledge_all().await;
                     break;
                 }
                 Turn::Received(Err(status)) => {
-                    tracing::warn!(peer = ?self.peer, listener = %self.listener_id(), %status,
+                    tracing::warn!(peer = ?self.peer, listener = %self.listener_id(),
+                        code = ?status.code(), message = %status.message().escape_debug(),
                         "listener stream failed");
                     // Ending with OK would tell the listener its stream closed cleanly.
                     let _ = self.reply(Err(status)).await;
@@ -312,14 +383,24 @@ impl StreamSession {
         }
     }
 
-    /// Hands a batch to the intake; `Err` when shutdown interrupted its pacing.
-    async fn take(&mut self, batch: RecordBatch) -> Result<(), crate::intake::Interrupted> {
-        let origin = self.origin.get_or_insert_with(|| {
-            tracing::info!(peer = ?self.peer, listener = %batch.listener_id, "listener connected");
-            Origin {
-                listener_id: batch.listener_id.clone(),
-                instance: batch.listener_instance,
+    /// Hands a batch to the intake once the held-bytes budget has room for it; `Err` when
+    /// shutdown came first or the batch's listener id is refused.
+    async fn take(&mut self, batch: RecordBatch) -> Result<(), Refused> {
+        if self.origin.is_none() {
+            if !valid_listener_id(&batch.listener_id) {
+                self.metrics
+                    .link_refused(LinkRefusal::InvalidListenerId)
+                    .inc();
+                tracing::warn!(peer = ?self.peer, listener = ?batch.listener_id,
+                    "refused a listener stream: invalid listener id");
+                return Err(Refused::InvalidListenerId);
             }
+            tracing::info!(peer = ?self.peer, listener = %batch.listener_id, "listener connected");
+        }
+        let held = self.hold(&batch).await?;
+        let origin = self.origin.get_or_insert_with(|| Origin {
+            listener_id: batch.listener_id.clone(),
+            instance: batch.listener_instance,
         });
         // Each batch says which listener process it comes from (a spooled batch keeps an
         // earlier one's).
@@ -331,9 +412,33 @@ impl StreamSession {
         let delivered = self
             .intake
             .take_wire(origin, batch.records, batch.responses, &self.shutdown)
-            .await?;
-        self.in_flight.push_back((ack, delivered));
+            .await
+            .map_err(|_| Refused::Stopping)?;
+        // The batch's bytes go back to the budget as soon as its requests are done, even
+        // while its acknowledgement waits for the older ones.
+        let (released, delivered_and_released) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = delivered.await;
+            drop(held);
+            let _ = released.send(());
+        });
+        self.in_flight.push_back((ack, delivered_and_released));
         Ok(())
+    }
+
+    /// Room in the held-bytes budget for `batch` (all of it, for a batch larger than that).
+    async fn hold(&self, batch: &RecordBatch) -> Result<OwnedSemaphorePermit, Refused> {
+        let bytes = prost::Message::encoded_len(batch) as u64;
+        let units = bytes
+            .div_ceil(HELD_UNIT)
+            .clamp(1, u64::from(self.held_units)) as u32;
+        tokio::select! {
+            biased;
+            () = self.shutdown.requested() => Err(Refused::Stopping),
+            permit = Arc::clone(&self.held).acquire_many_owned(units) => {
+                permit.map_err(|_| Refused::Stopping)
+            }
+        }
     }
 
     /// The listener is done sending; it still waits for the acknowledgements of what is in

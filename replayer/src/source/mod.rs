@@ -2,9 +2,11 @@
 //! or shut down, handing each ordered stream of records it receives to the
 //! [`Intake`](crate::intake::Intake) and acknowledging what the intake reports delivered.
 //!
-//! - [`grpc`]: the listeners' streams ([`tls`] guards the link).
+//! - [`grpc`]: the listeners' streams ([`connections`] caps who may connect and for how long
+//!   before speaking HTTP/2, [`tls`] guards the link).
 //! - [`file`]: recorded GoReplay `.gor` files.
 
+pub mod connections;
 pub mod file;
 pub mod grpc;
 pub mod tls;
