@@ -44,10 +44,16 @@ pub enum DropReason {
     FileFull,
     /// A file (or stdout) output could not be written.
     FileError,
+    /// The connection ended (FIN, RST, idleness, or the listener stopping) in the middle of
+    /// the request.
+    Incomplete,
+    /// Production's server never acknowledged the request's bytes (a spoofed segment, bytes
+    /// outside the connection's window, or a connection gone before the ACK): never replayed.
+    UnacknowledgedByServer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::QueueFull,
         DropReason::MalformedHttp,
         DropReason::TooLarge,
@@ -62,6 +68,8 @@ impl DropReason {
         DropReason::Unredactable,
         DropReason::FileFull,
         DropReason::FileError,
+        DropReason::Incomplete,
+        DropReason::UnacknowledgedByServer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +88,8 @@ impl DropReason {
             DropReason::Unredactable => "unredactable",
             DropReason::FileFull => "file_full",
             DropReason::FileError => "file_error",
+            DropReason::Incomplete => "incomplete",
+            DropReason::UnacknowledgedByServer => "unacknowledged_by_server",
         }
     }
 

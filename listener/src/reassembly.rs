@@ -1,12 +1,37 @@
 //! TCP reassembly. Each connection has a request stream (client to server) and, with
 //! `--track-responses`, a response stream. For each stream it restores sequence order:
 //! retransmitted bytes are trimmed, out-of-order segments wait in a bounded buffer, and the
-//! ordered bytes go to the stream's cutter. A hole that does not fill in time (a packet the
-//! kernel never delivered to us) is skipped, costing only the message it falls in. Responses are
-//! paired with requests in order. Connections end on FIN, RST or idleness; total buffered bytes
-//! and the number of connections are capped, and connections shed to stay under the caps are
-//! counted. Sequence numbers wrap, so positions are compared by signed 32-bit distance and
-//! stored as 64-bit stream offsets.
+//! ordered bytes go to the stream's cutter. Responses are paired with requests in order.
+//! Connections end on FIN, RST or idleness; the number of connections and the memory they hold
+//! are capped, and connections shed to stay under the caps are counted. Sequence numbers wrap,
+//! so positions are compared by signed 32-bit distance and stored as 64-bit stream offsets.
+//!
+//! **Only what production accepted is replayed.** The server's segments are always captured
+//! (their payload is ignored unless responses are tracked) for their ACKs: a cut request is
+//! released only once the server's ACK covers its last byte, which proves that production's
+//! TCP stack accepted those exact bytes. Requests waiting for that ACK are held (bounded); if
+//! the connection ends, idles or is shed first they are counted as `unacknowledged_by_server`.
+//! One uniform rule serves connections seen from their handshake and connections already open
+//! when capture started, and it also stops what a seen handshake alone would let through: a
+//! spoofed segment (the server answers it with a RST, never an ACK), and bytes injected far
+//! ahead of a real connection's window. ACKs on RST segments are ignored: a RST answering a
+//! segment without ACK acknowledges that very segment (RFC 9293, 3.10.7.1). The cost is
+//! latency: a request leaves when production's ACK is captured (usually at once, at worst the
+//! server's delayed-ACK timer, 40 ms on Linux, or its response).
+//!
+//! A hole that does not fill in time is given up. If the server acknowledged past it, the
+//! server has those bytes and only capture missed them: the hole is skipped, costing only the
+//! message it falls in (`capture_gap`). Otherwise what is held behind it was never accepted by
+//! production: it is discarded (`unacknowledged_by_server`) and the stream waits on at the
+//! hole, so injected bytes cannot push a real connection's stream position.
+//!
+//! **Memory is counted by cost**, not payload: a held segment costs its allocation plus
+//! [`HELD_SEGMENT_OVERHEAD`], adjacent held segments are coalesced into one, and a stream holds
+//! at most [`MAX_HELD_SEGMENTS`]. Flows are boxed and allocate nothing until they hold bytes, so
+//! an idle connection costs its table entry and one small allocation.
+//!
+//! **Every request is accounted for**: one cut short by FIN, RST, idleness or the end of
+//! capture is counted as `incomplete`; one in a flow shed to respect a limit as `flow_shed`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -17,18 +42,33 @@ use crate::http::{CutEvent, Cutter, RequestCutter, ResponseCutter, ResponseEvent
 use crate::metrics::DropReason;
 use crate::packet::{FlowKey, Segment};
 
+/// What a held out-of-order segment costs beyond its allocation's capacity: its B-tree entry
+/// (8-byte key, 24-byte vector, node headers and half-empty nodes) and the allocator's chunk
+/// header and rounding. Measured with `bench/flood.sh` (1-byte segments, one every other byte,
+/// so none coalesce): about 90 bytes of RSS per segment beyond its payload.
+pub const HELD_SEGMENT_OVERHEAD: usize = 96;
+/// Out-of-order segments one stream holds at most. A real hole has at most a window of
+/// segments behind it: 1 MiB of 1448-byte segments is 724.
+pub const MAX_HELD_SEGMENTS: usize = 1024;
+/// Cut requests one connection holds at most while waiting for the server's ACK; past it the
+/// oldest is counted as `unacknowledged_by_server`. A server acknowledges a window's worth at a
+/// time, so legitimate pipelining never gets near it.
+const MAX_UNACKNOWLEDGED_REQUESTS: usize = 256;
+/// What a request waiting for its ACK costs beyond its bytes (queue slot, shared buffer).
+const WAITING_REQUEST_OVERHEAD: usize = 64;
+
 /// Limits that keep reassembly memory bounded.
 #[derive(Debug, Clone, Copy)]
 pub struct ReassemblyLimits {
     /// Largest request (or response) kept; larger ones are dropped as `too_large`.
     pub max_request_bytes: usize,
-    /// Out-of-order bytes held per stream while waiting for a hole to fill.
+    /// Memory held per stream for out-of-order segments (bytes plus bookkeeping).
     pub max_out_of_order_bytes: usize,
     /// How long a hole may stay open before its bytes are declared lost.
     pub gap_timeout_ns: u64,
     /// A flow with no packets for this long is forgotten.
     pub flow_idle_timeout_ns: u64,
-    /// Bytes buffered across all flows; past it the largest flows are shed.
+    /// Memory held across all flows; past it the largest flows are shed.
     pub max_buffered_bytes: usize,
     /// Flows tracked at once; past it the least recently active are shed.
     pub max_flows: usize,
@@ -37,7 +77,7 @@ pub struct ReassemblyLimits {
 /// What reassembly reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowEvent {
-    /// A complete request; `id` is unique within this reassembler.
+    /// A complete request that the server acknowledged; `id` is unique within this reassembler.
     Request {
         id: u64,
         bytes: Bytes,
@@ -77,7 +117,7 @@ impl<F: FnMut(FlowKey, FlowEvent)> FlowObserver for F {
 pub enum Direction {
     /// Client to server: requests.
     Request,
-    /// Server to client: responses.
+    /// Server to client: responses, and the ACKs that release requests.
     Response,
 }
 
@@ -86,8 +126,9 @@ pub enum Direction {
 pub struct Reassembler {
     limits: ReassemblyLimits,
     track_responses: bool,
-    flows: HashMap<FlowKey, Flow>,
-    /// Sum of every flow's buffered bytes.
+    /// Boxed: the table's slots stay small, so a table sized for many flows costs little.
+    flows: HashMap<FlowKey, Box<Flow>>,
+    /// Sum of every flow's buffered cost.
     buffered_bytes: usize,
     next_request_id: u64,
 }
@@ -99,21 +140,36 @@ struct Stream<C> {
     next_seq: u32,
     /// Stream offset of `next_seq`: bytes delivered (or skipped) so far.
     delivered: u64,
-    /// Segments ahead of `next_seq`, by stream offset.
-    out_of_order: BTreeMap<u64, Bytes>,
-    out_of_order_bytes: usize,
+    /// Segments ahead of `next_seq`, by stream offset; adjacent ones coalesced.
+    held: BTreeMap<u64, Vec<u8>>,
+    /// What `held` costs: capacities plus [`HELD_SEGMENT_OVERHEAD`] per segment.
+    held_cost: usize,
     /// When the oldest still-open hole was first seen.
     hole_since_ns: Option<u64>,
     /// Sequence number just past the sender's FIN, once seen.
     fin_seq: Option<u32>,
+    /// Times held bytes were discarded because the server never acknowledged the hole.
+    unacknowledged_discards: u32,
     cutter: C,
+}
+
+/// Cut requests waiting until the server's ACK covers them, in cut order.
+#[derive(Debug, Default)]
+struct AckGate {
+    /// Request-stream offset up to which the server has acknowledged.
+    acked: u64,
+    /// Cut events in order, each with the stream offset reached when it was cut (its request
+    /// ends at or before it). Other events wait behind a request, to keep the order.
+    waiting: VecDeque<(u64, CutEvent)>,
+    waiting_cost: usize,
 }
 
 #[derive(Debug)]
 struct Flow {
     requests: Stream<RequestCutter>,
+    acknowledgement: AckGate,
     /// Present when responses are tracked and the connection was seen from its SYN-ACK.
-    responses: Option<Stream<ResponseCutter>>,
+    responses: Option<Box<Stream<ResponseCutter>>>,
     /// Requests awaiting their response, oldest first: (id, first byte time).
     unanswered: VecDeque<(u64, u64)>,
     last_seen_ns: u64,
@@ -140,7 +196,8 @@ impl Reassembler {
         self.flows.len()
     }
 
-    /// Bytes held across all flows (partial messages and out-of-order segments).
+    /// Memory held across all flows (partial messages, out-of-order segments, requests waiting
+    /// for their ACK), by cost.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
     }
@@ -161,18 +218,19 @@ impl Reassembler {
     ) {
         let key = segment.flow;
         if segment.rst {
-            // The connection is gone, but what it sent before the reset still counts.
+            // The connection is gone, but what the server acknowledged before the reset counts.
             self.remove(key, now_ns, observer);
             return;
         }
         match direction {
             Direction::Request => self.open_for_request(segment, now_ns, observer),
-            Direction::Response if segment.syn => {
-                if let Some(flow) = self.flows.get_mut(&key)
-                    && self.track_responses
-                {
+            Direction::Response if segment.syn && self.track_responses => {
+                if let Some(flow) = self.flows.get_mut(&key) {
                     let cutter = ResponseCutter::new(self.limits.max_request_bytes);
-                    flow.responses = Some(Stream::new(segment.seq.wrapping_add(1), cutter));
+                    flow.responses = Some(Box::new(Stream::new(
+                        segment.seq.wrapping_add(1),
+                        cutter,
+                    )));
                 }
             }
             Direction::Response => {}
@@ -186,41 +244,10 @@ impl Reassembler {
         let next_request_id = &mut self.next_request_id;
         match direction {
             Direction::Request => {
-                let seq = if segment.syn {
-                    segment.seq.wrapping_add(1)
-                } else {
-                    segment.seq
-                };
-                let Flow {
-                    requests,
-                    responses,
-                    unanswered,
-                    ..
-                } = flow;
-                let mut on_request = |event| {
-                    handle_request_event(
-                        event,
-                        key,
-                        next_request_id,
-                        responses,
-                        unanswered,
-                        observer,
-                    )
-                };
-                requests.take(seq, segment, now_ns, &limits, &mut on_request);
+                flow.take_request_segment(key, segment, now_ns, &limits, next_request_id, observer)
             }
             Direction::Response => {
-                let Flow {
-                    responses,
-                    unanswered,
-                    ..
-                } = flow;
-                if let Some(responses) = responses {
-                    let mut on_response =
-                        |event| handle_response_event(event, key, unanswered, observer);
-                    let seq = segment.seq.wrapping_add(u32::from(segment.syn));
-                    responses.take(seq, segment, now_ns, &limits, &mut on_response);
-                }
+                flow.take_response_segment(key, segment, now_ns, &limits, next_request_id, observer)
             }
         }
         let after = flow.buffered();
@@ -247,38 +274,27 @@ impl Reassembler {
             self.make_room_for_a_flow(observer);
             let cutter = RequestCutter::new(self.limits.max_request_bytes);
             let flow = Flow::new(Stream::new(segment.seq.wrapping_add(1), cutter), now_ns);
-            self.flows.insert(key, flow);
+            self.flows.insert(key, Box::new(flow));
         } else if !self.flows.contains_key(&key) && !segment.payload.is_empty() {
             // A connection already open when capture started: pick it up at a request line.
-            // (Bare ACKs of such a connection carry nothing to resynchronise on.)
+            // (Bare ACKs of such a connection carry nothing to resynchronise on.) What is cut
+            // is released only once the server acknowledges it, so a spoofed segment opening
+            // a flow here costs a table entry until the server's RST or idleness, nothing more.
             self.make_room_for_a_flow(observer);
             let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
-            self.flows
-                .insert(key, Flow::new(Stream::new(segment.seq, cutter), now_ns));
+            let flow = Flow::new(Stream::new(segment.seq, cutter), now_ns);
+            self.flows.insert(key, Box::new(flow));
         }
     }
 
-    /// Time-based work: holes that waited too long are skipped, idle flows forgotten.
+    /// Time-based work: holes that waited too long are given up, idle flows forgotten.
     pub fn expire(&mut self, now_ns: u64, observer: &mut impl FlowObserver) {
         let limits = self.limits;
         let mut idle = Vec::new();
         let next_request_id = &mut self.next_request_id;
         for (&key, flow) in &mut self.flows {
             let before = flow.buffered();
-            let Flow {
-                requests,
-                responses,
-                unanswered,
-                ..
-            } = flow;
-            requests.expire_hole(now_ns, &limits, &mut |event| {
-                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
-            });
-            if let Some(responses) = responses {
-                responses.expire_hole(now_ns, &limits, &mut |event| {
-                    handle_response_event(event, key, unanswered, observer)
-                });
-            }
+            flow.expire_holes(key, now_ns, &limits, next_request_id, observer);
             self.buffered_bytes = self.buffered_bytes + flow.buffered() - before;
             if now_ns.saturating_sub(flow.last_seen_ns) >= limits.flow_idle_timeout_ns {
                 idle.push(key);
@@ -301,28 +317,13 @@ impl Reassembler {
         }
     }
 
-    /// Ends a flow: bytes held behind holes are still cut (the holes counted), and a
-    /// close-delimited response ends.
+    /// Ends a flow: what the server acknowledged is still cut and released, the rest counted.
     fn remove(&mut self, key: FlowKey, now_ns: u64, observer: &mut impl FlowObserver) {
         let Some(mut flow) = self.flows.remove(&key) else {
             return;
         };
         self.buffered_bytes -= flow.buffered();
-        let Flow {
-            requests,
-            responses,
-            unanswered,
-            ..
-        } = &mut flow;
-        let next_request_id = &mut self.next_request_id;
-        requests.close(now_ns, &mut |event| {
-            handle_request_event(event, key, next_request_id, responses, unanswered, observer)
-        });
-        if let Some(responses) = responses {
-            responses.close(now_ns, &mut |event| {
-                handle_response_event(event, key, unanswered, observer)
-            });
-        }
+        flow.close(key, now_ns, &mut self.next_request_id, observer);
     }
 
     /// Sheds the flows holding the most bytes until a tenth of the budget is free again.
@@ -360,30 +361,44 @@ impl Reassembler {
         }
     }
 
+    /// Drops a flow to respect a limit: a partial request is counted as `flow_shed`, requests
+    /// still waiting for the server's ACK as `unacknowledged_by_server`.
     fn shed(&mut self, key: FlowKey, observer: &mut impl FlowObserver) {
-        if let Some(flow) = self.flows.remove(&key) {
-            self.buffered_bytes -= flow.buffered();
-            observer.flow_shed();
-            if flow.requests.has_partial_message() {
-                observer.event(key, FlowEvent::Dropped(DropReason::FlowShed));
-            }
-            if flow
-                .responses
-                .as_ref()
-                .is_some_and(Stream::has_partial_message)
-            {
-                observer.event(key, FlowEvent::ResponseDropped(DropReason::FlowShed));
-            }
+        let Some(mut flow) = self.flows.remove(&key) else {
+            return;
+        };
+        self.buffered_bytes -= flow.buffered();
+        observer.flow_shed();
+        if flow.requests.has_partial_message() {
+            observer.event(key, FlowEvent::Dropped(DropReason::FlowShed));
+        }
+        let Flow {
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = &mut *flow;
+        let next_request_id = &mut self.next_request_id;
+        acknowledgement.abandon(&mut |event| {
+            handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+        });
+        if flow
+            .responses
+            .as_deref()
+            .is_some_and(Stream::has_partial_message)
+        {
+            observer.event(key, FlowEvent::ResponseDropped(DropReason::FlowShed));
         }
     }
 }
 
-/// A request cut from the client's stream: numbered, remembered for pairing, reported.
+/// A request cut from the client's stream and acknowledged by the server: numbered,
+/// remembered for pairing, reported.
 fn handle_request_event(
     event: CutEvent,
     key: FlowKey,
     next_request_id: &mut u64,
-    responses: &mut Option<Stream<ResponseCutter>>,
+    responses: &mut Option<Box<Stream<ResponseCutter>>>,
     unanswered: &mut VecDeque<(u64, u64)>,
     observer: &mut impl FlowObserver,
 ) {
@@ -409,7 +424,6 @@ fn handle_request_event(
     };
     observer.event(key, event);
 }
-
 /// A response cut from the server's stream, paired with the oldest unanswered request.
 fn handle_response_event(
     event: ResponseEvent,
@@ -445,6 +459,7 @@ impl Flow {
     fn new(requests: Stream<RequestCutter>, now_ns: u64) -> Self {
         Flow {
             requests,
+            acknowledgement: AckGate::default(),
             responses: None,
             unanswered: VecDeque::new(),
             last_seen_ns: now_ns,
@@ -452,13 +467,215 @@ impl Flow {
     }
 
     fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.as_ref().map_or(0, Stream::buffered)
+        self.requests.buffered()
+            + self.acknowledgement.waiting_cost
+            + self.responses.as_deref().map_or(0, Stream::buffered)
     }
 
-    /// The client is done, and so is the server when its responses are tracked.
+    /// The client is done and acknowledged, and so is the server when its responses are
+    /// tracked.
     fn is_finished(&self) -> bool {
-        self.requests.is_finished() && self.responses.as_ref().is_none_or(Stream::is_finished)
+        self.requests.is_finished()
+            && self.acknowledgement.waiting.is_empty()
+            && self.responses.as_deref().is_none_or(Stream::is_finished)
     }
+
+    /// A client segment: its bytes go through the cutter, what is cut waits for its ACK.
+    fn take_request_segment(
+        &mut self,
+        key: FlowKey,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let seq = segment.seq.wrapping_add(u32::from(segment.syn));
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        let acked = Some(acknowledgement.acked);
+        requests.take(seq, segment, now_ns, limits, acked, &mut |event, end| {
+            acknowledgement.admit(end, event, &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            })
+        });
+        self.report_discards(key, observer);
+    }
+
+    /// A server segment: its ACK releases the requests it covers (before its response bytes
+    /// are paired with them); its payload is cut only when responses are tracked.
+    fn take_response_segment(
+        &mut self,
+        key: FlowKey,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        if let Some(ack) = segment.ack {
+            acknowledgement.acknowledge(requests.offset_of(ack), &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            });
+        }
+        if let Some(responses) = responses {
+            let seq = segment.seq.wrapping_add(u32::from(segment.syn));
+            responses.take(seq, segment, now_ns, limits, None, &mut |event, _| {
+                handle_response_event(event, key, unanswered, observer)
+            });
+        }
+    }
+
+    fn expire_holes(
+        &mut self,
+        key: FlowKey,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        let acked = Some(acknowledgement.acked);
+        requests.expire_hole(now_ns, limits, acked, &mut |event, end| {
+            acknowledgement.admit(end, event, &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            })
+        });
+        if let Some(responses) = responses {
+            responses.expire_hole(now_ns, limits, None, &mut |event, _| {
+                handle_response_event(event, key, unanswered, observer)
+            });
+        }
+        self.report_discards(key, observer);
+    }
+
+    /// The connection is over: what the server acknowledged is cut and released; a request
+    /// cut short is `incomplete`, one never acknowledged `unacknowledged_by_server`; a
+    /// close-delimited response ends.
+    fn close(
+        &mut self,
+        key: FlowKey,
+        now_ns: u64,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        let acked = Some(acknowledgement.acked);
+        requests.close(now_ns, acked, &mut |event, end| {
+            acknowledgement.admit(end, event, &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            })
+        });
+        if requests.cutter.has_partial_message() {
+            observer.event(key, FlowEvent::Dropped(DropReason::Incomplete));
+        }
+        acknowledgement.abandon(&mut |event| {
+            handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+        });
+        if let Some(responses) = responses {
+            responses.close(now_ns, None, &mut |event, _| {
+                handle_response_event(event, key, unanswered, observer)
+            });
+        }
+        self.report_discards(key, observer);
+    }
+
+    /// Counts held bytes the server never acknowledged, discarded since the last report.
+    fn report_discards(&mut self, key: FlowKey, observer: &mut impl FlowObserver) {
+        for _ in 0..std::mem::take(&mut self.requests.unacknowledged_discards) {
+            observer.event(key, FlowEvent::Dropped(DropReason::UnacknowledgedByServer));
+        }
+    }
+}
+
+impl AckGate {
+    /// Takes a cut event reached at stream offset `end`: released now if nothing waits and the
+    /// server has acknowledged it already, else queued behind what waits.
+    fn admit(&mut self, end: u64, event: CutEvent, release: &mut impl FnMut(CutEvent)) {
+        let is_request = matches!(event, CutEvent::Request { .. });
+        if self.waiting.is_empty() && (!is_request || end <= self.acked) {
+            return release(event);
+        }
+        self.waiting_cost += waiting_cost(&event);
+        self.waiting.push_back((end, event));
+        if self.waiting.len() > MAX_UNACKNOWLEDGED_REQUESTS
+            && let Some((_, oldest)) = self.waiting.pop_front()
+        {
+            self.waiting_cost -= waiting_cost(&oldest);
+            release(unacknowledged(oldest));
+            self.release_covered(release);
+        }
+    }
+
+    /// The server acknowledged up to stream offset `acked`.
+    fn acknowledge(&mut self, acked: u64, release: &mut impl FnMut(CutEvent)) {
+        self.acked = self.acked.max(acked);
+        self.release_covered(release);
+    }
+
+    fn release_covered(&mut self, release: &mut impl FnMut(CutEvent)) {
+        while let Some((end, event)) = self.waiting.front() {
+            if matches!(event, CutEvent::Request { .. }) && *end > self.acked {
+                return;
+            }
+            if let Some((_, event)) = self.waiting.pop_front() {
+                self.waiting_cost -= waiting_cost(&event);
+                release(event);
+            }
+        }
+    }
+
+    /// The connection is gone: what the server never acknowledged is dropped.
+    fn abandon(&mut self, release: &mut impl FnMut(CutEvent)) {
+        for (_, event) in self.waiting.drain(..) {
+            release(unacknowledged(event));
+        }
+        self.waiting_cost = 0;
+    }
+}
+
+/// A waiting request given up, as its drop; other events unchanged.
+fn unacknowledged(event: CutEvent) -> CutEvent {
+    match event {
+        CutEvent::Request { .. } => CutEvent::Dropped(DropReason::UnacknowledgedByServer),
+        other => other,
+    }
+}
+
+fn waiting_cost(event: &CutEvent) -> usize {
+    match event {
+        CutEvent::Request { bytes, .. } => bytes.len() + WAITING_REQUEST_OVERHEAD,
+        _ => WAITING_REQUEST_OVERHEAD,
+    }
+}
+
+/// What one held segment costs in memory.
+fn held_cost(held: &Vec<u8>) -> usize {
+    held.capacity() + HELD_SEGMENT_OVERHEAD
 }
 
 impl<C: Cutter> Stream<C> {
@@ -466,20 +683,21 @@ impl<C: Cutter> Stream<C> {
         Stream {
             next_seq,
             delivered: 0,
-            out_of_order: BTreeMap::new(),
-            out_of_order_bytes: 0,
+            held: BTreeMap::new(),
+            held_cost: 0,
             hole_since_ns: None,
             fin_seq: None,
+            unacknowledged_discards: 0,
             cutter,
         }
     }
 
     fn buffered(&self) -> usize {
-        self.cutter.buffered_bytes() + self.out_of_order_bytes
+        self.cutter.buffered_bytes() + self.held_cost
     }
 
     fn has_partial_message(&self) -> bool {
-        self.cutter.has_partial_message() || self.out_of_order_bytes > 0
+        self.cutter.has_partial_message() || !self.held.is_empty()
     }
 
     fn is_finished(&self) -> bool {
@@ -487,33 +705,49 @@ impl<C: Cutter> Stream<C> {
             || (self.fin_seq.is_some() && self.cutter.is_broken())
     }
 
-    /// Takes one segment of this direction, whose data starts at `seq`.
+    /// The stream offset of sequence number `seq` (0 for anything before the stream's start).
+    fn offset_of(&self, seq: u32) -> u64 {
+        let distance = i64::from(seq.wrapping_sub(self.next_seq) as i32);
+        (self.delivered as i64).saturating_add(distance).max(0) as u64
+    }
+
+    /// Takes one segment of this direction, whose data starts at `seq`. `acked` is the offset
+    /// the server acknowledged, for a stream whose bytes need it (requests). Events come with
+    /// the stream offset reached when they were cut.
     fn take(
         &mut self,
         seq: u32,
         segment: &Segment<'_>,
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         if !segment.payload.is_empty() {
-            self.accept(seq, segment.payload, now_ns, limits, on_event);
+            self.accept(seq, segment.payload, now_ns, limits, acked, on_event);
         }
         if segment.fin {
             self.fin_seq = Some(seq.wrapping_add(segment.payload.len() as u32));
         }
-        self.expire_hole(now_ns, limits, on_event);
+        self.expire_hole(now_ns, limits, acked, on_event);
         if self.fin_seq.is_some_and(|fin| fin == self.next_seq) {
-            self.cutter.close(now_ns, on_event);
+            let at = self.delivered;
+            self.cutter.close(now_ns, &mut |event| on_event(event, at));
         }
     }
 
-    /// Ends the stream: bytes held behind a hole are still cut, the hole counted as a gap.
-    fn close(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
-        while !self.out_of_order.is_empty() {
-            self.skip_hole(now_ns, on_event);
+    /// Ends the stream: every hole is given up, then the cutter closes.
+    fn close(
+        &mut self,
+        now_ns: u64,
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
+    ) {
+        while !self.held.is_empty() {
+            self.give_up_hole(now_ns, acked, on_event);
         }
-        self.cutter.close(now_ns, on_event);
+        let at = self.delivered;
+        self.cutter.close(now_ns, &mut |event| on_event(event, at));
     }
 
     fn accept(
@@ -522,14 +756,15 @@ impl<C: Cutter> Stream<C> {
         payload: &[u8],
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         if self.cutter.is_broken() {
             return;
         }
         let distance = seq.wrapping_sub(self.next_seq) as i32;
         if distance > 0 {
-            self.hold(distance as u64, payload, now_ns, limits, on_event);
+            self.hold(distance as u64, payload, now_ns, limits, acked, on_event);
             return;
         }
         // Bytes before `next_seq` were delivered already (retransmission or overlap).
@@ -541,30 +776,40 @@ impl<C: Cutter> Stream<C> {
         self.release_held(now_ns, on_event);
     }
 
+    /// Keeps a segment that arrived ahead of a hole: appended to the held segment it continues,
+    /// ignored if one already covers it, else held on its own.
     fn hold(
         &mut self,
         ahead: u64,
         payload: &[u8],
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         let offset = self.delivered + ahead;
-        let longer = self
-            .out_of_order
-            .get(&offset)
-            .is_none_or(|held| held.len() < payload.len());
-        if longer {
-            let held = Bytes::copy_from_slice(payload);
-            if let Some(replaced) = self.out_of_order.insert(offset, held) {
-                self.out_of_order_bytes -= replaced.len();
+        let end = offset + payload.len() as u64;
+        let before = self.held.range_mut(..=offset).next_back();
+        match before {
+            Some((&start, held)) if start + held.len() as u64 >= end => {}
+            Some((&start, held)) if start + held.len() as u64 == offset => {
+                let cost = held_cost(held);
+                held.extend_from_slice(payload);
+                self.held_cost = self.held_cost + held_cost(held) - cost;
             }
-            self.out_of_order_bytes += payload.len();
-            self.hole_since_ns.get_or_insert(now_ns);
+            _ => {
+                let held = payload.to_vec();
+                self.held_cost += held_cost(&held);
+                if let Some(replaced) = self.held.insert(offset, held) {
+                    self.held_cost -= held_cost(&replaced);
+                }
+            }
         }
-        // The hole is not filling while this much piles up behind it: its bytes are lost.
-        while self.out_of_order_bytes > limits.max_out_of_order_bytes {
-            self.skip_hole(now_ns, on_event);
+        self.hole_since_ns.get_or_insert(now_ns);
+        // The hole is not filling while this much piles up behind it.
+        while self.held_cost > limits.max_out_of_order_bytes || self.held.len() > MAX_HELD_SEGMENTS
+        {
+            self.give_up_hole(now_ns, acked, on_event);
         }
     }
 
@@ -572,24 +817,47 @@ impl<C: Cutter> Stream<C> {
         &mut self,
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         while self
             .hole_since_ns
             .is_some_and(|since| now_ns.saturating_sub(since) >= limits.gap_timeout_ns)
         {
-            self.skip_hole(now_ns, on_event);
+            self.give_up_hole(now_ns, acked, on_event);
         }
     }
 
-    /// Gives up on the bytes before the first held segment and carries on from there.
-    fn skip_hole(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
-        let Some((&offset, _)) = self.out_of_order.first_key_value() else {
+    /// The hole before the first held segment will not fill. If the server acknowledged past
+    /// it (or acknowledgement is not required), only capture missed its bytes: skip it.
+    /// Otherwise production never accepted what is held: discard it all and wait on at the
+    /// hole.
+    fn give_up_hole(
+        &mut self,
+        now_ns: u64,
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
+    ) {
+        let Some((&offset, _)) = self.held.first_key_value() else {
             self.hole_since_ns = None;
             return;
         };
+        if acked.is_none_or(|acked| acked >= offset) {
+            self.skip_hole(offset, now_ns, on_event);
+        } else {
+            self.held = BTreeMap::new();
+            self.held_cost = 0;
+            self.hole_since_ns = None;
+            self.unacknowledged_discards += 1;
+        }
+    }
+
+    /// Gives up on the bytes before the held segment at `offset` and carries on from there.
+    fn skip_hole(&mut self, offset: u64, now_ns: u64, on_event: &mut impl FnMut(C::Event, u64)) {
         let missing = offset.saturating_sub(self.delivered);
-        self.cutter.skip_gap(missing, on_event);
+        let at = self.delivered;
+        self.cutter
+            .skip_gap(missing, &mut |event| on_event(event, at));
         self.delivered += missing;
         self.next_seq = self.next_seq.wrapping_add(missing as u32);
         self.hole_since_ns = None;
@@ -597,8 +865,8 @@ impl<C: Cutter> Stream<C> {
     }
 
     /// Delivers held segments that the stream has now reached.
-    fn release_held(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
-        while let Some(entry) = self.out_of_order.first_entry() {
+    fn release_held(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event, u64)) {
+        while let Some(entry) = self.held.first_entry() {
             if *entry.key() > self.delivered {
                 // A later hole remains; its clock starts now.
                 self.hole_since_ns = Some(now_ns);
@@ -606,7 +874,7 @@ impl<C: Cutter> Stream<C> {
             }
             let already_delivered = (self.delivered - *entry.key()) as usize;
             let held = entry.remove();
-            self.out_of_order_bytes -= held.len();
+            self.held_cost -= held_cost(&held);
             if already_delivered < held.len() {
                 self.deliver(&held[already_delivered..], now_ns, on_event);
             }
@@ -614,10 +882,12 @@ impl<C: Cutter> Stream<C> {
         self.hole_since_ns = None;
     }
 
-    fn deliver(&mut self, bytes: &[u8], now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
+    fn deliver(&mut self, bytes: &[u8], now_ns: u64, on_event: &mut impl FnMut(C::Event, u64)) {
         self.next_seq = self.next_seq.wrapping_add(bytes.len() as u32);
         self.delivered += bytes.len() as u64;
-        self.cutter.push(bytes, now_ns, on_event);
+        let at = self.delivered;
+        self.cutter
+            .push(bytes, now_ns, &mut |event| on_event(event, at));
     }
 }
 
@@ -648,7 +918,16 @@ mod tests {
             syn: false,
             fin: false,
             rst: false,
+            ack: None,
             payload,
+        }
+    }
+
+    /// The server's bare ACK of the client's bytes up to `ack`.
+    fn server_ack(ack: u32) -> Segment<'static> {
+        Segment {
+            ack: Some(ack),
+            ..segment(0, b"")
         }
     }
 
@@ -659,11 +938,38 @@ mod tests {
         }
     }
 
-    /// Feeds segments, returning the requests and drops that came out.
+    /// Feeds client segments, each acknowledged by the server as it arrives (as production
+    /// does when it received everything), returning the requests and drops that came out.
     fn run(reassembler: &mut Reassembler, segments: &[Segment<'_>]) -> Vec<FlowEvent> {
         let mut events = Vec::new();
         for (i, segment) in segments.iter().enumerate() {
             reassembler.ingest(segment, i as u64, &mut |_, event| events.push(event));
+            if !segment.rst {
+                let end = segment.seq.wrapping_add(
+                    segment.payload.len() as u32 + u32::from(segment.syn) + u32::from(segment.fin),
+                );
+                let ack = Segment {
+                    flow: segment.flow,
+                    ..server_ack(end)
+                };
+                reassembler.ingest_directed(&ack, Direction::Response, i as u64, &mut |_, event| {
+                    events.push(event)
+                });
+            }
+        }
+        events
+    }
+
+    /// Feeds segments in both directions exactly as given.
+    fn run_exact(
+        reassembler: &mut Reassembler,
+        segments: &[(Direction, Segment<'_>)],
+    ) -> Vec<FlowEvent> {
+        let mut events = Vec::new();
+        for (i, (direction, segment)) in segments.iter().enumerate() {
+            reassembler.ingest_directed(segment, *direction, i as u64, &mut |_, event| {
+                events.push(event)
+            });
         }
         events
     }
@@ -807,6 +1113,9 @@ mod tests {
         ] {
             reassembler.ingest(&segment, at, &mut |_, e| events.push(e));
         }
+        // The server did receive the segment that capture missed: it acknowledges it all.
+        let ack = server_ack(after + get.len() as u32);
+        reassembler.ingest_directed(&ack, Direction::Response, 3, &mut |_, e| events.push(e));
         assert!(
             events.is_empty(),
             "nothing is decided before the gap timeout"
