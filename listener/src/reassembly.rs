@@ -227,10 +227,8 @@ impl Reassembler {
             Direction::Response if segment.syn && self.track_responses => {
                 if let Some(flow) = self.flows.get_mut(&key) {
                     let cutter = ResponseCutter::new(self.limits.max_request_bytes);
-                    flow.responses = Some(Box::new(Stream::new(
-                        segment.seq.wrapping_add(1),
-                        cutter,
-                    )));
+                    flow.responses =
+                        Some(Box::new(Stream::new(segment.seq.wrapping_add(1), cutter)));
                 }
             }
             Direction::Response => {}
@@ -737,12 +735,7 @@ impl<C: Cutter> Stream<C> {
     }
 
     /// Ends the stream: every hole is given up, then the cutter closes.
-    fn close(
-        &mut self,
-        now_ns: u64,
-        acked: Option<u64>,
-        on_event: &mut impl FnMut(C::Event, u64),
-    ) {
+    fn close(&mut self, now_ns: u64, acked: Option<u64>, on_event: &mut impl FnMut(C::Event, u64)) {
         while !self.held.is_empty() {
             self.give_up_hole(now_ns, acked, on_event);
         }
@@ -952,9 +945,12 @@ mod tests {
                     flow: segment.flow,
                     ..server_ack(end)
                 };
-                reassembler.ingest_directed(&ack, Direction::Response, i as u64, &mut |_, event| {
-                    events.push(event)
-                });
+                reassembler.ingest_directed(
+                    &ack,
+                    Direction::Response,
+                    i as u64,
+                    &mut |_, event| events.push(event),
+                );
             }
         }
         events
@@ -1190,5 +1186,177 @@ mod tests {
         let newest = segment_of(key_for(30_099), 1, REQUEST);
         let events = run(&mut reassembler, &[newest]);
         assert_eq!(request_bytes(&events), [REQUEST]);
+    }
+
+    fn rst(seq: u32) -> Segment<'static> {
+        Segment {
+            rst: true,
+            ..segment(seq, b"")
+        }
+    }
+
+    fn dropped(events: &[FlowEvent], reason: DropReason) -> usize {
+        events
+            .iter()
+            .filter(|event| **event == FlowEvent::Dropped(reason))
+            .count()
+    }
+
+    const INJECTED: &[u8] = b"GET /INJECTED HTTP/1.1\r\nHost: prod\r\n\r\n";
+
+    #[test]
+    fn spoofed_segment_without_handshake_is_never_released() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        // No handshake, a random sequence number; production's kernel answers with a RST
+        // whose ACK (it may carry one) must not count.
+        let answer = Segment {
+            ack: Some(7000 + INJECTED.len() as u32),
+            ..rst(0)
+        };
+        let events = run_exact(
+            &mut reassembler,
+            &[
+                (Direction::Request, segment(7000, INJECTED)),
+                (Direction::Response, answer),
+            ],
+        );
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+        assert_eq!(reassembler.active_flows(), 0);
+    }
+
+    #[test]
+    fn spoofed_segment_the_server_never_answers_is_dropped_when_the_flow_idles() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let mut events = run_exact(
+            &mut reassembler,
+            &[(Direction::Request, segment(7000, INJECTED))],
+        );
+        reassembler.expire(5_000, &mut |_, e| events.push(e));
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+    }
+
+    #[test]
+    fn a_request_is_released_once_the_server_acknowledges_its_last_byte() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let end = 1 + REQUEST.len() as u32;
+        let mut events = run_exact(
+            &mut reassembler,
+            &[
+                (Direction::Request, syn(0)),
+                (Direction::Response, server_ack(1)),
+                (Direction::Request, segment(1, REQUEST)),
+                (Direction::Response, server_ack(end - 1)),
+            ],
+        );
+        assert!(events.is_empty(), "{events:?}");
+        reassembler.ingest_directed(&server_ack(end), Direction::Response, 9, &mut |_, e| {
+            events.push(e)
+        });
+        assert_eq!(request_bytes(&events), [REQUEST]);
+    }
+
+    #[test]
+    fn a_connection_open_before_capture_is_picked_up_when_the_server_acknowledges() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let get = b"GET /a HTTP/1.1\r\n\r\n";
+        let events = run_exact(
+            &mut reassembler,
+            &[
+                (Direction::Request, segment(5000, get)),
+                (Direction::Response, server_ack(5000 + get.len() as u32)),
+                (
+                    Direction::Request,
+                    segment(5000 + get.len() as u32, REQUEST),
+                ),
+                (
+                    Direction::Response,
+                    server_ack(5000 + (get.len() + REQUEST.len()) as u32),
+                ),
+            ],
+        );
+        assert_eq!(request_bytes(&events), [get.to_vec(), REQUEST.to_vec()]);
+    }
+
+    #[test]
+    fn bytes_injected_far_ahead_of_the_window_are_discarded_and_the_flow_goes_on() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let get = b"GET /real HTTP/1.1\r\n\r\n";
+        let first_end = 1 + REQUEST.len() as u32;
+        let mut events = run(&mut reassembler, &[syn(0), segment(1, REQUEST)]);
+        // Injected a million bytes ahead; the server's ACKs never move past the real stream.
+        let injected = segment(first_end + 1_000_000, INJECTED);
+        reassembler.ingest(&injected, 10, &mut |_, e| events.push(e));
+        reassembler.expire(500, &mut |_, e| events.push(e));
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+        // The real connection carries on where it was.
+        events.extend(run(&mut reassembler, &[segment(first_end, get)]));
+        reassembler.finish(&mut |_, e| events.push(e));
+        assert_eq!(request_bytes(&events), [REQUEST.to_vec(), get.to_vec()]);
+        assert_eq!(dropped(&events, DropReason::CaptureGap), 0);
+    }
+
+    #[test]
+    fn held_bytes_the_server_never_acknowledged_are_not_replayed_at_the_end() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let mut events = run(&mut reassembler, &[syn(0)]);
+        let injected = segment(1 + 5000, INJECTED);
+        reassembler.ingest(&injected, 3, &mut |_, e| events.push(e));
+        reassembler.finish(&mut |_, e| events.push(e));
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+    }
+
+    #[test]
+    fn a_request_cut_short_by_fin_rst_idleness_or_the_end_is_incomplete() {
+        let partial = &REQUEST[..REQUEST.len() - 3];
+        let fin = Segment {
+            fin: true,
+            ..segment(1 + partial.len() as u32, b"")
+        };
+        let ends: [&dyn Fn(&mut Reassembler, &mut Vec<FlowEvent>); 4] = [
+            &|r, events| events.extend(run(r, &[fin])),
+            &|r, events| events.extend(run(r, &[rst(1 + partial.len() as u32)])),
+            &|r, events| r.expire(5_000, &mut |_, e| events.push(e)),
+            &|r, events| r.finish(&mut |_, e| events.push(e)),
+        ];
+        for end in ends {
+            let mut reassembler = Reassembler::new(LIMITS);
+            let mut events = run(&mut reassembler, &[syn(0), segment(1, partial)]);
+            end(&mut reassembler, &mut events);
+            assert_eq!(events, [FlowEvent::Dropped(DropReason::Incomplete)]);
+            assert_eq!(reassembler.active_flows(), 0);
+        }
+    }
+
+    #[test]
+    fn adjacent_tiny_segments_behind_a_hole_are_held_as_one() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        run(&mut reassembler, &[syn(0)]);
+        for n in 0..2000u32 {
+            reassembler.ingest(&segment(100 + n, b"x"), 1, &mut |_, _| {});
+        }
+        let held = &reassembler.flows[&key()].requests.held;
+        assert_eq!(held.len(), 1);
+        assert!(reassembler.buffered_bytes() <= 4096 + HELD_SEGMENT_OVERHEAD);
+    }
+
+    #[test]
+    fn scattered_tiny_segments_are_counted_by_cost_and_capped_in_number() {
+        let limits = ReassemblyLimits {
+            max_out_of_order_bytes: 1 << 20,
+            ..LIMITS
+        };
+        let mut reassembler = Reassembler::new(limits);
+        run(&mut reassembler, &[syn(0)]);
+        for n in 0..20_000u32 {
+            // One byte every other byte: nothing coalesces.
+            reassembler.ingest(&segment(100 + 2 * n, b"x"), 1, &mut |_, _| {});
+            let held = &reassembler.flows[&key()].requests;
+            assert!(held.held.len() <= MAX_HELD_SEGMENTS);
+            assert!(held.held_cost <= limits.max_out_of_order_bytes);
+            assert_eq!(held.held_cost, reassembler.buffered_bytes());
+        }
     }
 }

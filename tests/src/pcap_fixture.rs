@@ -239,7 +239,11 @@ pub fn write_pcap_timed(
 }
 
 /// Writes exactly `segments`, one millisecond apart: no ACK is added.
-pub fn write_pcap_exact(path: &Path, link: FixtureLink, segments: &[Segment]) -> anyhow::Result<()> {
+pub fn write_pcap_exact(
+    path: &Path,
+    link: FixtureLink,
+    segments: &[Segment],
+) -> anyhow::Result<()> {
     write_timed(path, link, &one_millisecond_apart(segments))
 }
 
@@ -260,7 +264,13 @@ fn acknowledged(segments: &[(u64, Segment)]) -> Vec<(u64, Segment)> {
         let key = (segment.client, segment.server);
         if segment.from_server {
             let ack = segment.ack.or(sent.get(&key).copied());
-            out.push((*micros, Segment { ack, ..segment.clone() }));
+            out.push((
+                *micros,
+                Segment {
+                    ack,
+                    ..segment.clone()
+                },
+            ));
             continue;
         }
         out.push((*micros, segment.clone()));
