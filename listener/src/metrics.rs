@@ -1,7 +1,10 @@
 //! The listener's counters: one struct of handles, registered once, read for `/metrics` and for
 //! the exit summary. The accounting they must satisfy:
-//! `captured + restored = sent + buffered + dropped(by reason)`, where buffered is what is
-//! queued, in flight or spooled, and restored what an earlier run left in the spool.
+//! `captured + restored = sent + buffered + dropped(by reason, after capture)`, where buffered
+//! is what is queued, in flight or spooled, and restored what an earlier run left in the spool.
+//! Requests given up before they became records (reasons [`DropReason::is_before_capture`]:
+//! a gap, a malformed or too large request, one cut short or never acknowledged by the server,
+//! a shed flow) are counted beside them: every request seen is captured or dropped.
 
 use std::fmt::Write as _;
 
@@ -96,6 +99,20 @@ impl DropReason {
     /// Drops of a file (or stdout) output alone: the replayer link may still have the record.
     pub fn is_file_output(self) -> bool {
         matches!(self, DropReason::FileFull | DropReason::FileError)
+    }
+
+    /// Drops decided by reassembly and cutting, before a request became a record: never part
+    /// of `captured`, so never part of what is buffered.
+    pub fn is_before_capture(self) -> bool {
+        matches!(
+            self,
+            DropReason::MalformedHttp
+                | DropReason::TooLarge
+                | DropReason::CaptureGap
+                | DropReason::FlowShed
+                | DropReason::Incomplete
+                | DropReason::UnacknowledgedByServer
+        )
     }
 }
 
@@ -482,12 +499,13 @@ impl ListenerMetrics {
     }
 }
 
-/// Drops on the way to the replayers: every reason but a file output's own.
+/// Drops of captured records on the way to the replayers: every reason but a file output's
+/// own and those decided before capture.
 fn link_drops(dropped: &[Counter; DropReason::ALL.len()]) -> u64 {
     DropReason::ALL
         .iter()
         .zip(dropped)
-        .filter(|(reason, _)| !reason.is_file_output())
+        .filter(|(reason, _)| !reason.is_file_output() && !reason.is_before_capture())
         .map(|(_, counter)| counter.get())
         .sum()
 }

@@ -330,3 +330,17 @@ fn write_timed(path: &Path, link: FixtureLink, segments: &[(u64, Segment)]) -> a
     file.flush()?;
     Ok(())
 }
+
+/// Sends `segment` on the loopback interface (needs root): the kernel receives it like any
+/// packet from the wire, and a listener capturing `lo` sees it. For segments production never
+/// accepted: spoofed, or outside a connection's window.
+pub fn inject_on_loopback(segment: &Segment) -> anyhow::Result<()> {
+    let mut frame = frame(FixtureLink::Ethernet, segment)?;
+    // Loopback's hardware address is all zeros: a frame addressed elsewhere is not received.
+    frame[..12].fill(0);
+    let mut handle = pcap::Capture::from_device("lo")?
+        .open()
+        .context("cannot open lo to send (needs root)")?;
+    handle.sendpacket(frame).context("cannot send on lo")?;
+    Ok(())
+}
