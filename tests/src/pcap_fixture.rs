@@ -335,12 +335,29 @@ fn write_timed(path: &Path, link: FixtureLink, segments: &[(u64, Segment)]) -> a
 /// packet from the wire, and a listener capturing `lo` sees it. For segments production never
 /// accepted: spoofed, or outside a connection's window.
 pub fn inject_on_loopback(segment: &Segment) -> anyhow::Result<()> {
-    let mut frame = frame(FixtureLink::Ethernet, segment)?;
-    // Loopback's hardware address is all zeros: a frame addressed elsewhere is not received.
-    frame[..12].fill(0);
-    let mut handle = pcap::Capture::from_device("lo")?
-        .open()
-        .context("cannot open lo to send (needs root)")?;
-    handle.sendpacket(frame).context("cannot send on lo")?;
-    Ok(())
+    LoopbackSender::open()?.send(segment)
+}
+
+/// Sends crafted segments on `lo`, one open handle for many of them.
+pub struct LoopbackSender {
+    handle: pcap::Capture<pcap::Active>,
+}
+
+impl LoopbackSender {
+    pub fn open() -> anyhow::Result<LoopbackSender> {
+        let handle = pcap::Capture::from_device("lo")?
+            .open()
+            .context("cannot open lo to send (needs root)")?;
+        Ok(LoopbackSender { handle })
+    }
+
+    pub fn send(&mut self, segment: &Segment) -> anyhow::Result<()> {
+        let mut frame = frame(FixtureLink::Ethernet, segment)?;
+        // Loopback's hardware address is all zeros: a frame addressed elsewhere is dropped.
+        frame[..12].fill(0);
+        self.handle
+            .sendpacket(frame)
+            .context("cannot send on lo")?;
+        Ok(())
+    }
 }
