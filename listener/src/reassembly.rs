@@ -1315,7 +1315,8 @@ mod tests {
             fin: true,
             ..segment(1 + partial.len() as u32, b"")
         };
-        let ends: [&dyn Fn(&mut Reassembler, &mut Vec<FlowEvent>); 4] = [
+        type Ending<'a> = &'a dyn Fn(&mut Reassembler, &mut Vec<FlowEvent>);
+        let ends: [Ending; 4] = [
             &|r, events| events.extend(run(r, &[fin])),
             &|r, events| events.extend(run(r, &[rst(1 + partial.len() as u32)])),
             &|r, events| r.expire(5_000, &mut |_, e| events.push(e)),

@@ -355,9 +355,7 @@ impl LoopbackSender {
         let mut frame = frame(FixtureLink::Ethernet, segment)?;
         // Loopback's hardware address is all zeros: a frame addressed elsewhere is dropped.
         frame[..12].fill(0);
-        self.handle
-            .sendpacket(frame)
-            .context("cannot send on lo")?;
+        self.handle.sendpacket(frame).context("cannot send on lo")?;
         Ok(())
     }
 }

@@ -51,7 +51,12 @@ async fn real_traffic_through(pipeline: &Pipeline, total: u64) {
 /// What the listener captured was streamed: nothing is left in between.
 fn assert_adds_up(report: &Report) {
     assert_eq!(report.captured, report.streamed, "{}", report.table());
-    assert_eq!(report.received_by_replayer, report.streamed, "{}", report.table());
+    assert_eq!(
+        report.received_by_replayer,
+        report.streamed,
+        "{}",
+        report.table()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +64,12 @@ async fn a_spoofed_segment_without_handshake_never_reaches_staging() {
     let pipeline = one_target().await;
     let server = pipeline.production.addr();
     // No handshake, a random sequence number: production's kernel answers with a RST.
-    let spoofed = crafted("127.0.0.1:45123".parse().unwrap(), server, rand_seq(), INJECTED);
+    let spoofed = crafted(
+        "127.0.0.1:45123".parse().unwrap(),
+        server,
+        rand_seq(),
+        INJECTED,
+    );
     inject_on_loopback(&spoofed).unwrap();
     real_traffic_through(&pipeline, 20).await;
     let target = pipeline.targets[0].clone();
@@ -92,7 +102,11 @@ async fn a_segment_injected_far_outside_a_live_connections_window_is_never_repla
         .unwrap();
     watch
         .filter(
-            &format!("tcp and src port {} and dst port {}", client.port(), server.port()),
+            &format!(
+                "tcp and src port {} and dst port {}",
+                client.port(),
+                server.port()
+            ),
             true,
         )
         .unwrap();
@@ -122,7 +136,8 @@ async fn a_segment_injected_far_outside_a_live_connections_window_is_never_repla
 async fn requests_cut_short_by_fin_or_rst_are_counted_incomplete() {
     let pipeline = one_target().await;
     let server = pipeline.production.addr();
-    let partial = b"POST /cut-short HTTP/1.1\r\nHost: prod\r\nContent-Length: 100\r\n\r\n0123456789";
+    let partial =
+        b"POST /cut-short HTTP/1.1\r\nHost: prod\r\nContent-Length: 100\r\n\r\n0123456789";
     let per_ending = 10;
     for ending_in_rst in [false, true] {
         for _ in 0..per_ending {
