@@ -56,6 +56,10 @@ pub const MAX_HELD_SEGMENTS: usize = 1024;
 const MAX_UNACKNOWLEDGED_REQUESTS: usize = 256;
 /// What a request waiting for its ACK costs beyond its bytes (queue slot, shared buffer).
 const WAITING_REQUEST_OVERHEAD: usize = 64;
+/// What tracking a connection costs before it holds any bytes: its boxed state (272 bytes) and
+/// its share of the flow table (two 72-byte slots at the table's load). Counted in the memory
+/// budget, so that many idle connections and held bytes share one bound.
+pub const FLOW_STATE_COST: usize = 512;
 
 /// Limits that keep reassembly memory bounded.
 #[derive(Debug, Clone, Copy)]
@@ -273,6 +277,7 @@ impl Reassembler {
             let cutter = RequestCutter::new(self.limits.max_request_bytes);
             let flow = Flow::new(Stream::new(segment.seq.wrapping_add(1), cutter), now_ns);
             self.flows.insert(key, Box::new(flow));
+            self.buffered_bytes += FLOW_STATE_COST;
         } else if !self.flows.contains_key(&key) && !segment.payload.is_empty() {
             // A connection already open when capture started: pick it up at a request line.
             // (Bare ACKs of such a connection carry nothing to resynchronise on.) What is cut
@@ -282,6 +287,7 @@ impl Reassembler {
             let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
             let flow = Flow::new(Stream::new(segment.seq, cutter), now_ns);
             self.flows.insert(key, Box::new(flow));
+            self.buffered_bytes += FLOW_STATE_COST;
         }
     }
 
@@ -464,8 +470,10 @@ impl Flow {
         }
     }
 
+    /// What the flow costs: its state, the bytes it holds, its waiting requests.
     fn buffered(&self) -> usize {
-        self.requests.buffered()
+        FLOW_STATE_COST
+            + self.requests.buffered()
             + self.acknowledgement.waiting_cost
             + self.responses.as_deref().map_or(0, Stream::buffered)
     }
@@ -1046,7 +1054,10 @@ mod tests {
         );
         assert_eq!(events, [FlowEvent::Dropped(DropReason::CaptureGap)]);
         // Held bytes plus, while resynchronising, at most one unfinished 8 KiB line.
-        assert!(reassembler.buffered_bytes() <= LIMITS.max_out_of_order_bytes + 8 * 1024);
+        assert!(
+            reassembler.buffered_bytes()
+                <= FLOW_STATE_COST + LIMITS.max_out_of_order_bytes + 8 * 1024
+        );
     }
 
     #[test]
@@ -1340,7 +1351,7 @@ mod tests {
         }
         let held = &reassembler.flows[&key()].requests.held;
         assert_eq!(held.len(), 1);
-        assert!(reassembler.buffered_bytes() <= 4096 + HELD_SEGMENT_OVERHEAD);
+        assert!(reassembler.buffered_bytes() <= 4096 + HELD_SEGMENT_OVERHEAD + FLOW_STATE_COST);
     }
 
     #[test]
@@ -1357,7 +1368,7 @@ mod tests {
             let held = &reassembler.flows[&key()].requests;
             assert!(held.held.len() <= MAX_HELD_SEGMENTS);
             assert!(held.held_cost <= limits.max_out_of_order_bytes);
-            assert_eq!(held.held_cost, reassembler.buffered_bytes());
+            assert_eq!(held.held_cost + FLOW_STATE_COST, reassembler.buffered_bytes());
         }
     }
 }
