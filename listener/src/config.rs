@@ -83,8 +83,8 @@ pub struct ListenerConfig {
     #[serde(with = "humantime_serde")]
     pub gap_timeout: Duration,
 
-    /// Memory held across all connections for incomplete requests, out-of-order segments and
-    /// requests awaiting production's ACK, counted by cost. Past it the connections holding
+    /// Memory held across all connections for their state (512 bytes each), incomplete
+    /// requests, out-of-order segments and requests awaiting production's ACK, counted by cost. Past it the connections holding
     /// most are shed (partial requests counted as `flow_shed`).
     #[arg(long, default_value_t = 24 << 20, value_name = "BYTES", help_heading = "Reassembly")]
     pub max_buffered_bytes: usize,

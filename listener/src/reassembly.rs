@@ -28,7 +28,9 @@
 //! **Memory is counted by cost**, not payload: a held segment costs its allocation plus
 //! [`HELD_SEGMENT_OVERHEAD`], adjacent held segments are coalesced into one, and a stream holds
 //! at most [`MAX_HELD_SEGMENTS`]. Flows are boxed and allocate nothing until they hold bytes, so
-//! an idle connection costs its table entry and one small allocation.
+//! an idle connection costs its table entry and one small allocation; that cost
+//! ([`FLOW_STATE_COST`]) counts in the same budget as held bytes, so that no mix of many
+//! connections and held segments exceeds it (`bench/flood.sh`).
 //!
 //! **Every request is accounted for**: one cut short by FIN, RST, idleness or the end of
 //! capture is counted as `incomplete`; one in a flow shed to respect a limit as `flow_shed`.
@@ -1368,7 +1370,10 @@ mod tests {
             let held = &reassembler.flows[&key()].requests;
             assert!(held.held.len() <= MAX_HELD_SEGMENTS);
             assert!(held.held_cost <= limits.max_out_of_order_bytes);
-            assert_eq!(held.held_cost + FLOW_STATE_COST, reassembler.buffered_bytes());
+            assert_eq!(
+                held.held_cost + FLOW_STATE_COST,
+                reassembler.buffered_bytes()
+            );
         }
     }
 }
