@@ -20,12 +20,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: fixed-rate pipeline benchmark, the listener-replayer link benchmark, then files
-## (see bench/pipeline.sh, bench/link.sh and bench/files.sh for options).
+## bench: fixed-rate pipeline benchmark, the listener-replayer link benchmark, files, then the
+## listener's memory under packet floods (see bench/pipeline.sh, bench/link.sh, bench/files.sh
+## and bench/flood.sh for options).
 bench:
 	bench/pipeline.sh
 	bench/link.sh
 	bench/files.sh
+	bench/flood.sh
 
 deps:
 	@scripts/ensure-deps.sh

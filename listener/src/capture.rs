@@ -32,7 +32,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 pub struct CaptureConfig {
     pub interface: String,
     pub ports: Vec<u16>,
-    /// Capture server-to-client segments too.
+    /// Cut the server's segments into responses (they are captured anyway, for their ACKs).
     pub track_responses: bool,
     pub snaplen: i32,
     pub buffer_bytes: i32,
@@ -62,15 +62,13 @@ pub enum CaptureError {
     Poll(nix::errno::Errno),
 }
 
-/// The BPF program: TCP segments to the service's ports (and from them, when responses are
-/// tracked). On Ethernet the same test is repeated behind an 802.1Q tag, which shifts every
-/// offset after it.
-pub fn bpf_filter(ports: &[u16], track_responses: bool, link: LinkType) -> String {
-    let direction = if track_responses { "" } else { "dst " };
-    let ports: Vec<String> = ports
-        .iter()
-        .map(|port| format!("{direction}port {port}"))
-        .collect();
+/// The BPF program: TCP segments to and from the service's ports. The server's segments are
+/// always needed, for the ACKs that prove production accepted a request (see
+/// [`reassembly`](crate::reassembly)); their payload is only used when responses are tracked.
+/// On Ethernet the same test is repeated behind an 802.1Q tag, which shifts every offset after
+/// it.
+pub fn bpf_filter(ports: &[u16], link: LinkType) -> String {
+    let ports: Vec<String> = ports.iter().map(|port| format!("port {port}")).collect();
     let untagged = format!("tcp and ({})", ports.join(" or "));
     match link {
         LinkType::Ethernet => format!("({untagged}) or (vlan and {untagged})"),
@@ -111,7 +109,7 @@ impl PacketSource {
             // Waiting is done by our own poll(), which (unlike libpcap's) always times out.
             .setnonblock()
             .map_err(open_error)?;
-        let filter = |link| bpf_filter(&config.ports, config.track_responses, link);
+        let filter = |link| bpf_filter(&config.ports, link);
         let link = install_filter(&mut handle, filter, &config.interface)?;
         tracing::info!(interface = %config.interface, filter = %filter(link), ?link, "capture started");
         Ok(PacketSource {
@@ -122,17 +120,13 @@ impl PacketSource {
     }
 
     /// Opens a pcap or pcapng file (from tcpdump or Wireshark).
-    pub fn open_file(
-        path: &Path,
-        ports: &[u16],
-        track_responses: bool,
-    ) -> Result<Self, CaptureError> {
+    pub fn open_file(path: &Path, ports: &[u16]) -> Result<Self, CaptureError> {
         let mut handle =
             pcap::Capture::from_file(path).map_err(|source| CaptureError::OpenFile {
                 path: path.display().to_string(),
                 source,
             })?;
-        let filter = |link| bpf_filter(ports, track_responses, link);
+        let filter = |link| bpf_filter(ports, link);
         let link = install_filter(&mut handle, filter, &path.display().to_string())?;
         tracing::info!(file = %path.display(), filter = %filter(link), ?link, "capture started");
         Ok(PacketSource {

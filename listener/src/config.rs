@@ -69,8 +69,10 @@ pub struct ListenerConfig {
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", help_heading = "Reassembly")]
     pub max_request_bytes: u64,
 
-    /// Out-of-order bytes held per connection while waiting for a missing segment. Past it the
-    /// missing bytes are declared lost (reason `capture_gap`).
+    /// Memory held per connection for out-of-order segments while waiting for a missing one,
+    /// counted by cost (bytes plus about 100 bytes of bookkeeping per segment; adjacent segments
+    /// are merged). Past it the hole is given up: skipped if production acknowledged past it
+    /// (reason `capture_gap`), else what is held is discarded (`unacknowledged_by_server`).
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", help_heading = "Reassembly")]
     pub max_out_of_order_bytes: usize,
 
@@ -81,8 +83,9 @@ pub struct ListenerConfig {
     #[serde(with = "humantime_serde")]
     pub gap_timeout: Duration,
 
-    /// Bytes held across all connections for incomplete requests and out-of-order segments.
-    /// Past it the connections holding most are shed (partial requests counted as `flow_shed`).
+    /// Memory held across all connections for their state (512 bytes each), incomplete
+    /// requests, out-of-order segments and requests awaiting production's ACK, counted by cost. Past it the connections holding
+    /// most are shed (partial requests counted as `flow_shed`).
     #[arg(long, default_value_t = 24 << 20, value_name = "BYTES", help_heading = "Reassembly")]
     pub max_buffered_bytes: usize,
 

@@ -97,11 +97,7 @@ impl Listener {
             .map(|spool| Spool::open(&spool.dir, spool.bytes, plan.buffer.policy, metrics.clone()))
             .transpose()?;
         let source = match &plan.input_pcap {
-            Some(path) => capture::PacketSource::open_file(
-                path,
-                &plan.capture.ports,
-                plan.capture.track_responses,
-            )?,
+            Some(path) => capture::PacketSource::open_file(path, &plan.capture.ports)?,
             None => capture::PacketSource::open_live(&plan.capture)?,
         };
         if let Some(user) = &plan.user {

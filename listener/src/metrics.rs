@@ -1,7 +1,10 @@
 //! The listener's counters: one struct of handles, registered once, read for `/metrics` and for
 //! the exit summary. The accounting they must satisfy:
-//! `captured + restored = sent + buffered + dropped(by reason)`, where buffered is what is
-//! queued, in flight or spooled, and restored what an earlier run left in the spool.
+//! `captured + restored = sent + buffered + dropped(by reason, after capture)`, where buffered
+//! is what is queued, in flight or spooled, and restored what an earlier run left in the spool.
+//! Requests given up before they became records (reasons [`DropReason::is_before_capture`]:
+//! a gap, a malformed or too large request, one cut short or never acknowledged by the server,
+//! a shed flow) are counted beside them: every request seen is captured or dropped.
 
 use std::fmt::Write as _;
 
@@ -49,10 +52,16 @@ pub enum DropReason {
     /// headers, a request line or head past the limits...): it and the rest of its connection
     /// are not replayed, since production never served what followed.
     AmbiguousFraming,
+    /// The connection ended (FIN, RST, idleness, or the listener stopping) in the middle of
+    /// the request.
+    Incomplete,
+    /// Production's server never acknowledged the request's bytes (a spoofed segment, bytes
+    /// outside the connection's window, or a connection gone before the ACK): never replayed.
+    UnacknowledgedByServer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::QueueFull,
         DropReason::MalformedHttp,
         DropReason::TooLarge,
@@ -68,6 +77,8 @@ impl DropReason {
         DropReason::FileFull,
         DropReason::FileError,
         DropReason::AmbiguousFraming,
+        DropReason::Incomplete,
+        DropReason::UnacknowledgedByServer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,12 +98,29 @@ impl DropReason {
             DropReason::FileFull => "file_full",
             DropReason::FileError => "file_error",
             DropReason::AmbiguousFraming => "ambiguous_framing",
+            DropReason::Incomplete => "incomplete",
+            DropReason::UnacknowledgedByServer => "unacknowledged_by_server",
         }
     }
 
     /// Drops of a file (or stdout) output alone: the replayer link may still have the record.
     pub fn is_file_output(self) -> bool {
         matches!(self, DropReason::FileFull | DropReason::FileError)
+    }
+
+    /// Drops decided by reassembly and cutting, before a request became a record: never part
+    /// of `captured`, so never part of what is buffered.
+    pub fn is_before_capture(self) -> bool {
+        matches!(
+            self,
+            DropReason::MalformedHttp
+                | DropReason::AmbiguousFraming
+                | DropReason::TooLarge
+                | DropReason::CaptureGap
+                | DropReason::FlowShed
+                | DropReason::Incomplete
+                | DropReason::UnacknowledgedByServer
+        )
     }
 }
 
@@ -479,12 +507,13 @@ impl ListenerMetrics {
     }
 }
 
-/// Drops on the way to the replayers: every reason but a file output's own.
+/// Drops of captured records on the way to the replayers: every reason but a file output's
+/// own and those decided before capture.
 fn link_drops(dropped: &[Counter; DropReason::ALL.len()]) -> u64 {
     DropReason::ALL
         .iter()
         .zip(dropped)
-        .filter(|(reason, _)| !reason.is_file_output())
+        .filter(|(reason, _)| !reason.is_file_output() && !reason.is_before_capture())
         .map(|(_, counter)| counter.get())
         .sum()
 }

@@ -60,6 +60,9 @@ pub struct Segment<'a> {
     pub syn: bool,
     pub fin: bool,
     pub rst: bool,
+    /// The acknowledgment number, when the ACK flag is set: the next byte the sender expects
+    /// from its peer.
+    pub ack: Option<u32>,
     pub payload: &'a [u8],
 }
 
@@ -103,6 +106,7 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<Segment<'_>, MalformedPack
         syn: tcp.syn(),
         fin: tcp.fin(),
         rst: tcp.rst(),
+        ack: tcp.ack().then(|| tcp.acknowledgment_number()),
         payload: tcp.payload(),
     })
 }

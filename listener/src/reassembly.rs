@@ -1,12 +1,39 @@
 //! TCP reassembly. Each connection has a request stream (client to server) and, with
 //! `--track-responses`, a response stream. For each stream it restores sequence order:
 //! retransmitted bytes are trimmed, out-of-order segments wait in a bounded buffer, and the
-//! ordered bytes go to the stream's cutter. A hole that does not fill in time (a packet the
-//! kernel never delivered to us) is skipped, costing only the message it falls in. Responses are
-//! paired with requests in order. Connections end on FIN, RST or idleness; total buffered bytes
-//! and the number of connections are capped, and connections shed to stay under the caps are
-//! counted. Sequence numbers wrap, so positions are compared by signed 32-bit distance and
-//! stored as 64-bit stream offsets.
+//! ordered bytes go to the stream's cutter. Responses are paired with requests in order.
+//! Connections end on FIN, RST or idleness; the number of connections and the memory they hold
+//! are capped, and connections shed to stay under the caps are counted. Sequence numbers wrap,
+//! so positions are compared by signed 32-bit distance and stored as 64-bit stream offsets.
+//!
+//! **Only what production accepted is replayed.** The server's segments are always captured
+//! (their payload is ignored unless responses are tracked) for their ACKs: a cut request is
+//! released only once the server's ACK covers its last byte, which proves that production's
+//! TCP stack accepted those exact bytes. Requests waiting for that ACK are held (bounded); if
+//! the connection ends, idles or is shed first they are counted as `unacknowledged_by_server`.
+//! One uniform rule serves connections seen from their handshake and connections already open
+//! when capture started, and it also stops what a seen handshake alone would let through: a
+//! spoofed segment (the server answers it with a RST, never an ACK), and bytes injected far
+//! ahead of a real connection's window. ACKs on RST segments are ignored: a RST answering a
+//! segment without ACK acknowledges that very segment (RFC 9293, 3.10.7.1). The cost is
+//! latency: a request leaves when production's ACK is captured (usually at once, at worst the
+//! server's delayed-ACK timer, 40 ms on Linux, or its response).
+//!
+//! A hole that does not fill in time is given up. If the server acknowledged past it, the
+//! server has those bytes and only capture missed them: the hole is skipped, costing only the
+//! message it falls in (`capture_gap`). Otherwise what is held behind it was never accepted by
+//! production: it is discarded (`unacknowledged_by_server`) and the stream waits on at the
+//! hole, so injected bytes cannot push a real connection's stream position.
+//!
+//! **Memory is counted by cost**, not payload: a held segment costs its allocation plus
+//! [`HELD_SEGMENT_OVERHEAD`], adjacent held segments are coalesced into one, and a stream holds
+//! at most [`MAX_HELD_SEGMENTS`]. Flows are boxed and allocate nothing until they hold bytes, so
+//! an idle connection costs its table entry and one small allocation; that cost
+//! ([`FLOW_STATE_COST`]) counts in the same budget as held bytes, so that no mix of many
+//! connections and held segments exceeds it (`bench/flood.sh`).
+//!
+//! **Every request is accounted for**: one cut short by FIN, RST, idleness or the end of
+//! capture is counted as `incomplete`; one in a flow shed to respect a limit as `flow_shed`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -17,18 +44,37 @@ use crate::http::{CutEvent, Cutter, RequestCutter, ResponseCutter, ResponseEvent
 use crate::metrics::DropReason;
 use crate::packet::{FlowKey, Segment};
 
+/// What a held out-of-order segment costs beyond its allocation's capacity: its B-tree entry
+/// (8-byte key, 24-byte vector, node headers and half-empty nodes) and the allocator's chunk
+/// header and rounding: an estimate, checked as a whole by `bench/flood.sh` (millions of 1-byte
+/// segments, one every other byte, so none coalesce) staying under 64 MiB.
+pub const HELD_SEGMENT_OVERHEAD: usize = 96;
+/// Out-of-order segments one stream holds at most. A real hole has at most a window of
+/// segments behind it: 1 MiB of 1448-byte segments is 724.
+pub const MAX_HELD_SEGMENTS: usize = 1024;
+/// Cut requests one connection holds at most while waiting for the server's ACK; past it the
+/// oldest is counted as `unacknowledged_by_server`. A server acknowledges a window's worth at a
+/// time, so legitimate pipelining never gets near it.
+const MAX_UNACKNOWLEDGED_REQUESTS: usize = 256;
+/// What a request waiting for its ACK costs beyond its bytes (queue slot, shared buffer).
+const WAITING_REQUEST_OVERHEAD: usize = 64;
+/// What tracking a connection costs before it holds any bytes: its boxed state (272 bytes) and
+/// its share of the flow table (two 72-byte slots at the table's load). Counted in the memory
+/// budget, so that many idle connections and held bytes share one bound.
+pub const FLOW_STATE_COST: usize = 512;
+
 /// Limits that keep reassembly memory bounded.
 #[derive(Debug, Clone, Copy)]
 pub struct ReassemblyLimits {
     /// Largest request (or response) kept; larger ones are dropped as `too_large`.
     pub max_request_bytes: usize,
-    /// Out-of-order bytes held per stream while waiting for a hole to fill.
+    /// Memory held per stream for out-of-order segments (bytes plus bookkeeping).
     pub max_out_of_order_bytes: usize,
     /// How long a hole may stay open before its bytes are declared lost.
     pub gap_timeout_ns: u64,
     /// A flow with no packets for this long is forgotten.
     pub flow_idle_timeout_ns: u64,
-    /// Bytes buffered across all flows; past it the largest flows are shed.
+    /// Memory held across all flows; past it the largest flows are shed.
     pub max_buffered_bytes: usize,
     /// Flows tracked at once; past it the least recently active are shed.
     pub max_flows: usize,
@@ -37,7 +83,7 @@ pub struct ReassemblyLimits {
 /// What reassembly reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowEvent {
-    /// A complete request; `id` is unique within this reassembler.
+    /// A complete request that the server acknowledged; `id` is unique within this reassembler.
     Request {
         id: u64,
         bytes: Bytes,
@@ -77,7 +123,7 @@ impl<F: FnMut(FlowKey, FlowEvent)> FlowObserver for F {
 pub enum Direction {
     /// Client to server: requests.
     Request,
-    /// Server to client: responses.
+    /// Server to client: responses, and the ACKs that release requests.
     Response,
 }
 
@@ -86,8 +132,9 @@ pub enum Direction {
 pub struct Reassembler {
     limits: ReassemblyLimits,
     track_responses: bool,
-    flows: HashMap<FlowKey, Flow>,
-    /// Sum of every flow's buffered bytes.
+    /// Boxed: the table's slots stay small, so a table sized for many flows costs little.
+    flows: HashMap<FlowKey, Box<Flow>>,
+    /// Sum of every flow's buffered cost.
     buffered_bytes: usize,
     next_request_id: u64,
 }
@@ -99,21 +146,36 @@ struct Stream<C> {
     next_seq: u32,
     /// Stream offset of `next_seq`: bytes delivered (or skipped) so far.
     delivered: u64,
-    /// Segments ahead of `next_seq`, by stream offset.
-    out_of_order: BTreeMap<u64, Bytes>,
-    out_of_order_bytes: usize,
+    /// Segments ahead of `next_seq`, by stream offset; adjacent ones coalesced.
+    held: BTreeMap<u64, Vec<u8>>,
+    /// What `held` costs: capacities plus [`HELD_SEGMENT_OVERHEAD`] per segment.
+    held_cost: usize,
     /// When the oldest still-open hole was first seen.
     hole_since_ns: Option<u64>,
     /// Sequence number just past the sender's FIN, once seen.
     fin_seq: Option<u32>,
+    /// Times held bytes were discarded because the server never acknowledged the hole.
+    unacknowledged_discards: u32,
     cutter: C,
+}
+
+/// Cut requests waiting until the server's ACK covers them, in cut order.
+#[derive(Debug, Default)]
+struct AckGate {
+    /// Request-stream offset up to which the server has acknowledged.
+    acked: u64,
+    /// Cut events in order, each with the stream offset reached when it was cut (its request
+    /// ends at or before it). Other events wait behind a request, to keep the order.
+    waiting: VecDeque<(u64, CutEvent)>,
+    waiting_cost: usize,
 }
 
 #[derive(Debug)]
 struct Flow {
     requests: Stream<RequestCutter>,
+    acknowledgement: AckGate,
     /// Present when responses are tracked and the connection was seen from its SYN-ACK.
-    responses: Option<Stream<ResponseCutter>>,
+    responses: Option<Box<Stream<ResponseCutter>>>,
     /// Requests awaiting their response, oldest first: (id, first byte time).
     unanswered: VecDeque<(u64, u64)>,
     last_seen_ns: u64,
@@ -140,7 +202,8 @@ impl Reassembler {
         self.flows.len()
     }
 
-    /// Bytes held across all flows (partial messages and out-of-order segments).
+    /// Memory held across all flows (partial messages, out-of-order segments, requests waiting
+    /// for their ACK), by cost.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
     }
@@ -161,18 +224,17 @@ impl Reassembler {
     ) {
         let key = segment.flow;
         if segment.rst {
-            // The connection is gone, but what it sent before the reset still counts.
+            // The connection is gone, but what the server acknowledged before the reset counts.
             self.remove(key, now_ns, observer);
             return;
         }
         match direction {
             Direction::Request => self.open_for_request(segment, now_ns, observer),
-            Direction::Response if segment.syn => {
-                if let Some(flow) = self.flows.get_mut(&key)
-                    && self.track_responses
-                {
+            Direction::Response if segment.syn && self.track_responses => {
+                if let Some(flow) = self.flows.get_mut(&key) {
                     let cutter = ResponseCutter::new(self.limits.max_request_bytes);
-                    flow.responses = Some(Stream::new(segment.seq.wrapping_add(1), cutter));
+                    flow.responses =
+                        Some(Box::new(Stream::new(segment.seq.wrapping_add(1), cutter)));
                 }
             }
             Direction::Response => {}
@@ -186,49 +248,10 @@ impl Reassembler {
         let next_request_id = &mut self.next_request_id;
         match direction {
             Direction::Request => {
-                let seq = if segment.syn {
-                    segment.seq.wrapping_add(1)
-                } else {
-                    segment.seq
-                };
-                let Flow {
-                    requests,
-                    responses,
-                    unanswered,
-                    ..
-                } = flow;
-                let mut on_request = |event| {
-                    handle_request_event(
-                        event,
-                        key,
-                        next_request_id,
-                        responses,
-                        unanswered,
-                        observer,
-                    )
-                };
-                requests.take(seq, segment, now_ns, &limits, &mut on_request);
+                flow.take_request_segment(key, segment, now_ns, &limits, next_request_id, observer)
             }
             Direction::Response => {
-                let Flow {
-                    requests,
-                    responses,
-                    unanswered,
-                    ..
-                } = flow;
-                if let Some(responses) = responses {
-                    let mut on_response = |event| {
-                        handle_response_event(
-                            event,
-                            key,
-                            &mut requests.cutter,
-                            unanswered,
-                            observer,
-                        )
-                    };
-                    let seq = segment.seq.wrapping_add(u32::from(segment.syn));
-                    responses.take(seq, segment, now_ns, &limits, &mut on_response);
-                }
+                flow.take_response_segment(key, segment, now_ns, &limits, next_request_id, observer)
             }
         }
         let after = flow.buffered();
@@ -255,38 +278,29 @@ impl Reassembler {
             self.make_room_for_a_flow(observer);
             let cutter = RequestCutter::new(self.limits.max_request_bytes);
             let flow = Flow::new(Stream::new(segment.seq.wrapping_add(1), cutter), now_ns);
-            self.flows.insert(key, flow);
+            self.flows.insert(key, Box::new(flow));
+            self.buffered_bytes += FLOW_STATE_COST;
         } else if !self.flows.contains_key(&key) && !segment.payload.is_empty() {
             // A connection already open when capture started: pick it up at a request line.
-            // (Bare ACKs of such a connection carry nothing to resynchronise on.)
+            // (Bare ACKs of such a connection carry nothing to resynchronise on.) What is cut
+            // is released only once the server acknowledges it, so a spoofed segment opening
+            // a flow here costs a table entry until the server's RST or idleness, nothing more.
             self.make_room_for_a_flow(observer);
             let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
-            self.flows
-                .insert(key, Flow::new(Stream::new(segment.seq, cutter), now_ns));
+            let flow = Flow::new(Stream::new(segment.seq, cutter), now_ns);
+            self.flows.insert(key, Box::new(flow));
+            self.buffered_bytes += FLOW_STATE_COST;
         }
     }
 
-    /// Time-based work: holes that waited too long are skipped, idle flows forgotten.
+    /// Time-based work: holes that waited too long are given up, idle flows forgotten.
     pub fn expire(&mut self, now_ns: u64, observer: &mut impl FlowObserver) {
         let limits = self.limits;
         let mut idle = Vec::new();
         let next_request_id = &mut self.next_request_id;
         for (&key, flow) in &mut self.flows {
             let before = flow.buffered();
-            let Flow {
-                requests,
-                responses,
-                unanswered,
-                ..
-            } = flow;
-            requests.expire_hole(now_ns, &limits, &mut |event| {
-                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
-            });
-            if let Some(responses) = responses {
-                responses.expire_hole(now_ns, &limits, &mut |event| {
-                    handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
-                });
-            }
+            flow.expire_holes(key, now_ns, &limits, next_request_id, observer);
             self.buffered_bytes = self.buffered_bytes + flow.buffered() - before;
             if now_ns.saturating_sub(flow.last_seen_ns) >= limits.flow_idle_timeout_ns {
                 idle.push(key);
@@ -309,28 +323,13 @@ impl Reassembler {
         }
     }
 
-    /// Ends a flow: bytes held behind holes are still cut (the holes counted), and a
-    /// close-delimited response ends.
+    /// Ends a flow: what the server acknowledged is still cut and released, the rest counted.
     fn remove(&mut self, key: FlowKey, now_ns: u64, observer: &mut impl FlowObserver) {
         let Some(mut flow) = self.flows.remove(&key) else {
             return;
         };
         self.buffered_bytes -= flow.buffered();
-        let Flow {
-            requests,
-            responses,
-            unanswered,
-            ..
-        } = &mut flow;
-        let next_request_id = &mut self.next_request_id;
-        requests.close(now_ns, &mut |event| {
-            handle_request_event(event, key, next_request_id, responses, unanswered, observer)
-        });
-        if let Some(responses) = responses {
-            responses.close(now_ns, &mut |event| {
-                handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
-            });
-        }
+        flow.close(key, now_ns, &mut self.next_request_id, observer);
     }
 
     /// Sheds the flows holding the most bytes until a tenth of the budget is free again.
@@ -368,30 +367,44 @@ impl Reassembler {
         }
     }
 
+    /// Drops a flow to respect a limit: a partial request is counted as `flow_shed`, requests
+    /// still waiting for the server's ACK as `unacknowledged_by_server`.
     fn shed(&mut self, key: FlowKey, observer: &mut impl FlowObserver) {
-        if let Some(flow) = self.flows.remove(&key) {
-            self.buffered_bytes -= flow.buffered();
-            observer.flow_shed();
-            if flow.requests.has_partial_message() {
-                observer.event(key, FlowEvent::Dropped(DropReason::FlowShed));
-            }
-            if flow
-                .responses
-                .as_ref()
-                .is_some_and(Stream::has_partial_message)
-            {
-                observer.event(key, FlowEvent::ResponseDropped(DropReason::FlowShed));
-            }
+        let Some(mut flow) = self.flows.remove(&key) else {
+            return;
+        };
+        self.buffered_bytes -= flow.buffered();
+        observer.flow_shed();
+        if flow.requests.has_partial_message() {
+            observer.event(key, FlowEvent::Dropped(DropReason::FlowShed));
+        }
+        let Flow {
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = &mut *flow;
+        let next_request_id = &mut self.next_request_id;
+        acknowledgement.abandon(&mut |event| {
+            handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+        });
+        if flow
+            .responses
+            .as_deref()
+            .is_some_and(Stream::has_partial_message)
+        {
+            observer.event(key, FlowEvent::ResponseDropped(DropReason::FlowShed));
         }
     }
 }
 
-/// A request cut from the client's stream: numbered, remembered for pairing, reported.
+/// A request cut from the client's stream and acknowledged by the server: numbered,
+/// remembered for pairing, reported.
 fn handle_request_event(
     event: CutEvent,
     key: FlowKey,
     next_request_id: &mut u64,
-    responses: &mut Option<Stream<ResponseCutter>>,
+    responses: &mut Option<Box<Stream<ResponseCutter>>>,
     unanswered: &mut VecDeque<(u64, u64)>,
     observer: &mut impl FlowObserver,
 ) {
@@ -461,20 +474,225 @@ impl Flow {
     fn new(requests: Stream<RequestCutter>, now_ns: u64) -> Self {
         Flow {
             requests,
+            acknowledgement: AckGate::default(),
             responses: None,
             unanswered: VecDeque::new(),
             last_seen_ns: now_ns,
         }
     }
 
+    /// What the flow costs: its state, the bytes it holds, its waiting requests.
     fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.as_ref().map_or(0, Stream::buffered)
+        FLOW_STATE_COST
+            + self.requests.buffered()
+            + self.acknowledgement.waiting_cost
+            + self.responses.as_deref().map_or(0, Stream::buffered)
     }
 
-    /// The client is done, and so is the server when its responses are tracked.
+    /// The client is done and acknowledged, and so is the server when its responses are
+    /// tracked.
     fn is_finished(&self) -> bool {
-        self.requests.is_finished() && self.responses.as_ref().is_none_or(Stream::is_finished)
+        self.requests.is_finished()
+            && self.acknowledgement.waiting.is_empty()
+            && self.responses.as_deref().is_none_or(Stream::is_finished)
     }
+
+    /// A client segment: its bytes go through the cutter, what is cut waits for its ACK.
+    fn take_request_segment(
+        &mut self,
+        key: FlowKey,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let seq = segment.seq.wrapping_add(u32::from(segment.syn));
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        let acked = Some(acknowledgement.acked);
+        requests.take(seq, segment, now_ns, limits, acked, &mut |event, end| {
+            acknowledgement.admit(end, event, &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            })
+        });
+        self.report_discards(key, observer);
+    }
+
+    /// A server segment: its ACK releases the requests it covers (before its response bytes
+    /// are paired with them); its payload is cut only when responses are tracked.
+    fn take_response_segment(
+        &mut self,
+        key: FlowKey,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        if let Some(ack) = segment.ack {
+            acknowledgement.acknowledge(requests.offset_of(ack), &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            });
+        }
+        if let Some(responses) = responses {
+            let seq = segment.seq.wrapping_add(u32::from(segment.syn));
+            responses.take(seq, segment, now_ns, limits, None, &mut |event, _| {
+                handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
+            });
+        }
+    }
+
+    fn expire_holes(
+        &mut self,
+        key: FlowKey,
+        now_ns: u64,
+        limits: &ReassemblyLimits,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        let acked = Some(acknowledgement.acked);
+        requests.expire_hole(now_ns, limits, acked, &mut |event, end| {
+            acknowledgement.admit(end, event, &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            })
+        });
+        if let Some(responses) = responses {
+            responses.expire_hole(now_ns, limits, None, &mut |event, _| {
+                handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
+            });
+        }
+        self.report_discards(key, observer);
+    }
+
+    /// The connection is over: what the server acknowledged is cut and released; a request
+    /// cut short is `incomplete`, one never acknowledged `unacknowledged_by_server`; a
+    /// close-delimited response ends.
+    fn close(
+        &mut self,
+        key: FlowKey,
+        now_ns: u64,
+        next_request_id: &mut u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let Flow {
+            requests,
+            acknowledgement,
+            responses,
+            unanswered,
+            ..
+        } = self;
+        let acked = Some(acknowledgement.acked);
+        requests.close(now_ns, acked, &mut |event, end| {
+            acknowledgement.admit(end, event, &mut |event| {
+                handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+            })
+        });
+        if requests.cutter.has_partial_message() {
+            observer.event(key, FlowEvent::Dropped(DropReason::Incomplete));
+        }
+        acknowledgement.abandon(&mut |event| {
+            handle_request_event(event, key, next_request_id, responses, unanswered, observer)
+        });
+        if let Some(responses) = responses {
+            responses.close(now_ns, None, &mut |event, _| {
+                handle_response_event(event, key, &mut requests.cutter, unanswered, observer)
+            });
+        }
+        self.report_discards(key, observer);
+    }
+
+    /// Counts held bytes the server never acknowledged, discarded since the last report.
+    fn report_discards(&mut self, key: FlowKey, observer: &mut impl FlowObserver) {
+        for _ in 0..std::mem::take(&mut self.requests.unacknowledged_discards) {
+            observer.event(key, FlowEvent::Dropped(DropReason::UnacknowledgedByServer));
+        }
+    }
+}
+
+impl AckGate {
+    /// Takes a cut event reached at stream offset `end`: released now if nothing waits and the
+    /// server has acknowledged it already, else queued behind what waits.
+    fn admit(&mut self, end: u64, event: CutEvent, release: &mut impl FnMut(CutEvent)) {
+        let is_request = matches!(event, CutEvent::Request { .. });
+        if self.waiting.is_empty() && (!is_request || end <= self.acked) {
+            return release(event);
+        }
+        self.waiting_cost += waiting_cost(&event);
+        self.waiting.push_back((end, event));
+        if self.waiting.len() > MAX_UNACKNOWLEDGED_REQUESTS
+            && let Some((_, oldest)) = self.waiting.pop_front()
+        {
+            self.waiting_cost -= waiting_cost(&oldest);
+            release(unacknowledged(oldest));
+            self.release_covered(release);
+        }
+    }
+
+    /// The server acknowledged up to stream offset `acked`.
+    fn acknowledge(&mut self, acked: u64, release: &mut impl FnMut(CutEvent)) {
+        self.acked = self.acked.max(acked);
+        self.release_covered(release);
+    }
+
+    fn release_covered(&mut self, release: &mut impl FnMut(CutEvent)) {
+        while let Some((end, event)) = self.waiting.front() {
+            if matches!(event, CutEvent::Request { .. }) && *end > self.acked {
+                return;
+            }
+            if let Some((_, event)) = self.waiting.pop_front() {
+                self.waiting_cost -= waiting_cost(&event);
+                release(event);
+            }
+        }
+    }
+
+    /// The connection is gone: what the server never acknowledged is dropped.
+    fn abandon(&mut self, release: &mut impl FnMut(CutEvent)) {
+        for (_, event) in self.waiting.drain(..) {
+            release(unacknowledged(event));
+        }
+        self.waiting_cost = 0;
+    }
+}
+
+/// A waiting request given up, as its drop; other events unchanged.
+fn unacknowledged(event: CutEvent) -> CutEvent {
+    match event {
+        CutEvent::Request { .. } => CutEvent::Dropped(DropReason::UnacknowledgedByServer),
+        other => other,
+    }
+}
+
+fn waiting_cost(event: &CutEvent) -> usize {
+    match event {
+        CutEvent::Request { bytes, .. } => bytes.len() + WAITING_REQUEST_OVERHEAD,
+        _ => WAITING_REQUEST_OVERHEAD,
+    }
+}
+
+/// What one held segment costs in memory.
+fn held_cost(held: &Vec<u8>) -> usize {
+    held.capacity() + HELD_SEGMENT_OVERHEAD
 }
 
 impl<C: Cutter> Stream<C> {
@@ -482,20 +700,21 @@ impl<C: Cutter> Stream<C> {
         Stream {
             next_seq,
             delivered: 0,
-            out_of_order: BTreeMap::new(),
-            out_of_order_bytes: 0,
+            held: BTreeMap::new(),
+            held_cost: 0,
             hole_since_ns: None,
             fin_seq: None,
+            unacknowledged_discards: 0,
             cutter,
         }
     }
 
     fn buffered(&self) -> usize {
-        self.cutter.buffered_bytes() + self.out_of_order_bytes
+        self.cutter.buffered_bytes() + self.held_cost
     }
 
     fn has_partial_message(&self) -> bool {
-        self.cutter.has_partial_message() || self.out_of_order_bytes > 0
+        self.cutter.has_partial_message() || !self.held.is_empty()
     }
 
     fn is_finished(&self) -> bool {
@@ -503,33 +722,44 @@ impl<C: Cutter> Stream<C> {
             || (self.fin_seq.is_some() && self.cutter.is_broken())
     }
 
-    /// Takes one segment of this direction, whose data starts at `seq`.
+    /// The stream offset of sequence number `seq` (0 for anything before the stream's start).
+    fn offset_of(&self, seq: u32) -> u64 {
+        let distance = i64::from(seq.wrapping_sub(self.next_seq) as i32);
+        (self.delivered as i64).saturating_add(distance).max(0) as u64
+    }
+
+    /// Takes one segment of this direction, whose data starts at `seq`. `acked` is the offset
+    /// the server acknowledged, for a stream whose bytes need it (requests). Events come with
+    /// the stream offset reached when they were cut.
     fn take(
         &mut self,
         seq: u32,
         segment: &Segment<'_>,
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         if !segment.payload.is_empty() {
-            self.accept(seq, segment.payload, now_ns, limits, on_event);
+            self.accept(seq, segment.payload, now_ns, limits, acked, on_event);
         }
         if segment.fin {
             self.fin_seq = Some(seq.wrapping_add(segment.payload.len() as u32));
         }
-        self.expire_hole(now_ns, limits, on_event);
+        self.expire_hole(now_ns, limits, acked, on_event);
         if self.fin_seq.is_some_and(|fin| fin == self.next_seq) {
-            self.cutter.close(now_ns, on_event);
+            let at = self.delivered;
+            self.cutter.close(now_ns, &mut |event| on_event(event, at));
         }
     }
 
-    /// Ends the stream: bytes held behind a hole are still cut, the hole counted as a gap.
-    fn close(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
-        while !self.out_of_order.is_empty() {
-            self.skip_hole(now_ns, on_event);
+    /// Ends the stream: every hole is given up, then the cutter closes.
+    fn close(&mut self, now_ns: u64, acked: Option<u64>, on_event: &mut impl FnMut(C::Event, u64)) {
+        while !self.held.is_empty() {
+            self.give_up_hole(now_ns, acked, on_event);
         }
-        self.cutter.close(now_ns, on_event);
+        let at = self.delivered;
+        self.cutter.close(now_ns, &mut |event| on_event(event, at));
     }
 
     fn accept(
@@ -538,14 +768,15 @@ impl<C: Cutter> Stream<C> {
         payload: &[u8],
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         if self.cutter.is_broken() {
             return;
         }
         let distance = seq.wrapping_sub(self.next_seq) as i32;
         if distance > 0 {
-            self.hold(distance as u64, payload, now_ns, limits, on_event);
+            self.hold(distance as u64, payload, now_ns, limits, acked, on_event);
             return;
         }
         // Bytes before `next_seq` were delivered already (retransmission or overlap).
@@ -557,30 +788,40 @@ impl<C: Cutter> Stream<C> {
         self.release_held(now_ns, on_event);
     }
 
+    /// Keeps a segment that arrived ahead of a hole: appended to the held segment it continues,
+    /// ignored if one already covers it, else held on its own.
     fn hold(
         &mut self,
         ahead: u64,
         payload: &[u8],
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         let offset = self.delivered + ahead;
-        let longer = self
-            .out_of_order
-            .get(&offset)
-            .is_none_or(|held| held.len() < payload.len());
-        if longer {
-            let held = Bytes::copy_from_slice(payload);
-            if let Some(replaced) = self.out_of_order.insert(offset, held) {
-                self.out_of_order_bytes -= replaced.len();
+        let end = offset + payload.len() as u64;
+        let before = self.held.range_mut(..=offset).next_back();
+        match before {
+            Some((&start, held)) if start + held.len() as u64 >= end => {}
+            Some((&start, held)) if start + held.len() as u64 == offset => {
+                let cost = held_cost(held);
+                held.extend_from_slice(payload);
+                self.held_cost = self.held_cost + held_cost(held) - cost;
             }
-            self.out_of_order_bytes += payload.len();
-            self.hole_since_ns.get_or_insert(now_ns);
+            _ => {
+                let held = payload.to_vec();
+                self.held_cost += held_cost(&held);
+                if let Some(replaced) = self.held.insert(offset, held) {
+                    self.held_cost -= held_cost(&replaced);
+                }
+            }
         }
-        // The hole is not filling while this much piles up behind it: its bytes are lost.
-        while self.out_of_order_bytes > limits.max_out_of_order_bytes {
-            self.skip_hole(now_ns, on_event);
+        self.hole_since_ns.get_or_insert(now_ns);
+        // The hole is not filling while this much piles up behind it.
+        while self.held_cost > limits.max_out_of_order_bytes || self.held.len() > MAX_HELD_SEGMENTS
+        {
+            self.give_up_hole(now_ns, acked, on_event);
         }
     }
 
@@ -588,24 +829,47 @@ impl<C: Cutter> Stream<C> {
         &mut self,
         now_ns: u64,
         limits: &ReassemblyLimits,
-        on_event: &mut impl FnMut(C::Event),
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
     ) {
         while self
             .hole_since_ns
             .is_some_and(|since| now_ns.saturating_sub(since) >= limits.gap_timeout_ns)
         {
-            self.skip_hole(now_ns, on_event);
+            self.give_up_hole(now_ns, acked, on_event);
         }
     }
 
-    /// Gives up on the bytes before the first held segment and carries on from there.
-    fn skip_hole(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
-        let Some((&offset, _)) = self.out_of_order.first_key_value() else {
+    /// The hole before the first held segment will not fill. If the server acknowledged past
+    /// it (or acknowledgement is not required), only capture missed its bytes: skip it.
+    /// Otherwise production never accepted what is held: discard it all and wait on at the
+    /// hole.
+    fn give_up_hole(
+        &mut self,
+        now_ns: u64,
+        acked: Option<u64>,
+        on_event: &mut impl FnMut(C::Event, u64),
+    ) {
+        let Some((&offset, _)) = self.held.first_key_value() else {
             self.hole_since_ns = None;
             return;
         };
+        if acked.is_none_or(|acked| acked >= offset) {
+            self.skip_hole(offset, now_ns, on_event);
+        } else {
+            self.held = BTreeMap::new();
+            self.held_cost = 0;
+            self.hole_since_ns = None;
+            self.unacknowledged_discards += 1;
+        }
+    }
+
+    /// Gives up on the bytes before the held segment at `offset` and carries on from there.
+    fn skip_hole(&mut self, offset: u64, now_ns: u64, on_event: &mut impl FnMut(C::Event, u64)) {
         let missing = offset.saturating_sub(self.delivered);
-        self.cutter.skip_gap(missing, on_event);
+        let at = self.delivered;
+        self.cutter
+            .skip_gap(missing, &mut |event| on_event(event, at));
         self.delivered += missing;
         self.next_seq = self.next_seq.wrapping_add(missing as u32);
         self.hole_since_ns = None;
@@ -613,8 +877,8 @@ impl<C: Cutter> Stream<C> {
     }
 
     /// Delivers held segments that the stream has now reached.
-    fn release_held(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
-        while let Some(entry) = self.out_of_order.first_entry() {
+    fn release_held(&mut self, now_ns: u64, on_event: &mut impl FnMut(C::Event, u64)) {
+        while let Some(entry) = self.held.first_entry() {
             if *entry.key() > self.delivered {
                 // A later hole remains; its clock starts now.
                 self.hole_since_ns = Some(now_ns);
@@ -622,7 +886,7 @@ impl<C: Cutter> Stream<C> {
             }
             let already_delivered = (self.delivered - *entry.key()) as usize;
             let held = entry.remove();
-            self.out_of_order_bytes -= held.len();
+            self.held_cost -= held_cost(&held);
             if already_delivered < held.len() {
                 self.deliver(&held[already_delivered..], now_ns, on_event);
             }
@@ -630,10 +894,12 @@ impl<C: Cutter> Stream<C> {
         self.hole_since_ns = None;
     }
 
-    fn deliver(&mut self, bytes: &[u8], now_ns: u64, on_event: &mut impl FnMut(C::Event)) {
+    fn deliver(&mut self, bytes: &[u8], now_ns: u64, on_event: &mut impl FnMut(C::Event, u64)) {
         self.next_seq = self.next_seq.wrapping_add(bytes.len() as u32);
         self.delivered += bytes.len() as u64;
-        self.cutter.push(bytes, now_ns, on_event);
+        let at = self.delivered;
+        self.cutter
+            .push(bytes, now_ns, &mut |event| on_event(event, at));
     }
 }
 
@@ -664,7 +930,16 @@ mod tests {
             syn: false,
             fin: false,
             rst: false,
+            ack: None,
             payload,
+        }
+    }
+
+    /// The server's bare ACK of the client's bytes up to `ack`.
+    fn server_ack(ack: u32) -> Segment<'static> {
+        Segment {
+            ack: Some(ack),
+            ..segment(0, b"")
         }
     }
 
@@ -675,11 +950,41 @@ mod tests {
         }
     }
 
-    /// Feeds segments, returning the requests and drops that came out.
+    /// Feeds client segments, each acknowledged by the server as it arrives (as production
+    /// does when it received everything), returning the requests and drops that came out.
     fn run(reassembler: &mut Reassembler, segments: &[Segment<'_>]) -> Vec<FlowEvent> {
         let mut events = Vec::new();
         for (i, segment) in segments.iter().enumerate() {
             reassembler.ingest(segment, i as u64, &mut |_, event| events.push(event));
+            if !segment.rst {
+                let end = segment.seq.wrapping_add(
+                    segment.payload.len() as u32 + u32::from(segment.syn) + u32::from(segment.fin),
+                );
+                let ack = Segment {
+                    flow: segment.flow,
+                    ..server_ack(end)
+                };
+                reassembler.ingest_directed(
+                    &ack,
+                    Direction::Response,
+                    i as u64,
+                    &mut |_, event| events.push(event),
+                );
+            }
+        }
+        events
+    }
+
+    /// Feeds segments in both directions exactly as given.
+    fn run_exact(
+        reassembler: &mut Reassembler,
+        segments: &[(Direction, Segment<'_>)],
+    ) -> Vec<FlowEvent> {
+        let mut events = Vec::new();
+        for (i, (direction, segment)) in segments.iter().enumerate() {
+            reassembler.ingest_directed(segment, *direction, i as u64, &mut |_, event| {
+                events.push(event)
+            });
         }
         events
     }
@@ -760,7 +1065,10 @@ mod tests {
         );
         assert_eq!(events, [FlowEvent::Dropped(DropReason::CaptureGap)]);
         // Held bytes plus, while resynchronising, at most one unfinished 8 KiB line.
-        assert!(reassembler.buffered_bytes() <= LIMITS.max_out_of_order_bytes + 8 * 1024);
+        assert!(
+            reassembler.buffered_bytes()
+                <= FLOW_STATE_COST + LIMITS.max_out_of_order_bytes + 8 * 1024
+        );
     }
 
     #[test]
@@ -823,6 +1131,9 @@ mod tests {
         ] {
             reassembler.ingest(&segment, at, &mut |_, e| events.push(e));
         }
+        // The server did receive the segment that capture missed: it acknowledges it all.
+        let ack = server_ack(after + get.len() as u32);
+        reassembler.ingest_directed(&ack, Direction::Response, 3, &mut |_, e| events.push(e));
         assert!(
             events.is_empty(),
             "nothing is decided before the gap timeout"
@@ -897,5 +1208,181 @@ mod tests {
         let newest = segment_of(key_for(30_099), 1, REQUEST);
         let events = run(&mut reassembler, &[newest]);
         assert_eq!(request_bytes(&events), [REQUEST]);
+    }
+
+    fn rst(seq: u32) -> Segment<'static> {
+        Segment {
+            rst: true,
+            ..segment(seq, b"")
+        }
+    }
+
+    fn dropped(events: &[FlowEvent], reason: DropReason) -> usize {
+        events
+            .iter()
+            .filter(|event| **event == FlowEvent::Dropped(reason))
+            .count()
+    }
+
+    const INJECTED: &[u8] = b"GET /INJECTED HTTP/1.1\r\nHost: prod\r\n\r\n";
+
+    #[test]
+    fn spoofed_segment_without_handshake_is_never_released() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        // No handshake, a random sequence number; production's kernel answers with a RST
+        // whose ACK (it may carry one) must not count.
+        let answer = Segment {
+            ack: Some(7000 + INJECTED.len() as u32),
+            ..rst(0)
+        };
+        let events = run_exact(
+            &mut reassembler,
+            &[
+                (Direction::Request, segment(7000, INJECTED)),
+                (Direction::Response, answer),
+            ],
+        );
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+        assert_eq!(reassembler.active_flows(), 0);
+    }
+
+    #[test]
+    fn spoofed_segment_the_server_never_answers_is_dropped_when_the_flow_idles() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let mut events = run_exact(
+            &mut reassembler,
+            &[(Direction::Request, segment(7000, INJECTED))],
+        );
+        reassembler.expire(5_000, &mut |_, e| events.push(e));
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+    }
+
+    #[test]
+    fn a_request_is_released_once_the_server_acknowledges_its_last_byte() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let end = 1 + REQUEST.len() as u32;
+        let mut events = run_exact(
+            &mut reassembler,
+            &[
+                (Direction::Request, syn(0)),
+                (Direction::Response, server_ack(1)),
+                (Direction::Request, segment(1, REQUEST)),
+                (Direction::Response, server_ack(end - 1)),
+            ],
+        );
+        assert!(events.is_empty(), "{events:?}");
+        reassembler.ingest_directed(&server_ack(end), Direction::Response, 9, &mut |_, e| {
+            events.push(e)
+        });
+        assert_eq!(request_bytes(&events), [REQUEST]);
+    }
+
+    #[test]
+    fn a_connection_open_before_capture_is_picked_up_when_the_server_acknowledges() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let get = b"GET /a HTTP/1.1\r\n\r\n";
+        let events = run_exact(
+            &mut reassembler,
+            &[
+                (Direction::Request, segment(5000, get)),
+                (Direction::Response, server_ack(5000 + get.len() as u32)),
+                (
+                    Direction::Request,
+                    segment(5000 + get.len() as u32, REQUEST),
+                ),
+                (
+                    Direction::Response,
+                    server_ack(5000 + (get.len() + REQUEST.len()) as u32),
+                ),
+            ],
+        );
+        assert_eq!(request_bytes(&events), [get.to_vec(), REQUEST.to_vec()]);
+    }
+
+    #[test]
+    fn bytes_injected_far_ahead_of_the_window_are_discarded_and_the_flow_goes_on() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let get = b"GET /real HTTP/1.1\r\n\r\n";
+        let first_end = 1 + REQUEST.len() as u32;
+        let mut events = run(&mut reassembler, &[syn(0), segment(1, REQUEST)]);
+        // Injected a million bytes ahead; the server's ACKs never move past the real stream.
+        let injected = segment(first_end + 1_000_000, INJECTED);
+        reassembler.ingest(&injected, 10, &mut |_, e| events.push(e));
+        reassembler.expire(500, &mut |_, e| events.push(e));
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+        // The real connection carries on where it was.
+        events.extend(run(&mut reassembler, &[segment(first_end, get)]));
+        reassembler.finish(&mut |_, e| events.push(e));
+        assert_eq!(request_bytes(&events), [REQUEST.to_vec(), get.to_vec()]);
+        assert_eq!(dropped(&events, DropReason::CaptureGap), 0);
+    }
+
+    #[test]
+    fn held_bytes_the_server_never_acknowledged_are_not_replayed_at_the_end() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        let mut events = run(&mut reassembler, &[syn(0)]);
+        let injected = segment(1 + 5000, INJECTED);
+        reassembler.ingest(&injected, 3, &mut |_, e| events.push(e));
+        reassembler.finish(&mut |_, e| events.push(e));
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+    }
+
+    #[test]
+    fn a_request_cut_short_by_fin_rst_idleness_or_the_end_is_incomplete() {
+        let partial = &REQUEST[..REQUEST.len() - 3];
+        let fin = Segment {
+            fin: true,
+            ..segment(1 + partial.len() as u32, b"")
+        };
+        type Ending<'a> = &'a dyn Fn(&mut Reassembler, &mut Vec<FlowEvent>);
+        let ends: [Ending; 4] = [
+            &|r, events| events.extend(run(r, &[fin])),
+            &|r, events| events.extend(run(r, &[rst(1 + partial.len() as u32)])),
+            &|r, events| r.expire(5_000, &mut |_, e| events.push(e)),
+            &|r, events| r.finish(&mut |_, e| events.push(e)),
+        ];
+        for end in ends {
+            let mut reassembler = Reassembler::new(LIMITS);
+            let mut events = run(&mut reassembler, &[syn(0), segment(1, partial)]);
+            end(&mut reassembler, &mut events);
+            assert_eq!(events, [FlowEvent::Dropped(DropReason::Incomplete)]);
+            assert_eq!(reassembler.active_flows(), 0);
+        }
+    }
+
+    #[test]
+    fn adjacent_tiny_segments_behind_a_hole_are_held_as_one() {
+        let mut reassembler = Reassembler::new(LIMITS);
+        run(&mut reassembler, &[syn(0)]);
+        for n in 0..2000u32 {
+            reassembler.ingest(&segment(100 + n, b"x"), 1, &mut |_, _| {});
+        }
+        let held = &reassembler.flows[&key()].requests.held;
+        assert_eq!(held.len(), 1);
+        assert!(reassembler.buffered_bytes() <= 4096 + HELD_SEGMENT_OVERHEAD + FLOW_STATE_COST);
+    }
+
+    #[test]
+    fn scattered_tiny_segments_are_counted_by_cost_and_capped_in_number() {
+        let limits = ReassemblyLimits {
+            max_out_of_order_bytes: 1 << 20,
+            ..LIMITS
+        };
+        let mut reassembler = Reassembler::new(limits);
+        run(&mut reassembler, &[syn(0)]);
+        for n in 0..20_000u32 {
+            // One byte every other byte: nothing coalesces.
+            reassembler.ingest(&segment(100 + 2 * n, b"x"), 1, &mut |_, _| {});
+            let held = &reassembler.flows[&key()].requests;
+            assert!(held.held.len() <= MAX_HELD_SEGMENTS);
+            assert!(held.held_cost <= limits.max_out_of_order_bytes);
+            assert_eq!(
+                held.held_cost + FLOW_STATE_COST,
+                reassembler.buffered_bytes()
+            );
+        }
     }
 }

@@ -1,7 +1,13 @@
 //! Writing pcap files of crafted TCP segments: exact, repeatable capture scenarios (reordering,
 //! duplicates, overlaps, missing segments, VLAN, IPv6, cooked capture) for the listener's
 //! `--input-pcap`.
+//!
+//! The listener replays only what the server acknowledged, so [`write_pcap`] adds the server's
+//! ACKs as production's kernel would send them, assuming the server received every byte the
+//! client sent (the capture may still miss or reorder some: that is what fixtures test).
+//! [`write_pcap_exact`] writes the segments alone, for segments the server never accepted.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -31,6 +37,8 @@ pub struct Segment {
     pub syn: bool,
     pub fin: bool,
     pub rst: bool,
+    /// The acknowledgment number, with the ACK flag.
+    pub ack: Option<u32>,
     pub payload: Vec<u8>,
 }
 
@@ -64,6 +72,7 @@ impl Connection {
             syn: false,
             fin: false,
             rst: false,
+            ack: None,
             payload: payload.to_vec(),
         }
     }
@@ -179,6 +188,9 @@ pub fn frame(link: FixtureLink, segment: &Segment) -> anyhow::Result<Vec<u8>> {
     if segment.rst {
         tcp = tcp.rst();
     }
+    if let Some(ack) = segment.ack {
+        tcp = tcp.ack(ack);
+    }
     if !segment.payload.is_empty() {
         tcp = tcp.psh();
     }
@@ -210,22 +222,90 @@ fn cooked_header(link: FixtureLink, ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Writes `segments`, in the given order, as a pcap file; one millisecond apart.
+/// Writes `segments`, in the given order, as a pcap file; one millisecond apart. The server
+/// acknowledges what the client sent (see the module doc).
 pub fn write_pcap(path: &Path, link: FixtureLink, segments: &[Segment]) -> anyhow::Result<()> {
-    let timed: Vec<(u64, Segment)> = segments
-        .iter()
-        .enumerate()
-        .map(|(i, segment)| (1_000 * i as u64, segment.clone()))
-        .collect();
-    write_pcap_timed(path, link, &timed)
+    write_pcap_timed(path, link, &one_millisecond_apart(segments))
 }
 
-/// Writes `(microseconds since the first, segment)` pairs, in the given order, as a pcap file.
+/// Writes `(microseconds since the first, segment)` pairs, in the given order, as a pcap file,
+/// with the server's ACKs added.
 pub fn write_pcap_timed(
     path: &Path,
     link: FixtureLink,
     segments: &[(u64, Segment)],
 ) -> anyhow::Result<()> {
+    write_timed(path, link, &acknowledged(segments))
+}
+
+/// Writes exactly `segments`, one millisecond apart: no ACK is added.
+pub fn write_pcap_exact(
+    path: &Path,
+    link: FixtureLink,
+    segments: &[Segment],
+) -> anyhow::Result<()> {
+    write_timed(path, link, &one_millisecond_apart(segments))
+}
+
+fn one_millisecond_apart(segments: &[Segment]) -> Vec<(u64, Segment)> {
+    segments
+        .iter()
+        .enumerate()
+        .map(|(i, segment)| (1_000 * i as u64, segment.clone()))
+        .collect()
+}
+
+/// `segments` with the server's ACKs: each server segment acknowledges everything the client
+/// has sent so far, and a bare ACK follows each client segment that sent more.
+fn acknowledged(segments: &[(u64, Segment)]) -> Vec<(u64, Segment)> {
+    let mut sent: HashMap<(SocketAddr, SocketAddr), u32> = HashMap::new();
+    let mut out = Vec::with_capacity(segments.len() * 2);
+    for (micros, segment) in segments {
+        let key = (segment.client, segment.server);
+        if segment.from_server {
+            let ack = segment.ack.or(sent.get(&key).copied());
+            out.push((
+                *micros,
+                Segment {
+                    ack,
+                    ..segment.clone()
+                },
+            ));
+            continue;
+        }
+        out.push((*micros, segment.clone()));
+        if segment.rst {
+            continue;
+        }
+        let end = segment
+            .seq
+            .wrapping_add(segment.payload.len() as u32)
+            .wrapping_add(u32::from(segment.syn) + u32::from(segment.fin));
+        let advanced = match sent.get(&key) {
+            Some(&acked) => (end.wrapping_sub(acked) as i32) > 0,
+            None => !segment.syn,
+        };
+        if segment.syn || advanced {
+            sent.insert(key, end);
+        }
+        if advanced {
+            let bare_ack = Segment {
+                from_server: true,
+                seq: 0,
+                syn: false,
+                fin: false,
+                rst: false,
+                ack: Some(end),
+                payload: Vec::new(),
+                ..segment.clone()
+            };
+            out.push((*micros, bare_ack));
+        }
+    }
+    out
+}
+
+fn write_timed(path: &Path, link: FixtureLink, segments: &[(u64, Segment)]) -> anyhow::Result<()> {
     let linktype = match link {
         FixtureLink::Ethernet | FixtureLink::EthernetVlan(_) => pcap::Linktype::ETHERNET,
         FixtureLink::LinuxSll => pcap::Linktype::LINUX_SLL,
@@ -249,4 +329,33 @@ pub fn write_pcap_timed(
     }
     file.flush()?;
     Ok(())
+}
+
+/// Sends `segment` on the loopback interface (needs root): the kernel receives it like any
+/// packet from the wire, and a listener capturing `lo` sees it. For segments production never
+/// accepted: spoofed, or outside a connection's window.
+pub fn inject_on_loopback(segment: &Segment) -> anyhow::Result<()> {
+    LoopbackSender::open()?.send(segment)
+}
+
+/// Sends crafted segments on `lo`, one open handle for many of them.
+pub struct LoopbackSender {
+    handle: pcap::Capture<pcap::Active>,
+}
+
+impl LoopbackSender {
+    pub fn open() -> anyhow::Result<LoopbackSender> {
+        let handle = pcap::Capture::from_device("lo")?
+            .open()
+            .context("cannot open lo to send (needs root)")?;
+        Ok(LoopbackSender { handle })
+    }
+
+    pub fn send(&mut self, segment: &Segment) -> anyhow::Result<()> {
+        let mut frame = frame(FixtureLink::Ethernet, segment)?;
+        // Loopback's hardware address is all zeros: a frame addressed elsewhere is dropped.
+        frame[..12].fill(0);
+        self.handle.sendpacket(frame).context("cannot send on lo")?;
+        Ok(())
+    }
 }
