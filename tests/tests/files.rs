@@ -533,8 +533,10 @@ fn login_file(dir: &Path) -> PathBuf {
         if sequence % 3 == 0 {
             request = request.replace_path(&format!("/fixture/{sequence}"), "/drop/me");
         }
-        // Half a second after the login: its replayed response is back by then.
-        let at = T0 + 500_000_000 + sequence * 1_000_000;
+        // A GoReplay middleware learns from responses as they come, with no ordering promise:
+        // the later requests come 3 s after the login, so its replayed response (a loopback
+        // round trip) reaches the middleware first even on a loaded machine.
+        let at = T0 + 3_000_000_000 + sequence * 1_000_000;
         file.extend(gor(
             PayloadType::Request,
             &format!("{sequence:024x}"),
