@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tapwire_shared::http1::{
-    BodyFraming, ChunkedScanner, HttpError, TargetResponseHead, parse_target_response_head,
+    BodyFraming, ChunkedScanner, HttpError, ResponseHead, parse_response_head,
 };
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -148,13 +148,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upstream<S> {
     ) -> Result<TargetResponse, ExchangeError> {
         let mut kept = Kept::new(keep);
         let mut answered = !self.received.is_empty();
-        let head: TargetResponseHead = loop {
-            match parse_target_response_head(&self.received, answers_head)
+        let head: ResponseHead = loop {
+            match parse_response_head(&self.received, answers_head)
                 .map_err(ExchangeError::InvalidResponse)?
             {
                 Some(head) => {
-                    self.take(head.head.len, &mut kept);
-                    if !head.head.is_interim() {
+                    self.take(head.len, &mut kept);
+                    if !head.is_interim() {
                         break head;
                     }
                 }
@@ -165,11 +165,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upstream<S> {
             }
         };
         // httparse takes any three digits; below 100 is no status at all.
-        let status = StatusCode::from_u16(head.head.status)
+        let status = StatusCode::from_u16(head.status)
             .ok()
             .filter(|status| status.as_u16() >= 100)
-            .ok_or(ExchangeError::InvalidStatus(head.head.status))?;
-        match head.head.framing {
+            .ok_or(ExchangeError::InvalidStatus(head.status))?;
+        match head.framing {
             BodyFraming::Empty => {}
             BodyFraming::Length(length) => {
                 let mut remaining = length;

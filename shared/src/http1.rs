@@ -213,12 +213,15 @@ pub fn fits_header_buffers(head: &[u8]) -> Result<(), HttpError> {
     Ok(())
 }
 
-/// What the response cutter needs to know about a complete response head.
+/// What the response cutter (and the replayer reading a target's answer) needs to know about
+/// a complete response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHead {
     pub len: usize,
     pub status: u16,
     pub framing: BodyFraming,
+    /// The server keeps the connection open after this response.
+    pub persists: bool,
 }
 
 impl ResponseHead {
@@ -247,10 +250,15 @@ pub fn parse_response_head(
         httparse::Status::Complete(len) => len,
     };
     let status = response.code.unwrap_or_default();
+    let framing = response_framing(status, answers_head, response.headers)?;
     Ok(Some(ResponseHead {
         len,
         status,
-        framing: response_framing(status, answers_head, response.headers)?,
+        framing,
+        // A body delimited by the close ends the connection; so does a switch of protocol.
+        persists: framing != BodyFraming::UntilClose
+            && status != 101
+            && connection_persists(response.version.unwrap_or(1), response.headers),
     }))
 }
 
@@ -927,47 +935,6 @@ fn connection_persists(minor_version: u8, headers: &[httparse::Header<'_>]) -> b
         return false;
     }
     minor_version >= 1 || has_option(b"keep-alive")
-}
-
-/// A response head from a target: what [`ResponseHead`] says, and whether the target keeps
-/// the connection open after this response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TargetResponseHead {
-    pub head: ResponseHead,
-    pub persists: bool,
-}
-
-/// Parses a target's response head at the start of `buf`, like [`parse_response_head`], and
-/// says whether the connection persists after it; `Ok(None)`: not complete yet.
-pub fn parse_target_response_head(
-    buf: &[u8],
-    answers_head: bool,
-) -> Result<Option<TargetResponseHead>, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf).map_err(HttpError::MalformedHead)? {
-        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
-            return Err(HttpError::HeadTooLarge);
-        }
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => {
-            return Err(HttpError::HeadTooLarge);
-        }
-        httparse::Status::Complete(len) => len,
-    };
-    let status = response.code.unwrap_or_default();
-    let framing = response_framing(status, answers_head, response.headers)?;
-    Ok(Some(TargetResponseHead {
-        head: ResponseHead {
-            len,
-            status,
-            framing,
-        },
-        // A body delimited by the close ends the connection; so does a switch of protocol.
-        persists: framing != BodyFraming::UntilClose
-            && status != 101
-            && connection_persists(response.version.unwrap_or(1), response.headers),
-    }))
 }
 
 impl ChunkedScanner {
