@@ -17,7 +17,11 @@
 //! ahead of a real connection's window. ACKs on RST segments are ignored: a RST answering a
 //! segment without ACK acknowledges that very segment (RFC 9293, 3.10.7.1). The cost is
 //! latency: a request leaves when production's ACK is captured (usually at once, at worst the
-//! server's delayed-ACK timer, 40 ms on Linux, or its response).
+//! server's delayed-ACK timer, 40 ms on Linux, or its response). A connection already open
+//! (or forgotten, e.g. after idleness) is picked up from the server's side: its client stream
+//! starts at the ACK of the first server segment with response bytes, so bytes claiming an
+//! earlier place (a forged retransmission the server discards with a duplicate ACK) are never
+//! cut; client bytes alone never open a flow.
 //!
 //! A hole that does not fill in time is given up. If the server acknowledged past it, the
 //! server has those bytes and only capture missed them: the hole is skipped, costing only the
@@ -38,7 +42,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
-use tapwire_shared::http1::ProtocolSwitch;
+use tapwire_shared::http1::{self, ProtocolSwitch, RequestLineSearch};
 
 use crate::http::{CutEvent, Cutter, RequestCutter, ResponseCutter, ResponseEvent};
 use crate::metrics::DropReason;
@@ -53,9 +57,9 @@ pub const HELD_SEGMENT_OVERHEAD: usize = 96;
 /// segments behind it: 1 MiB of 1448-byte segments is 724.
 pub const MAX_HELD_SEGMENTS: usize = 1024;
 /// Cut requests one connection holds at most while waiting for the server's ACK; past it the
-/// oldest is counted as `unacknowledged_by_server`. A server acknowledges a window's worth at a
-/// time, so legitimate pipelining never gets near it.
-const MAX_UNACKNOWLEDGED_REQUESTS: usize = 256;
+/// oldest is counted as `unacknowledged_by_server`. Their bytes count in the memory budget
+/// too; the count bounds tiny pipelined requests (a 1 MiB window of 64-byte GETs).
+const MAX_UNACKNOWLEDGED_REQUESTS: usize = 16 * 1024;
 /// What a request waiting for its ACK costs beyond its bytes (queue slot, shared buffer).
 const WAITING_REQUEST_OVERHEAD: usize = 64;
 /// What tracking a connection costs before it holds any bytes: its boxed state (272 bytes) and
@@ -237,7 +241,7 @@ impl Reassembler {
                         Some(Box::new(Stream::new(segment.seq.wrapping_add(1), cutter)));
                 }
             }
-            Direction::Response => {}
+            Direction::Response => self.open_already_open(segment, now_ns, observer),
         }
         let limits = self.limits;
         let Some(flow) = self.flows.get_mut(&key) else {
@@ -280,17 +284,39 @@ impl Reassembler {
             let flow = Flow::new(Stream::new(segment.seq.wrapping_add(1), cutter), now_ns);
             self.flows.insert(key, Box::new(flow));
             self.buffered_bytes += FLOW_STATE_COST;
-        } else if !self.flows.contains_key(&key) && !segment.payload.is_empty() {
-            // A connection already open when capture started: pick it up at a request line.
-            // (Bare ACKs of such a connection carry nothing to resynchronise on.) What is cut
-            // is released only once the server acknowledges it, so a spoofed segment opening
-            // a flow here costs a table entry until the server's RST or idleness, nothing more.
-            self.make_room_for_a_flow(observer);
-            let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
-            let flow = Flow::new(Stream::new(segment.seq, cutter), now_ns);
-            self.flows.insert(key, Box::new(flow));
-            self.buffered_bytes += FLOW_STATE_COST;
+        } else if !self.flows.contains_key(&key)
+            && http1::find_request_line(segment.payload) == RequestLineSearch::Found(0)
+        {
+            // A request on a connection not known (yet): spoofed, or the first one seen of a
+            // connection already open, which is picked up at the server's next answer.
+            observer.event(key, FlowEvent::Dropped(DropReason::UnacknowledgedByServer));
         }
+    }
+
+    /// Picks up a connection that was open before capture started (or forgotten since) from
+    /// the server's side: a server segment carrying response bytes. The client's stream starts
+    /// at that segment's ACK, so what the client sent before it, and anything claiming an
+    /// earlier place in the stream (a forged "retransmission" the server discards and answers
+    /// with a duplicate ACK), is never cut; the cutter resynchronises at the next request
+    /// line. Client bytes alone never open a flow: a spoofed segment costs nothing. Bare ACKs
+    /// and FINs open nothing either, so the last segments of a closed connection leave no
+    /// ghost flow behind.
+    fn open_already_open(
+        &mut self,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        let key = segment.flow;
+        let Some(ack) = segment.ack else { return };
+        if segment.payload.is_empty() || segment.fin || self.flows.contains_key(&key) {
+            return;
+        }
+        self.make_room_for_a_flow(observer);
+        let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
+        let flow = Flow::new(Stream::new(ack, cutter), now_ns);
+        self.flows.insert(key, Box::new(flow));
+        self.buffered_bytes += FLOW_STATE_COST;
     }
 
     /// Time-based work: holes that waited too long are given up, idle flows forgotten.
@@ -1046,13 +1072,18 @@ mod tests {
     }
 
     #[test]
-    fn flow_already_open_starts_at_first_segment_with_data() {
+    fn client_bytes_alone_never_open_a_flow() {
         let mut reassembler = Reassembler::new(LIMITS);
         let events = run(
             &mut reassembler,
             &[segment(5000, b""), segment(7000, REQUEST)],
         );
-        assert_eq!(request_bytes(&events), [REQUEST]);
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            events,
+            [FlowEvent::Dropped(DropReason::UnacknowledgedByServer)]
+        );
+        assert_eq!(reassembler.active_flows(), 0);
     }
 
     #[test]
@@ -1283,11 +1314,16 @@ mod tests {
     fn a_connection_open_before_capture_is_picked_up_when_the_server_acknowledges() {
         let mut reassembler = Reassembler::new(LIMITS);
         let get = b"GET /a HTTP/1.1\r\n\r\n";
+        let answer = Segment {
+            ack: Some(5000 + get.len() as u32),
+            ..segment(90_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        };
         let events = run_exact(
             &mut reassembler,
             &[
+                // Seen before the server's side: counted, not replayed.
                 (Direction::Request, segment(5000, get)),
-                (Direction::Response, server_ack(5000 + get.len() as u32)),
+                (Direction::Response, answer),
                 (
                     Direction::Request,
                     segment(5000 + get.len() as u32, REQUEST),
@@ -1298,7 +1334,38 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(request_bytes(&events), [get.to_vec(), REQUEST.to_vec()]);
+        assert_eq!(request_bytes(&events), [REQUEST.to_vec()]);
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
+    }
+
+    #[test]
+    fn a_forged_retransmission_answered_by_a_duplicate_ack_is_never_cut() {
+        // A connection the listener does not know (forgotten, or open before capture); the
+        // attacker sends a request at an old sequence number: the server discards it and
+        // answers with a duplicate ACK for everything it has, past the forged bytes.
+        let mut reassembler = Reassembler::new(LIMITS);
+        let forged_at = 4000;
+        let received_up_to = 9000;
+        let duplicate_ack = Segment {
+            ack: Some(received_up_to),
+            ..segment(90_000, b"")
+        };
+        let response = Segment {
+            ack: Some(received_up_to),
+            ..segment(90_000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        };
+        let events = run_exact(
+            &mut reassembler,
+            &[
+                (Direction::Request, segment(forged_at, INJECTED)),
+                (Direction::Response, duplicate_ack),
+                (Direction::Response, response),
+                (Direction::Request, segment(forged_at, INJECTED)),
+                (Direction::Response, server_ack(received_up_to)),
+            ],
+        );
+        assert_eq!(request_bytes(&events), Vec::<Vec<u8>>::new());
+        assert_eq!(dropped(&events, DropReason::UnacknowledgedByServer), 1);
     }
 
     #[test]

@@ -154,9 +154,14 @@ fn a_missing_segment_in_a_head_resynchronises_at_the_next_request() {
 fn a_connection_open_before_capture_is_picked_up_at_the_next_request() {
     let c = connection();
     let stream = stream();
-    // No SYN: capture starts in the middle of POST's body.
+    // No SYN: capture starts in the middle of POST's body, where production answers an
+    // earlier request; its ACK says where the client's stream stands.
     let start = GET.len() + POST.len() - 10;
-    let segments = c.split(start, &stream[start..], 1448);
+    let answer = Segment {
+        ack: Some(c.data(start, b"").seq),
+        ..c.response(0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    };
+    let segments = [vec![answer], c.split(start, &stream[start..], 1448)].concat();
     let captured = capture(FixtureLink::Ethernet, &segments);
     assert_eq!(captured.requests(), [CHUNKED, GET]);
     assert_eq!(captured.metrics.dropped_total(), 0);
