@@ -100,15 +100,19 @@ pub enum LinkRefusal {
     NotHttp2,
     /// The stream's listener id is longer than allowed or holds control characters.
     InvalidListenerId,
+    /// The connection opened no stream that passed the token check within
+    /// `--handshake-timeout` of its preface: closed, so idle connections cannot keep slots.
+    NoAuthenticatedStream,
 }
 
 impl LinkRefusal {
-    pub const ALL: [LinkRefusal; 5] = [
+    pub const ALL: [LinkRefusal; 6] = [
         LinkRefusal::ConnectionLimit,
         LinkRefusal::HandshakeTimeout,
         LinkRefusal::TlsHandshake,
         LinkRefusal::NotHttp2,
         LinkRefusal::InvalidListenerId,
+        LinkRefusal::NoAuthenticatedStream,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +122,7 @@ impl LinkRefusal {
             LinkRefusal::TlsHandshake => "tls_handshake",
             LinkRefusal::NotHttp2 => "not_http2",
             LinkRefusal::InvalidListenerId => "invalid_listener_id",
+            LinkRefusal::NoAuthenticatedStream => "no_authenticated_stream",
         }
     }
 }

@@ -313,6 +313,10 @@ pub(crate) mod tests {
 
     /// A request as the fan-out would build it from a capture.
     pub(crate) fn request(raw: &str) -> ReplayRequest {
+        try_request(raw).unwrap()
+    }
+
+    fn try_request(raw: &str) -> Result<ReplayRequest, RejectReason> {
         let record = RequestRecord {
             id: 1,
             captured_at_ns: 0,
@@ -324,7 +328,25 @@ pub(crate) mod tests {
             listener_id: "test".into(),
             instance: 1,
         };
-        ReplayRequest::from_record(&record, &origin).unwrap()
+        ReplayRequest::from_record(&record, &origin)
+    }
+
+    #[test]
+    fn a_record_framed_ambiguously_is_refused_not_guessed() {
+        // The target could read such a body by another rule than the replayer, and take its
+        // tail for the next request on the connection.
+        for raw in [
+            "POST /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+        ] {
+            assert_eq!(
+                try_request(raw).err(),
+                Some(RejectReason::MalformedHttp),
+                "{raw:?}"
+            );
+        }
     }
 
     /// What a target is sent for `replay` under `host`: head and body.

@@ -885,7 +885,9 @@ pub fn request_layout(raw: &[u8]) -> Result<RequestLayout, HttpError> {
             value,
         });
     }
-    let framing = body_framing(request.headers)?;
+    // Strictly, as the listener cuts: a record framed otherwise (from a file, or a listener of
+    // another kind) could be read one way by the replayer and another by the target.
+    let framing = request_framing(minor_version == 0, request.headers)?;
     let body_len = match framing {
         BodyFraming::Empty => 0,
         BodyFraming::Length(length) => {

@@ -2,7 +2,8 @@
 //! against a replayer held to systemd's default of 1024 open files, and a listener id crafted
 //! to forge log lines. The real listener linked before the flood keeps delivering, the metrics
 //! endpoint keeps answering, the replayer does not spin on `accept` errors, and every idle
-//! connection is closed once its handshake time is up.
+//! connection is closed once its handshake time is up, or, if it spoke HTTP/2, once its time to
+//! open an authenticated stream is.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use tonic::Code;
 const TIMEOUT: Duration = Duration::from_secs(30);
 const OPEN_FILES: u64 = 1024;
 const IDLE_CONNECTIONS: usize = 2000;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Long enough for the checks made while the idle connections are open, on a loaded machine.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(8);
 const REFUSED: &str = "tapwire_replayer_link_refused_total";
 
 /// Lets this test process hold the idle connections (its own limit may be 1024 too).
@@ -152,6 +154,72 @@ async fn idle_connections_under_a_1024_file_limit_lock_no_listener_out() {
     );
     assert_eq!(target.wait_for_served(400, TIMEOUT).await, 400);
     let report = pipeline.finish(400).await.unwrap();
+    assert!(report.is_complete(), "{}", report.table());
+}
+
+/// Connections that pass the handshake (they send the HTTP/2 preface and SETTINGS) but never
+/// open a stream that passes the token check.
+const SILENT_HTTP2_CONNECTIONS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_speak_http2_but_never_authenticate_are_closed() {
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        record: false,
+        replayer_args: vec!["--handshake-timeout".into(), "1s".into()],
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let production = pipeline.production.addr();
+    let target = pipeline.targets[0].clone();
+    assert_eq!(traffic::send_mix_range(production, 0..100, 4).await.ok, 100);
+    assert_eq!(target.wait_for_served(100, TIMEOUT).await, 100);
+
+    // The preface, then an empty SETTINGS frame: a well-behaved HTTP/2 client that says no more.
+    let hello = [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+        &[0, 0, 0, 4, 0, 0, 0, 0, 0],
+    ]
+    .concat();
+    let mut silent = Vec::new();
+    for _ in 0..SILENT_HTTP2_CONNECTIONS {
+        let mut connection = TcpStream::connect(pipeline.replayer_grpc).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut connection, &hello)
+            .await
+            .unwrap();
+        silent.push(connection);
+    }
+    // Each is closed once its time to authenticate is up (what it reads before is the server's
+    // own SETTINGS and GOAWAY, never a stream).
+    for (n, mut connection) in silent.into_iter().enumerate() {
+        let closed = tokio::time::timeout(TIMEOUT, async {
+            let mut buffer = [0u8; 1024];
+            loop {
+                match connection.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "silent connection {n} still open after {TIMEOUT:?}"
+        );
+    }
+    let metrics = scrape(pipeline.replayer_metrics).await.unwrap();
+    // Exactly these: the real listener's connection, which streams, is never closed for it.
+    assert_eq!(
+        metrics.sum(REFUSED, &[("reason", "no_authenticated_stream")]),
+        SILENT_HTTP2_CONNECTIONS as u64
+    );
+    assert_eq!(
+        traffic::send_mix_range(production, 100..200, 4).await.ok,
+        100
+    );
+    assert_eq!(target.wait_for_served(200, TIMEOUT).await, 200);
+    let report = pipeline.finish(200).await.unwrap();
     assert!(report.is_complete(), "{}", report.table());
 }
 

@@ -3,13 +3,18 @@
 //! new one is closed at once, counted `link_refused{reason="connection_limit"}`), and must
 //! complete its TLS handshake (with TLS) and send the HTTP/2 preface within
 //! `--handshake-timeout` (`handshake_timeout`), or be closed. Only then is it handed to the gRPC
-//! server. Errors accepting (out of file descriptors) back off instead of spinning, so the
+//! server, and it must then open a stream that passes the token check within another
+//! `--handshake-timeout` (`no_authenticated_stream`), so connections that speak HTTP/2 but never
+//! authenticate cannot keep the slots from real listeners either. Errors accepting (out of file descriptors) back off instead of spinning, so the
 //! metrics endpoint and real listeners still get their turn.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,12 +47,49 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
 }
 
+/// The open connections, by peer address, and whether each has opened an authenticated stream:
+/// the token check marks them, each connection reads its own mark.
+#[derive(Debug, Clone, Default)]
+pub struct AuthenticatedPeers(Arc<Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>>);
+
+impl AuthenticatedPeers {
+    /// A stream from `peer` passed the token check.
+    pub fn authenticated(&self, peer: Option<SocketAddr>) {
+        let peers = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(mark) = peer.and_then(|peer| peers.get(&peer)) {
+            mark.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn register(&self, peer: SocketAddr) -> Arc<AtomicBool> {
+        let mark = Arc::new(AtomicBool::new(false));
+        let mut peers = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        peers.insert(peer, Arc::clone(&mark));
+        mark
+    }
+
+    fn forget(&self, peer: SocketAddr) {
+        let mut peers = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        peers.remove(&peer);
+    }
+}
+
 /// Accepts connections within `limits`, completing their handshakes concurrently, and yields
 /// only those that passed.
 pub fn accept(
     listener: TcpListener,
     limits: ConnectionLimits,
     tls: Option<Arc<ServerConfig>>,
+    peers: AuthenticatedPeers,
     metrics: ReplayerMetrics,
 ) -> ReceiverStream<io::Result<LinkConnection>> {
     let (accepted, incoming) = mpsc::channel(ACCEPTED_BACKLOG);
@@ -83,10 +125,18 @@ pub fn accept(
             };
             let _ = tcp.set_nodelay(true);
             let (tls, handed_over, metrics) = (tls.clone(), accepted.clone(), metrics.clone());
+            let peers = peers.clone();
             tokio::spawn(async move {
                 let handshake = handshake(tcp, tls.as_ref(), peer, slot);
                 match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-                    Ok(Ok(connection)) => {
+                    Ok(Ok(mut connection)) => {
+                        connection.proof = Some(ProofDeadline {
+                            authenticated: peers.register(peer),
+                            deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+                            peers,
+                            peer,
+                            metrics,
+                        });
                         let _ = handed_over.send(Ok(connection)).await;
                     }
                     Ok(Err(refusal)) => {
@@ -161,8 +211,24 @@ async fn handshake(
         stream,
         preface_left: PREFACE.len(),
         info,
+        proof: None,
         _slot: slot,
     })
+}
+
+/// Until a connection has opened an authenticated stream: the time it has left to do so.
+struct ProofDeadline {
+    authenticated: Arc<AtomicBool>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    peers: AuthenticatedPeers,
+    peer: SocketAddr,
+    metrics: ReplayerMetrics,
+}
+
+impl Drop for ProofDeadline {
+    fn drop(&mut self) {
+        self.peers.forget(self.peer);
+    }
 }
 
 enum LinkStream {
@@ -176,6 +242,8 @@ pub struct LinkConnection {
     /// Bytes of the preface (already read) still to hand to the server.
     preface_left: usize,
     info: TcpConnectInfo,
+    /// Set once handed to the server; cleared once a stream on it passed the token check.
+    proof: Option<ProofDeadline>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -199,6 +267,22 @@ impl AsyncRead for LinkConnection {
             buf.put_slice(&PREFACE[start..start + n]);
             self.preface_left -= n;
             return Poll::Ready(Ok(()));
+        }
+        if let Some(proof) = &mut self.proof {
+            if proof.authenticated.load(Ordering::Relaxed) {
+                self.proof = None;
+            } else if proof.deadline.as_mut().poll(cx).is_ready() {
+                proof
+                    .metrics
+                    .link_refused(LinkRefusal::NoAuthenticatedStream)
+                    .inc();
+                tracing::debug!(peer = %proof.peer, "closed a listener connection: no authenticated stream in time");
+                self.proof = None;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no authenticated stream in time",
+                )));
+            }
         }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }

@@ -136,6 +136,7 @@ impl GrpcSource {
     pub async fn run(self, intake: Intake, shutdown: Shutdown) -> anyhow::Result<()> {
         // At most u32::MAX units (4 TiB): what one acquire can ask for.
         let held_units = (self.limits.max_held_bytes / HELD_UNIT).min(u64::from(u32::MAX)) as u32;
+        let peers = connections::AuthenticatedPeers::default();
         let service = ReplayServer::new(ReplayService {
             intake,
             pacing: self.pacing,
@@ -148,7 +149,11 @@ impl GrpcSource {
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let service = tonic::service::interceptor::InterceptedService::new(
             service,
-            TokenCheck::new(self.token, self.metrics.streams_unauthenticated.clone()),
+            TokenCheck::new(
+                self.token,
+                peers.clone(),
+                self.metrics.streams_unauthenticated.clone(),
+            ),
         );
         let server = tonic::transport::Server::builder()
             .initial_stream_window_size(link::WINDOW_BYTES)
@@ -159,6 +164,7 @@ impl GrpcSource {
             self.listener,
             self.limits.connections,
             self.tls,
+            peers,
             self.metrics.clone(),
         );
         let serve = server.serve_with_incoming_shutdown(incoming, shutdown.requested());
@@ -184,17 +190,24 @@ impl GrpcSource {
 }
 
 /// Refuses streams without the configured bearer token. The comparison takes the same time
-/// whatever the token presented, so it leaks nothing about the real one.
+/// whatever the token presented, so it leaks nothing about the real one. A stream that passes
+/// marks its connection as authenticated (see [`connections`]).
 #[derive(Clone)]
 pub struct TokenCheck {
     expected: Option<Arc<[u8]>>,
+    peers: connections::AuthenticatedPeers,
     refused: Counter,
 }
 
 impl TokenCheck {
-    pub fn new(token: Option<String>, refused: Counter) -> Self {
+    pub fn new(
+        token: Option<String>,
+        peers: connections::AuthenticatedPeers,
+        refused: Counter,
+    ) -> Self {
         TokenCheck {
             expected: token.map(|token| link::bearer(&token).into_bytes().into()),
+            peers,
             refused,
         }
     }
@@ -203,6 +216,7 @@ impl TokenCheck {
 impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.expected else {
+            self.peers.authenticated(request.remote_addr());
             return Ok(request);
         };
         let presented = request
@@ -211,6 +225,7 @@ impl tonic::service::Interceptor for TokenCheck {
             .map(|value| value.as_bytes())
             .unwrap_or_default();
         if bool::from(presented.ct_eq(expected)) {
+            self.peers.authenticated(request.remote_addr());
             Ok(request)
         } else {
             self.refused.inc();
