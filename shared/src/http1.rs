@@ -1,7 +1,7 @@
 //! HTTP/1.x request grammar: where a head ends, how the body is framed, how a chunked body is
 //! walked, and what a complete request says. The listener's cutter uses the first three to find
-//! request boundaries in a byte stream; the replayer uses [`ParsedRequest`] to rebuild a request
-//! for a target. Not having enough bytes yet is a normal outcome (`Ok(None)`), not an error.
+//! request boundaries in a byte stream; the replayer uses [`request_layout`] to send a request
+//! again byte for byte. Not having enough bytes yet is a normal outcome (`Ok(None)`), not an error.
 //! Redaction ([`redact_headers`], [`crate::redact`]) rewrites captured messages through the same
 //! grammar.
 //!
@@ -33,7 +33,6 @@
 //! whose request line itself does not parse is not HTTP/1.x at all (`MalformedHead`).
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 
 /// Most headers a request may carry (the parser's slots); more is refused.
 pub const MAX_HEADERS: usize = 128;
@@ -769,59 +768,6 @@ pub fn decode_body(rest: &Bytes, framing: BodyFraming) -> Result<DecodedBody, Ht
     }
 }
 
-/// A complete request, taken apart so it can be sent again.
-#[derive(Debug, Clone)]
-pub struct ParsedRequest {
-    pub method: Method,
-    /// The request-target as sent: usually origin-form (`/path?query`).
-    pub target: String,
-    pub version: Version,
-    /// Every header as captured, in order, duplicates kept.
-    pub headers: HeaderMap,
-    /// The body with any chunked coding removed.
-    pub body: Bytes,
-    pub framing: BodyFraming,
-}
-
-impl ParsedRequest {
-    /// Parses one complete request; `raw` must hold exactly one request.
-    pub fn parse(raw: &Bytes) -> Result<Self, HttpError> {
-        let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut header_slots);
-        let head_len = match request.parse(raw).map_err(HttpError::MalformedHead)? {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial => return Err(HttpError::Truncated),
-        };
-        let framing = body_framing(request.headers)?;
-        let method = request
-            .method
-            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-            .ok_or(HttpError::MalformedHead(httparse::Error::Token))?;
-        let target = request.path.unwrap_or("/").to_owned();
-        let version = match request.version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
-        let mut headers = HeaderMap::with_capacity(request.headers.len());
-        for header in request.headers.iter() {
-            let name = HeaderName::from_bytes(header.name.as_bytes())
-                .map_err(|_| HttpError::MalformedHead(httparse::Error::HeaderName))?;
-            let value = HeaderValue::from_bytes(header.value)
-                .map_err(|_| HttpError::MalformedHead(httparse::Error::HeaderValue))?;
-            headers.append(name, value);
-        }
-        let body = decode_body(&raw.slice(head_len..), framing)?.body;
-        Ok(ParsedRequest {
-            method,
-            target,
-            version,
-            headers,
-            body,
-            framing,
-        })
-    }
-}
-
 /// A complete captured request located in its own bytes, so that it can be sent again byte for
 /// byte: every range indexes the captured message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1403,34 +1349,8 @@ mod tests {
     }
 
     #[test]
-    fn parsed_request_keeps_headers_in_order_and_decodes_chunks() {
-        let raw = Bytes::from_static(
-            b"PUT /up?x=1 HTTP/1.1\r\nHost: prod\r\nX-A: 1\r\nX-A: 2\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        );
-        let parsed = ParsedRequest::parse(&raw).unwrap();
-        assert_eq!(parsed.method, Method::PUT);
-        assert_eq!(parsed.target, "/up?x=1");
-        assert_eq!(parsed.version, Version::HTTP_11);
-        let values: Vec<_> = parsed.headers.get_all("x-a").iter().collect();
-        assert_eq!(values, ["1", "2"]);
-        assert_eq!(parsed.body, "abc");
-        assert_eq!(parsed.framing, BodyFraming::Chunked);
-    }
-
-    #[test]
-    fn parsed_request_body_is_exactly_content_length() {
-        let raw = Bytes::from_static(b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
-        let parsed = ParsedRequest::parse(&raw).unwrap();
-        assert_eq!(parsed.body, "abc");
-        assert_eq!(parsed.version, Version::HTTP_10);
-    }
-
-    #[test]
-    fn parsed_request_with_short_body_is_truncated() {
-        let raw = Bytes::from_static(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc");
-        assert!(matches!(
-            ParsedRequest::parse(&raw),
-            Err(HttpError::Truncated)
-        ));
+    fn a_request_with_a_short_body_is_truncated() {
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc";
+        assert_eq!(request_layout(raw), Err(HttpError::Truncated));
     }
 }
