@@ -137,7 +137,9 @@ pub struct Reassembler {
     limits: ReassemblyLimits,
     track_responses: bool,
     /// Boxed: the table's slots stay small, so a table sized for many flows costs little.
-    flows: HashMap<FlowKey, Box<Flow>>,
+    /// Looked up once per packet in each direction: a fast hasher, randomly seeded per process
+    /// so that clients choosing their addresses and ports cannot aim at one bucket.
+    flows: HashMap<FlowKey, Box<Flow>, foldhash::fast::RandomState>,
     /// Sum of every flow's buffered cost.
     buffered_bytes: usize,
     next_request_id: u64,
@@ -190,7 +192,7 @@ impl Reassembler {
         Reassembler {
             limits,
             track_responses: false,
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             buffered_bytes: 0,
             next_request_id: 0,
         }
