@@ -205,6 +205,8 @@ impl PacketPipeline {
                     Err(error) => return Err(CaptureError::Read(error)),
                 }
             }
+            // Everything the kernel had is handed over: one wakeup for the whole burst.
+            self.records.flush();
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 last_housekeeping = Instant::now();
                 // Packet timestamps come from the wall clock, so idleness is judged against it.
@@ -281,12 +283,14 @@ impl PacketPipeline {
 
     fn housekeeping(&mut self, now_ns: u64) {
         self.reassembler.expire(now_ns, &mut self.records);
+        self.records.flush();
         self.update_gauges();
     }
 
     /// End of capture: whatever is held behind holes is still cut, the holes counted.
     fn close_all(&mut self) {
         self.reassembler.finish(&mut self.records);
+        self.records.flush();
         self.update_gauges();
     }
 

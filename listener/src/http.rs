@@ -57,7 +57,14 @@ impl MessageBuffer {
     /// Bytes left over belong to the next (pipelined) message, which started at `now_ns`.
     fn take(&mut self, len: usize, now_ns: u64) -> (Bytes, u64) {
         let started_at_ns = std::mem::replace(&mut self.started_at_ns, now_ns);
-        (self.bytes.split_to(len).freeze(), started_at_ns)
+        let message = if len == self.bytes.len() {
+            // The usual case, nothing pipelined behind it: hand over the buffer itself, which
+            // costs no allocation, where splitting it would allocate a shared header.
+            std::mem::take(&mut self.bytes)
+        } else {
+            self.bytes.split_to(len)
+        };
+        (message.freeze(), started_at_ns)
     }
 
     /// Gives up the `len`-byte message at the front: drops what is buffered of it and skips

@@ -5,6 +5,7 @@
 //! acknowledged, so what waits in gRPC buffers counts as much as what waits here.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tapwire_shared::RequestRecord;
@@ -95,7 +96,15 @@ pub struct RecordQueue {
     shared: Arc<SharedQueue>,
     policy: BufferPolicy,
     metrics: ListenerMetrics,
+    /// Records queued since the receiver was last woken.
+    unannounced: AtomicUsize,
+    /// Wake the receiver when this many wait unannounced, whether or not the capture thread
+    /// flushed: a long burst must not fill the queue before the receiver starts draining it.
+    announce_after: usize,
 }
+
+/// At most this many records wait for a flush before the receiver is woken anyway.
+const MAX_UNANNOUNCED_RECORDS: usize = 1024;
 
 /// The receiving half: records in capture order.
 pub struct QueueReceiver {
@@ -125,6 +134,8 @@ pub fn record_queue(
             shared: Arc::clone(&shared),
             policy: BufferPolicy::DropNewest,
             metrics,
+            unannounced: AtomicUsize::new(0),
+            announce_after: (max_records / 4).clamp(1, MAX_UNANNOUNCED_RECORDS),
         },
         QueueReceiver { shared },
     )
@@ -136,12 +147,14 @@ impl RecordQueue {
         self
     }
 
-    /// Queues a request as it is (its shard taken from its addresses), or counts it as dropped.
-    /// Nothing is redacted here: the [record stage](crate::record) redacts before it hands
-    /// records over. For tests and benchmarks that feed the queue directly.
+    /// Queues a request as it is (its shard taken from its addresses) and wakes the receiver,
+    /// or counts it as dropped. Nothing is redacted here: the [record stage](crate::record)
+    /// redacts before it hands records over. For tests and benchmarks that feed the queue
+    /// directly.
     pub fn push_request(&self, record: RequestRecord) {
         let shard = shard_of(record.client, record.server);
         self.take(Captured::Request(record), shard);
+        self.flush();
     }
 
     /// Never blocks: capture must keep pace with production, so a full queue refuses (or
@@ -155,7 +168,9 @@ impl RecordQueue {
                 state.queued_bytes += item.len();
                 state.records.push_back(QueuedRecord { item, shard, bytes });
                 drop(state);
-                self.shared.arrived.notify_one();
+                if self.unannounced.fetch_add(1, Ordering::Relaxed) + 1 >= self.announce_after {
+                    self.flush();
+                }
                 return Ok(());
             }
             // Evicting frees the oldest records' bytes, but not what is in flight: evict only
@@ -183,6 +198,12 @@ impl RecordSink for RecordQueue {
     fn take(&self, record: Captured, shard: u32) {
         if let Err(refused) = self.push(record, shard) {
             self.count_dropped(&refused, DropReason::QueueFull);
+        }
+    }
+
+    fn flush(&self) {
+        if self.unannounced.swap(0, Ordering::Relaxed) > 0 {
+            self.shared.arrived.notify_one();
         }
     }
 }
@@ -272,6 +293,36 @@ mod tests {
             assert_eq!(ids(&mut receiver), kept.collect::<Vec<_>>(), "{policy:?}");
             assert_eq!(metrics.dropped(reason).get(), 5, "{policy:?}");
         }
+    }
+
+    /// Whether the receiver has been woken since this was last asked (consumes the wakeup).
+    fn woken(receiver: &QueueReceiver) -> bool {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let notified = std::pin::pin!(receiver.shared.arrived.notified());
+        notified
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    #[test]
+    fn the_receiver_is_woken_on_flush_or_once_a_quarter_of_the_queue_waits() {
+        let metrics = ListenerMetrics::register(&mut Registry::default());
+        let (queue, receiver) = record_queue(8, 1 << 20, metrics);
+        let take = |id| queue.take(Captured::Request(request(id)), 0);
+        take(0);
+        assert!(!woken(&receiver), "one record waits for the flush");
+        take(1);
+        assert!(
+            woken(&receiver),
+            "two of eight records wake the receiver anyway"
+        );
+        take(2);
+        assert!(!woken(&receiver));
+        queue.flush();
+        assert!(woken(&receiver), "a flush announces what waits");
+        queue.flush();
+        assert!(!woken(&receiver), "nothing new, no wakeup");
     }
 
     #[test]

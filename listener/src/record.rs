@@ -37,6 +37,13 @@ impl RecordStage {
         &self.metrics
     }
 
+    /// Wakes every output's consumer for the records handed over since the last time.
+    pub fn flush(&self) {
+        for sink in &self.sinks {
+            sink.flush();
+        }
+    }
+
     fn hand_over(&self, record: Captured, shard: u32) {
         if let [only] = self.sinks.as_slice() {
             return only.take(record, shard);

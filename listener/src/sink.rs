@@ -30,5 +30,10 @@ impl Captured {
 /// return at once.
 pub trait RecordSink: Send {
     /// Takes a record; `shard` is its client connection's (a response's is its request's).
+    /// Whoever consumes it may not be woken before the next [`flush`](RecordSink::flush).
     fn take(&self, record: Captured, shard: u32);
+
+    /// The capture thread has handed over all it has for now (the packets the kernel had
+    /// ready): wake the consumer. A burst of records then costs one wakeup, not one each.
+    fn flush(&self) {}
 }

@@ -1,6 +1,7 @@
 //! `bench/pipeline.sh`: production on loopback under fixed request rates, captured and replayed
-//! by tapwire to one target. For each rate it prints served vs replayed counts, drops, and the
-//! listener's CPU time and peak memory.
+//! by tapwire to one target. For each rate it prints served vs replayed counts, drops, the
+//! packets captured per request (both directions: the server's ACKs prove what production
+//! accepted), and the listener's CPU time and peak memory.
 
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!(
-        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12} {:>10}",
+        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>12} {:>10}",
         "rate/s",
         "achieved",
         "served",
@@ -54,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         "replayed",
         "replayed%",
         "dropped",
+        "pkts/req",
         "cpu s",
         "cpu µs/req",
         "peak RSS"
@@ -92,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         let dropped: u64 =
             report.listener_dropped.values().sum::<u64>() + target.dropped.values().sum::<u64>();
         println!(
-            "{:>8} {:>9.0} {:>9} {:>9} {:>9} {:>8.2}% {:>8} {:>10.2} {:>12.1} {:>7.1} MiB",
+            "{:>8} {:>9.0} {:>9} {:>9} {:>9} {:>8.2}% {:>8} {:>9.2} {:>10.2} {:>12.1} {:>7.1} MiB",
             rate.map_or("max".to_owned(), |r| format!("{r:.0}")),
             load.ok as f64 / load.elapsed.as_secs_f64(),
             served,
@@ -100,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             target.responses,
             100.0 * target.responses as f64 / served.max(1) as f64,
             dropped,
+            report.packets_captured as f64 / served.max(1) as f64,
             usage.cpu_seconds,
             usage.cpu_seconds * 1e6 / served.max(1) as f64,
             usage.peak_rss_bytes as f64 / (1024.0 * 1024.0),
