@@ -144,7 +144,7 @@ impl Listener {
         if plan.null {
             sinks.push(Box::new(gor_sink::NullSink::new(&metrics)));
         }
-        let writers_empty = writers.is_empty();
+        let file_output_open = (!writers.is_empty()).then(|| output_up.hold());
         let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks);
         let mut reassembler = reassembly::Reassembler::new(plan.reassembly);
         if plan.capture.track_responses {
@@ -160,7 +160,7 @@ impl Listener {
             links_stop,
             drain_timeout: plan.drain_timeout,
             spooling: plan.spool.is_some(),
-            _file_output_open: (!writers_empty).then(|| output_up.hold()),
+            _file_output_open: file_output_open,
         })
     }
 
