@@ -260,7 +260,13 @@ pub struct ListenerConfig {
     #[arg(long, help_heading = "Outputs")]
     pub output_null: bool,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics. Without it the listener opens no port.
+    /// Serve Prometheus metrics at http://ADDR/metrics, and health probes at /healthz and
+    /// /readyz. Without it the listener opens no port.
+    ///
+    /// /healthz answers 200 "ok" while the capture loop and the runtime turn (503 once one has
+    /// not turned for 10 s). /readyz answers 200 "ready" while the capture is open and a
+    /// replayer link is up or a file output (--output-file, --output-stdout) is open; otherwise
+    /// 503 with one line per unmet condition.
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,

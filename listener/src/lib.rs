@@ -41,6 +41,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tapwire_runtime::Shutdown;
+use tapwire_runtime::health::{Condition, Health, Hold};
 
 pub use config::ListenerConfig;
 use metrics::{DropReason, ListenerMetrics};
@@ -70,6 +71,8 @@ struct Listener {
     accounting: tokio::task::JoinHandle<()>,
     drain_timeout: Duration,
     spooling: bool,
+    /// Readiness while a file output is open (it stays open until the end).
+    _file_output_open: Option<Hold>,
 }
 
 /// The capture loop on its own thread, and how it ended.
@@ -82,14 +85,20 @@ struct CaptureThread {
 impl Listener {
     /// Opens the metrics endpoint, the spool and the capture (then drops privileges), and
     /// starts the capture thread and the router.
+    ///
+    /// Ready (`/readyz`) while the capture is open and a replayer link is up or a file output
+    /// (`--output-file`, `--output-stdout`) is open.
     async fn start(plan: ListenerPlan) -> anyhow::Result<Listener> {
         let mut registry = Registry::default();
         let mut metrics = ListenerMetrics::register(&mut registry);
         if plan.link.is_none() {
             metrics = metrics.without_link();
         }
+        let health = Health::new();
+        let capture_open = health.condition("capture is not open");
+        let output_up = health.condition("no replayer link is up and no file output is open");
         if let Some(addr) = plan.metrics_listen {
-            tapwire_runtime::serve_metrics(addr, Arc::new(registry)).await?;
+            tapwire_runtime::serve_metrics(addr, Arc::new(registry), health.clone()).await?;
         }
         let spool = plan
             .spool
@@ -116,6 +125,7 @@ impl Listener {
                     queued,
                     spool,
                     metrics.clone(),
+                    output_up.clone(),
                     links_stop.clone(),
                 )))
             }
@@ -134,12 +144,13 @@ impl Listener {
         if plan.null {
             sinks.push(Box::new(gor_sink::NullSink::new(&metrics)));
         }
+        let file_output_open = (!writers.is_empty()).then(|| output_up.hold());
         let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks);
         let mut reassembler = reassembly::Reassembler::new(plan.reassembly);
         if plan.capture.track_responses {
             reassembler = reassembler.tracking_responses();
         }
-        let capture = CaptureThread::start(source, reassembler, records)?;
+        let capture = CaptureThread::start(source, reassembler, records, &health, &capture_open)?;
         Ok(Listener {
             accounting: tokio::spawn(report_accounting(metrics.clone())),
             metrics,
@@ -149,6 +160,7 @@ impl Listener {
             links_stop,
             drain_timeout: plan.drain_timeout,
             spooling: plan.spool.is_some(),
+            _file_output_open: file_output_open,
         })
     }
 
@@ -215,15 +227,20 @@ impl CaptureThread {
         source: capture::PacketSource,
         reassembler: reassembly::Reassembler,
         records: record::RecordStage,
+        health: &Health,
+        capture_open: &Condition,
     ) -> anyhow::Result<CaptureThread> {
         let stop = Shutdown::new();
         let (done, ended) = tokio::sync::oneshot::channel();
         let thread = {
             let stop = stop.clone();
+            let (heartbeat, open) = (health.heartbeat("capture"), capture_open.hold());
             std::thread::Builder::new()
                 .name("capture".into())
                 .spawn(move || {
-                    let _ = done.send(source.run(reassembler, records, &stop));
+                    let ended = source.run(reassembler, records, &stop, &heartbeat);
+                    drop(open);
+                    let _ = done.send(ended);
                 })
                 .context("cannot start the capture thread")?
         };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tapwire_runtime::Shutdown;
+use tapwire_runtime::health::{Condition, Hold};
 use tapwire_shared::proto::{self, replay_client::ReplayClient};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -170,6 +171,8 @@ pub struct LinkSet {
     all: std::sync::Mutex<Vec<Arc<LinkHandle>>>,
     settings: Arc<LinkSettings>,
     metrics: ListenerMetrics,
+    /// Held by every link while its stream is open (readiness: a replayer link is up).
+    links_up: Condition,
     stop: Shutdown,
 }
 
@@ -179,6 +182,7 @@ impl LinkSet {
         endpoints: Vec<Endpoint>,
         settings: Arc<LinkSettings>,
         metrics: ListenerMetrics,
+        links_up: Condition,
         stop: Shutdown,
     ) -> Arc<LinkSet> {
         let set = Arc::new(LinkSet {
@@ -186,6 +190,7 @@ impl LinkSet {
             all: std::sync::Mutex::new(Vec::new()),
             settings,
             metrics,
+            links_up,
             stop,
         });
         set.update(endpoints);
@@ -258,6 +263,8 @@ impl LinkSet {
             input_closed: false,
             stash: None,
             up: Arc::clone(&up),
+            links_up: self.links_up.clone(),
+            holds_up: None,
             metrics: self.metrics.clone(),
             stop: self.stop.clone(),
             done,
@@ -309,6 +316,9 @@ struct Link {
     /// A record or batch taken from the input but not yet batched.
     stash: Option<Routed>,
     up: Arc<AtomicBool>,
+    links_up: Condition,
+    /// This link's part in `links_up`, while its stream is open.
+    holds_up: Option<Hold>,
     metrics: ListenerMetrics,
     stop: Shutdown,
     done: oneshot::Sender<Vec<proto::RecordBatch>>,
@@ -385,8 +395,13 @@ impl OpenStream {
 }
 
 impl Link {
-    fn set_up(&self, up: bool) {
+    fn set_up(&mut self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+        if up {
+            self.holds_up.get_or_insert_with(|| self.links_up.hold());
+        } else {
+            self.holds_up = None;
+        }
         self.metrics.replayer_up(&self.replayer).set(i64::from(up));
     }
 

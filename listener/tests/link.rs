@@ -12,7 +12,7 @@ use tapwire_listener::metrics::ListenerMetrics;
 use tapwire_listener::queue::{QueuedRecord, record_queue};
 use tapwire_listener::replayers::ReplayerSet;
 use tapwire_listener::router::{LinkConfig, stream_to_replayers};
-use tapwire_runtime::Shutdown;
+use tapwire_runtime::{Health, Shutdown};
 use tapwire_shared::RequestRecord;
 use tapwire_shared::proto::replay_server::{Replay, ReplayServer};
 use tapwire_shared::proto::{BatchAck, RecordBatch};
@@ -118,6 +118,7 @@ async fn unacknowledged_batches_are_sent_again_after_a_reconnect() {
         records,
         None,
         metrics.clone(),
+        Health::new().condition("no replayer link is up"),
         stopping,
     ));
     // Each push waits until the replayer has seen the record, so batches stay one record each.
@@ -228,6 +229,7 @@ async fn replayers_that_appear_get_connections_and_those_that_go_hand_them_on() 
         vec![first_endpoint.clone()],
         settings,
         metrics.clone(),
+        Health::new().condition("no replayer link is up"),
         stopping,
     );
     // 200 client connections per phase, so every shard gets some.

@@ -9,7 +9,7 @@ use tapwire_listener::queue::record_queue;
 use tapwire_listener::reassembly::{Reassembler, ReassemblyLimits};
 use tapwire_listener::record::RecordStage;
 use tapwire_listener::sink;
-use tapwire_runtime::Shutdown;
+use tapwire_runtime::{Health, Shutdown};
 use tapwire_shared::http1::ProtocolSwitch;
 use tapwire_shared::{RequestRecord, ResponseRecord};
 use tapwire_testkit::pcap_fixture::{Connection, FixtureLink, Segment, write_pcap};
@@ -56,7 +56,10 @@ fn capture_with(link: FixtureLink, segments: &[Segment], track_responses: bool) 
     if track_responses {
         reassembler = reassembler.tracking_responses();
     }
-    source.run(reassembler, records, &Shutdown::new()).unwrap();
+    let heartbeat = Health::new().heartbeat("capture");
+    source
+        .run(reassembler, records, &Shutdown::new(), &heartbeat)
+        .unwrap();
     let (mut records, mut responses) = (Vec::new(), Vec::new());
     while let Some(queued) = queued.try_recv() {
         match queued.into_item() {

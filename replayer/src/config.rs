@@ -33,7 +33,14 @@ pub struct ReplayerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_listen: Option<SocketAddr>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics, and health probes at /healthz and
+    /// /readyz.
+    ///
+    /// /healthz answers 200 "ok" while the runtime turns (503 once it has not for 10 s).
+    /// /readyz answers 200 "ready" while the gRPC port is served (with --grpc-listen) and at
+    /// least one target is reachable (its latest TCP connect, tried every 2 s, succeeded);
+    /// otherwise 503 with one line per unmet condition. Targets are probed only when this is
+    /// given.
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,

@@ -17,7 +17,8 @@
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
 //! reason a request is not replayed, [`metrics`] the counters that account for every request,
-//! [`progress`] what a file replay shows while it runs.
+//! [`progress`] what a file replay shows while it runs, [`reachability`] which targets can be
+//! reached (readiness).
 
 pub mod config;
 pub mod dedup;
@@ -33,6 +34,7 @@ pub mod plan;
 pub mod print;
 pub mod progress;
 pub mod rate;
+pub mod reachability;
 pub mod recorder;
 pub mod request;
 pub mod rewrite;
@@ -49,6 +51,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tapwire_runtime::Shutdown;
 use tapwire_runtime::gor_output::OutputDone;
+use tapwire_runtime::health::{Condition, Health};
 
 pub use config::ReplayerConfig;
 use fanout::FanOut;
@@ -83,8 +86,16 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     }
     let mut registry = Registry::default();
     let metrics = ReplayerMetrics::register(&mut registry);
+    // Ready (`/readyz`) while serving the gRPC port (if any) and one target (if any) is
+    // reachable.
+    let health = Health::new();
+    let serving = plan
+        .grpc_listen
+        .map(|_| health.condition("not serving the gRPC port"));
+    let target_reachable =
+        (!plan.targets.is_empty()).then(|| health.condition("no target is reachable"));
     if let Some(addr) = plan.metrics_listen {
-        tapwire_runtime::serve_metrics(addr, Arc::new(registry)).await?;
+        tapwire_runtime::serve_metrics(addr, Arc::new(registry), health).await?;
     }
     let grpc = match plan.grpc_listen {
         Some(addr) => Some(
@@ -137,6 +148,22 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     let observers = Observers::new(observers);
 
     let target_names: Vec<String> = plan.targets.iter().map(|t| t.name.clone()).collect();
+    // Only probed when someone can read readiness: a probe is a connection to staging.
+    if let (Some(reachable), Some(_)) = (&target_reachable, plan.metrics_listen) {
+        for target in &plan.targets {
+            let authority = target
+                .url
+                .authority()
+                .expect("target URLs are validated to have an authority")
+                .to_string();
+            tokio::spawn(reachability::probe_target(
+                target.name.clone(),
+                authority,
+                reachable.clone(),
+                stop.clone(),
+            ));
+        }
+    }
     let mut sinks: Vec<Box<dyn ReplaySink>> = Vec::new();
     let mut backpressure = Vec::new();
     let mut target_workers = Vec::new();
@@ -184,7 +211,12 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         tracing::info!(addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             tls = grpc.uses_tls(), targets = target_names.len(), "grpc server listening");
         let (intake, stop) = (intake.clone(), stop.clone());
-        tokio::spawn(async move { Source::Grpc(grpc).run(intake, stop).await })
+        let serving = serving.as_ref().map(Condition::hold);
+        tokio::spawn(async move {
+            let served = Source::Grpc(grpc).run(intake, stop).await;
+            drop(serving);
+            served
+        })
     });
     let mut cut_short = false;
     if let Some(files) = plan.files {

@@ -1,15 +1,19 @@
 //! Process plumbing both tapwire binaries share, owning no data of either side:
 //!
 //! - [`gor_output`]: writing `.gor` files (or stdout) from a bounded queue, never waiting.
+//! - [`health`]: liveness (loops that turn) and readiness (conditions held by the parts that
+//!   know), served by the metrics endpoint.
 //! - [`logging`]: log set-up (stderr, `RUST_LOG`).
-//! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`.
+//! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`, and `/healthz`, `/readyz`.
 //! - [`shutdown`]: the one stop request every task and thread obeys, and the signals that ask it.
 
 pub mod gor_output;
+pub mod health;
 pub mod logging;
 pub mod metrics_endpoint;
 pub mod shutdown;
 
+pub use health::Health;
 pub use logging::init_logging;
 pub use metrics_endpoint::serve_metrics;
 pub use shutdown::Shutdown;

@@ -1,4 +1,5 @@
-//! Reading a Prometheus text endpoint into series that tests and reports can query.
+//! Reading the metrics port: a Prometheus text endpoint into series that tests and reports can
+//! query, and any other path (`/healthz`, `/readyz`) as status and text.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -100,18 +101,26 @@ impl Snapshot {
 
 /// GETs `http://addr/metrics` and parses it.
 pub async fn scrape(addr: SocketAddr) -> anyhow::Result<Snapshot> {
+    let (status, body) = get(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+    Snapshot::parse(&body)
+}
+
+/// GETs `http://addr{path}`: the status code and the body (as text).
+pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let stream = TcpStream::connect(addr)
         .await
-        .with_context(|| format!("cannot reach metrics at {addr}"))?;
+        .with_context(|| format!("cannot reach {addr}"))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = http::Request::get("/metrics")
+    let request = http::Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
-    Snapshot::parse(std::str::from_utf8(&body)?)
+    Ok((status, String::from_utf8(body.to_vec())?))
 }
 
 #[cfg(test)]
