@@ -177,6 +177,7 @@ def test_listener_spool_volume_follows_values(spool):
     daemonset, container = listener_container(manifests({"listener": {"spool": {"type": spool}}}))
     volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"].get("volumes") or []}
     mounts = {m["name"]: m for m in container.get("volumeMounts") or []}
+    kubernetes_validate.validate(daemonset, KUBERNETES_VERSIONS[-1], strict=True)
     if spool == "none":
         assert "spool" not in volumes and not flag_values(container["args"], "spool-dir")
         return
