@@ -55,6 +55,9 @@ rm -rf "$work/rendered"
 "$venv/bin/python" "$helm_dir/tests/chart.py" "$work/rendered"
 # One run over all cases (a failure names its file as /<case>/<template>.yaml): checkov's start-up
 # dominates, one run per case took 27 s instead of 9.
-"$venv/bin/checkov" --config-file "$helm_dir/.checkov.yaml" --directory "$work/rendered"
+# The checks the chart fails on purpose are skipped per object, each with its reason, in the
+# checkov.io/skip* annotations of the templates; nothing is skipped here.
+"$venv/bin/checkov" --framework kubernetes --skip-download --compact --quiet \
+    --directory "$work/rendered"
 
 step "chart check passed"
