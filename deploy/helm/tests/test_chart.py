@@ -196,6 +196,20 @@ def test_listener_tolerates_every_taint_by_default():
     assert daemonset["spec"]["template"]["spec"]["tolerations"] == [{"operator": "Exists"}]
 
 
+def test_replayer_runs_unprivileged():
+    deployment = find(manifests({}), "Deployment", "-replayer")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
 # --- Listener to replayer wiring --------------------------------------------------------------
 
 
