@@ -31,3 +31,11 @@ bench:
 
 deps:
 	@scripts/ensure-deps.sh
+
+.PHONY: chart-check
+
+## chart-check: render the Helm chart (defaults and examples) with Helm's engine, lint it, validate
+## the manifests against the Kubernetes API schemas, run checkov and the chart tests; no cluster
+## needed (deploy/helm/check.sh).
+chart-check:
+	deploy/helm/check.sh
