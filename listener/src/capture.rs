@@ -25,6 +25,9 @@ use crate::record::RecordStage;
 const BLOCK_TIMEOUT_MS: i32 = 20;
 /// Longest sleep waiting for packets, so housekeeping and shutdown always get a turn.
 const POLL_TIMEOUT_MS: u16 = 100;
+/// Most packets read in one turn of the capture loop: under sustained load the kernel always
+/// has more, and the turn must still end for the heartbeat, housekeeping and shutdown.
+const MAX_PACKETS_PER_TURN: usize = 4096;
 /// How often holes and idle flows are expired and gauges refreshed (in capture time).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Reading a file, the loop beats once per this many packets (far less than a second's worth).
@@ -203,15 +206,20 @@ impl PacketPipeline {
         let mut stopping_since: Option<Instant> = None;
         loop {
             heartbeat.beat();
-            loop {
+            let mut drained = false;
+            for _ in 0..MAX_PACKETS_PER_TURN {
                 match handle.next_packet() {
                     Ok(frame) => self.process(&frame),
                     // Non-blocking: nothing more to read right now.
-                    Err(pcap::Error::TimeoutExpired) => break,
+                    Err(pcap::Error::TimeoutExpired) => {
+                        drained = true;
+                        break;
+                    }
                     Err(error) => return Err(CaptureError::Read(error)),
                 }
             }
-            // Everything the kernel had is handed over: one wakeup for the whole burst.
+            // What the kernel had (or a turn's worth of it) is handed over: one wakeup for
+            // the whole burst.
             self.records.flush();
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 last_housekeeping = Instant::now();
@@ -230,6 +238,10 @@ impl PacketPipeline {
                 Some(_) => {}
                 None if stop.is_requested() => stopping_since = Some(Instant::now()),
                 None => {}
+            }
+            if !drained {
+                // More is ready: read on without waiting.
+                continue;
             }
             let mut readable = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
             match poll(&mut readable, PollTimeout::from(POLL_TIMEOUT_MS)) {

@@ -96,7 +96,7 @@ impl Listener {
         }
         let health = Health::new();
         let capture_open = health.condition("capture is not open");
-        let output_up = health.condition("no replayer link is up and no file output is open");
+        let output_ready = health.condition("no replayer link is up and no file output is open");
         if let Some(addr) = plan.metrics_listen {
             tapwire_runtime::serve_metrics(addr, Arc::new(registry), health.clone()).await?;
         }
@@ -125,7 +125,7 @@ impl Listener {
                     queued,
                     spool,
                     metrics.clone(),
-                    output_up.clone(),
+                    output_ready.clone(),
                     links_stop.clone(),
                 )))
             }
@@ -144,7 +144,7 @@ impl Listener {
         if plan.null {
             sinks.push(Box::new(gor_sink::NullSink::new(&metrics)));
         }
-        let file_output_open = (!writers.is_empty()).then(|| output_up.hold());
+        let file_output_open = (!writers.is_empty()).then(|| output_ready.hold());
         let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks);
         let mut reassembler = reassembly::Reassembler::new(plan.reassembly);
         if plan.capture.track_responses {

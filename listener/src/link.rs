@@ -172,7 +172,7 @@ pub struct LinkSet {
     settings: Arc<LinkSettings>,
     metrics: ListenerMetrics,
     /// Held by every link while its stream is open (readiness: a replayer link is up).
-    links_up: Condition,
+    output_ready: Condition,
     stop: Shutdown,
 }
 
@@ -182,7 +182,7 @@ impl LinkSet {
         endpoints: Vec<Endpoint>,
         settings: Arc<LinkSettings>,
         metrics: ListenerMetrics,
-        links_up: Condition,
+        output_ready: Condition,
         stop: Shutdown,
     ) -> Arc<LinkSet> {
         let set = Arc::new(LinkSet {
@@ -190,7 +190,7 @@ impl LinkSet {
             all: std::sync::Mutex::new(Vec::new()),
             settings,
             metrics,
-            links_up,
+            output_ready,
             stop,
         });
         set.update(endpoints);
@@ -263,7 +263,7 @@ impl LinkSet {
             input_closed: false,
             stash: None,
             up: Arc::clone(&up),
-            links_up: self.links_up.clone(),
+            output_ready: self.output_ready.clone(),
             holds_up: None,
             metrics: self.metrics.clone(),
             stop: self.stop.clone(),
@@ -316,8 +316,8 @@ struct Link {
     /// A record or batch taken from the input but not yet batched.
     stash: Option<Routed>,
     up: Arc<AtomicBool>,
-    links_up: Condition,
-    /// This link's part in `links_up`, while its stream is open.
+    output_ready: Condition,
+    /// This link's part in `output_ready`, while its stream is open.
     holds_up: Option<Hold>,
     metrics: ListenerMetrics,
     stop: Shutdown,
@@ -398,7 +398,7 @@ impl Link {
     fn set_up(&mut self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
         if up {
-            self.holds_up.get_or_insert_with(|| self.links_up.hold());
+            self.holds_up.get_or_insert_with(|| self.output_ready.hold());
         } else {
             self.holds_up = None;
         }

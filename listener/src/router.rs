@@ -38,13 +38,13 @@ pub struct LinkConfig {
 
 /// Routes every queued record to the replayer owning its shard until the queue is closed and
 /// every link is done (fully acknowledged, or told to stop by `stop`). Returns the spool for
-/// the final accounting. Every link holds `links_up` while its stream is open.
+/// the final accounting. Every link holds `output_ready` while its stream is open.
 pub async fn stream_to_replayers(
     config: LinkConfig,
     records: QueueReceiver,
     spool: Option<Spool>,
     metrics: ListenerMetrics,
-    links_up: Condition,
+    output_ready: Condition,
     stop: Shutdown,
 ) -> Option<Spool> {
     let resolved = match config.replayers.resolve(&[]) {
@@ -54,7 +54,7 @@ pub async fn stream_to_replayers(
             return spool;
         }
     };
-    Router::start(config, resolved, records, spool, metrics, links_up, stop)
+    Router::start(config, resolved, records, spool, metrics, output_ready, stop)
         .run()
         .await
 }
@@ -89,7 +89,7 @@ impl Router {
         records: QueueReceiver,
         spool: Option<Spool>,
         metrics: ListenerMetrics,
-        links_up: Condition,
+        output_ready: Condition,
         stop: Shutdown,
     ) -> Router {
         let settings = Arc::new(config.settings);
@@ -97,7 +97,7 @@ impl Router {
             resolved.concat(),
             Arc::clone(&settings),
             metrics,
-            links_up,
+            output_ready,
             stop.clone(),
         );
         let resolver = config.replayers.has_names().then(|| {

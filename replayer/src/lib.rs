@@ -151,14 +151,9 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     // Only probed when someone can read readiness: a probe is a connection to staging.
     if let (Some(reachable), Some(_)) = (&target_reachable, plan.metrics_listen) {
         for target in &plan.targets {
-            let authority = target
-                .url
-                .authority()
-                .expect("target URLs are validated to have an authority")
-                .to_string();
             tokio::spawn(reachability::probe_target(
                 target.name.clone(),
-                authority,
+                target.authority(),
                 reachable.clone(),
                 stop.clone(),
             ));

@@ -86,6 +86,16 @@ pub struct TargetPlan {
     pub keep_host: bool,
 }
 
+impl TargetPlan {
+    /// `host:port`, where requests and reachability probes connect.
+    pub fn authority(&self) -> String {
+        self.url
+            .authority()
+            .expect("target URLs are validated to have an authority")
+            .to_string()
+    }
+}
+
 impl EnginePlan {
     /// Validates every setting of `config` and compiles the plan; the error names the setting
     /// at fault.

@@ -325,11 +325,7 @@ type Connection = Option<Upstream<TcpStream>>;
 
 impl RequestSender {
     fn new(plan: &TargetPlan, metrics: TargetMetrics, observers: Observers) -> Self {
-        let authority = plan
-            .url
-            .authority()
-            .expect("target URLs are validated to have an authority")
-            .to_string();
+        let authority = plan.authority();
         RequestSender {
             name: plan.name.clone(),
             authority,
