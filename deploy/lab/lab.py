@@ -196,6 +196,8 @@ class Lab:
         popen = subprocess.Popen(
             ["ip", "netns", "exec", self.network.namespace(host), str(path), *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Ctrl-C reaches this script alone, which then tears everything down in order.
+            start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
         proc = Proc(name, popen, log_path)
         self.procs[name] = proc
@@ -547,7 +549,8 @@ def main() -> int:
 
     def interrupted(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
-    signal.signal(signal.SIGTERM, interrupted)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
     started = time.monotonic()
     result = None
     try:
