@@ -62,7 +62,10 @@ fn every_request_reaches_both_staging_hosts_through_a_link_cut_and_a_replayer_ki
     for listener in ["prod-a", "prod-b"] {
         // Everything production served was captured and acknowledged; nothing dropped.
         let production = count(&result, &["production", listener, "served"]);
-        assert_eq!(count(&result, &["listeners", listener, "captured"]), production);
+        assert_eq!(
+            count(&result, &["listeners", listener, "captured"]),
+            production
+        );
         assert_eq!(count(&result, &["listeners", listener, "sent"]), production);
         assert_eq!(count(&result, &["listeners", listener, "dropped"]), 0);
     }
@@ -76,8 +79,14 @@ fn every_request_reaches_both_staging_hosts_through_a_link_cut_and_a_replayer_ki
     for staging in ["stage-a", "stage-b"] {
         assert_eq!(count(&result, &["staging", staging, "missing"]), 0);
         assert_eq!(count(&result, &["staging", staging, "unexpected"]), 0);
-        assert_eq!(count(&result, &["staging", staging, "distinct_ids"]), served);
+        assert_eq!(
+            count(&result, &["staging", staging, "distinct_ids"]),
+            served
+        );
         let extra = count(&result, &["staging", staging, "extra_copies"]);
-        assert!(extra <= resent, "{staging}: {extra} extra copies, {resent} resent");
+        assert!(
+            extra <= resent,
+            "{staging}: {extra} extra copies, {resent} resent"
+        );
     }
 }
