@@ -1,17 +1,21 @@
 //! A host's HTTP service for the multi-host lab (`deploy/lab/`): the testkit's recording server
 //! on a free port of one address, printing `listening on ADDR` once it accepts. It answers
-//! every request with 200 and, on SIGTERM or Ctrl-C, writes what it received to `--report`
-//! as one JSON object, `{"served": N, "ids": {"<sequence>": copies, ...}}`, keyed by each
-//! request's `x-tapwire-seq` header, so the lab can prove every request arrived exactly once.
+//! every request with 200 and, on SIGTERM or Ctrl-C, writes what it received to `--report` as
+//! one JSON object keyed by each request's `x-tapwire-seq` header:
+//! `{"served": N, "ids": {"<seq>": copies, ...}, "repeated_at": {"<seq>": [t, ...], ...}}`,
+//! `t` the Unix time each copy of a request that came more than once arrived. The lab proves
+//! with it that every request arrived exactly once, or tells which of its steps a second copy
+//! belongs to.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use tapwire_testkit::servers::RecordingServer;
+use tapwire_testkit::servers::{ReceivedRequest, RecordingServer};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Serves and counts requests by sequence number.
@@ -37,19 +41,34 @@ async fn main() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    let copies: BTreeMap<u64, usize> = server
-        .received()
-        .into_iter()
-        .map(|(sequence, copies)| (sequence, copies.len()))
-        .collect();
-    let ids: Vec<String> = copies
+    let received: BTreeMap<u64, Vec<ReceivedRequest>> = server.received().into_iter().collect();
+    let ids: Vec<String> = received
         .iter()
-        .map(|(sequence, copies)| format!("\"{sequence}\":{copies}"))
+        .map(|(sequence, copies)| format!("\"{sequence}\":{}", copies.len()))
+        .collect();
+    // The recording keeps monotonic instants; the lab's clock is the wall clock.
+    let (now, now_instant) = (SystemTime::now(), Instant::now());
+    let unix_seconds = |at: Instant| {
+        (now - now_instant.duration_since(at))
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64())
+    };
+    let repeated: Vec<String> = received
+        .iter()
+        .filter(|(_, copies)| copies.len() > 1)
+        .map(|(sequence, copies)| {
+            let times: Vec<String> = copies
+                .iter()
+                .map(|copy| format!("{:.3}", unix_seconds(copy.arrived_at)))
+                .collect();
+            format!("\"{sequence}\":[{}]", times.join(","))
+        })
         .collect();
     let report = format!(
-        "{{\"served\":{},\"ids\":{{{}}}}}\n",
+        "{{\"served\":{},\"ids\":{{{}}},\"repeated_at\":{{{}}}}}\n",
         server.served(),
-        ids.join(",")
+        ids.join(","),
+        repeated.join(",")
     );
     // Written whole, then renamed: a reader never sees half a report.
     let partial = args.report.with_extension("partial");
