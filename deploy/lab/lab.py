@@ -60,6 +60,7 @@ HOSTS = [
     Host("cl", "client", f"{SUBNET}.41"),
 ]
 BY_ROLE = {host.role: host for host in HOSTS}
+ROLE_OF_IP = {host.ip: host.role for host in HOSTS}
 CONTROL_IP = f"{SUBNET}.1"
 
 
@@ -310,6 +311,9 @@ class Counters:
         return total(self.finished[role], name) + total(self.last[role], name)
 
 
+ALL_UP = {replayer: 1 for replayer in REPLAYERS}
+
+
 def links_up(role: str) -> dict[str, int]:
     """Which replayers a listener's links stream to, by replayer role."""
     samples = scrape(BY_ROLE[role].ip)
@@ -354,11 +358,9 @@ def begin_step(steps: list, name: str) -> dict:
     return step
 
 
-def run_lab(lab: Lab, args) -> dict:
-    network = lab.network
-    log(f"building the network ({len(HOSTS)} hosts on one bridge, {SUBNET}.0/24, MTU 1500)")
-    network.create()
-
+def start_fleet(lab: Lab) -> dict[str, str]:
+    """Starts every server, replayer and listener; returns the servers' addresses by role once
+    each listener captures and links to both replayers."""
     servers = {}
     for role in STAGING + LISTENERS:
         lab.spawn(f"{role}-server", BY_ROLE[role], "tapwire-lab-server",
@@ -377,9 +379,69 @@ def run_lab(lab: Lab, args) -> dict:
                   "--metrics-listen", f"{BY_ROLE[role].ip}:{METRICS_PORT}")
     for role in LISTENERS:
         lab.wait_for_line(f"{role}-listener", "capture started")
-    all_up = {replayer: 1 for replayer in REPLAYERS}
-    wait_links(all_up, 30)
+    wait_links(ALL_UP, 30)
     log("every listener links to both replayers through " + REPLAYER_NAME)
+    return servers
+
+
+def cut_and_restore_link(lab: Lab, counters: Counters, steps: list) -> None:
+    """replay-a's bridge port down until every listener has moved off it, then up until they
+    are all back and it takes traffic again."""
+    step = begin_step(steps, "cut replay-a's link")
+    lab.network.set_link(BY_ROLE["replay-a"], up=False)
+    moved = wait_links({"replay-a": 0, "replay-b": 1}, 60)
+    log(f"replay-a's link cut: every listener moved off it after {moved:.1f}s")
+    wait_received_more(counters, "replay-b", 50, 30)
+    step["restored_after_s"] = round(time.time() - step["started_at"], 2)
+    lab.network.set_link(BY_ROLE["replay-a"], up=True)
+    back = wait_links(ALL_UP, 60)
+    log(f"replay-a's link back: every listener returned after {back:.1f}s")
+    step.update(moved_after_s=round(moved, 2), returned_after_s=round(back, 2))
+    wait_received_more(counters, "replay-a", 50, 30)
+
+
+def kill_and_restart(lab: Lab, counters: Counters, steps: list, staging: list[str]) -> None:
+    """replay-b killed (SIGKILL) until every listener has moved off it, then restarted until
+    they are all back and it takes traffic again."""
+    counters.poll("replay-b")
+    step = begin_step(steps, "kill -9 and restart replay-b")
+    lab.stop("replay-b", signal.SIGKILL)
+    moved = wait_links({"replay-a": 1, "replay-b": 0}, 60)
+    log(f"replay-b killed (SIGKILL): every listener moved off it after {moved:.1f}s")
+    wait_received_more(counters, "replay-a", 50, 30)
+    counters.restarted("replay-b")
+    step["restarted_after_s"] = round(time.time() - step["started_at"], 2)
+    lab.start_replayer("replay-b", staging)
+    back = wait_links(ALL_UP, 60)
+    log(f"replay-b restarted: every listener returned after {back:.1f}s")
+    step.update(moved_after_s=round(moved, 2), returned_after_s=round(back, 2))
+    wait_received_more(counters, "replay-b", 50, 30)
+
+
+def wait_drained() -> dict[str, dict[str, float]]:
+    """Waits until no listener holds anything unacknowledged (a replayer acknowledges only once
+    both staging hosts have answered) and their captured counts have stopped moving; returns
+    their last metrics pages."""
+    previous = None
+
+    def settled():
+        nonlocal previous
+        pages = {role: scrape(BY_ROLE[role].ip) for role in LISTENERS}
+        if not all(pages.values()) or any(
+                total(page, "tapwire_listener_records_buffered") for page in pages.values()):
+            return None
+        captured = [total(pages[role], "tapwire_listener_requests_captured_total")
+                    for role in LISTENERS]
+        settled_now, previous = captured == previous, captured
+        return pages if settled_now else None
+    return wait_for("the listeners to drain", settled, 60, interval=0.5)
+
+
+def run_lab(lab: Lab, args) -> dict:
+    log(f"building the network ({len(HOSTS)} hosts on one bridge, {SUBNET}.0/24, MTU 1500)")
+    lab.network.create()
+    servers = start_fleet(lab)
+    staging = [servers[role] for role in STAGING]
 
     counters = Counters()
     steps = []
@@ -390,61 +452,18 @@ def run_lab(lab: Lab, args) -> dict:
     log(f"client: {args.rate} requests/s to each production host (at most {args.max_requests} each)")
     for role in REPLAYERS:
         wait_received_more(counters, role, 50, 30)
-
     if args.failures:
-        cut = BY_ROLE["replay-a"]
-        step = begin_step(steps, "cut replay-a's link")
-        network.set_link(cut, up=False)
-        noticed = wait_links({"replay-a": 0, "replay-b": 1}, 60)
-        log(f"replay-a's link cut: every listener moved off it after {noticed:.1f}s")
-        wait_received_more(counters, "replay-b", 50, 30)
-        step["restored_after_s"] = round(time.time() - step["started_at"], 2)
-        network.set_link(cut, up=True)
-        back = wait_links(all_up, 60)
-        log(f"replay-a's link back: every listener returned after {back:.1f}s")
-        step.update(moved_after_s=round(noticed, 2), returned_after_s=round(back, 2))
-        wait_received_more(counters, "replay-a", 50, 30)
-
-        counters.poll("replay-b")
-        step = begin_step(steps, "kill -9 and restart replay-b")
-        lab.stop("replay-b", signal.SIGKILL)
-        noticed = wait_links({"replay-a": 1, "replay-b": 0}, 60)
-        log(f"replay-b killed (SIGKILL): every listener moved off it after {noticed:.1f}s")
-        wait_received_more(counters, "replay-a", 50, 30)
-        counters.restarted("replay-b")
-        step["restarted_after_s"] = round(time.time() - step["started_at"], 2)
-        lab.start_replayer("replay-b", staging)
-        back = wait_links(all_up, 60)
-        log(f"replay-b restarted: every listener returned after {back:.1f}s")
-        step.update(moved_after_s=round(noticed, 2), returned_after_s=round(back, 2))
-        wait_received_more(counters, "replay-b", 50, 30)
-
+        cut_and_restore_link(lab, counters, steps)
+        kill_and_restart(lab, counters, steps, staging)
     if not client.alive():
         raise LabError("the client finished before the failure steps did: raise --max-requests")
     lab.stop("client")
     client_lines = [line for line in client.text().splitlines() if line.startswith("addr=")]
     log("client stopped: " + "; ".join(client_lines))
 
-    # Drained: nothing captured is still waiting for a replayer's acknowledgement, which a
-    # replayer sends only once both staging hosts have answered.
-    def drained():
-        pages = {role: scrape(BY_ROLE[role].ip) for role in LISTENERS}
-        return all(pages[role] and total(pages[role], "tapwire_listener_records_buffered") == 0
-                   for role in LISTENERS) and pages
-    previous = None
-    def settled():
-        nonlocal previous
-        pages = drained()
-        if not pages:
-            return None
-        captured = [total(pages[role], "tapwire_listener_requests_captured_total")
-                    for role in LISTENERS]
-        done, previous = captured == previous, captured
-        return pages if done else None
-    listener_pages = wait_for("the listeners to drain", settled, 60, interval=0.5)
+    listener_pages = wait_drained()
     for role in REPLAYERS:
         counters.poll(role)
-
     for role in LISTENERS:
         lab.stop(f"{role}-listener")
     for role in REPLAYERS:
@@ -489,15 +508,18 @@ def account(listener_pages, counters: Counters, reports, steps) -> dict:
         # Each copy after the first belongs to the step it arrived in.
         for step in steps:
             step["extra_copies"][role] = 0
-        for sequence, times in sorted(reports[role]["repeated_at"].items()):
-            for arrived in sorted(times)[1:]:
+        for sequence, copies in sorted(reports[role]["repeated_at"].items()):
+            copies.sort()
+            for arrived, replayer in copies[1:]:
                 owner = [step for step in steps if step["started_at"] <= arrived][-1:] or steps[:1]
                 owner[0]["extra_copies"][role] += 1
                 examples = owner[0].setdefault("second_copies", [])
                 if len(examples) < 10:
                     examples.append(
                         {"staging": role, "id": sequence,
-                         "first_after_s": round(min(times) - owner[0]["started_at"], 3),
+                         "first_from": ROLE_OF_IP.get(copies[0][1], copies[0][1]),
+                         "first_after_s": round(copies[0][0] - owner[0]["started_at"], 3),
+                         "second_from": ROLE_OF_IP.get(replayer, replayer),
                          "second_after_s": round(arrived - owner[0]["started_at"], 3)})
         ids = reports[role]["ids"]
         missing = sorted(set(served) - set(ids))

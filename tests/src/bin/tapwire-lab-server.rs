@@ -2,10 +2,10 @@
 //! on a free port of one address, printing `listening on ADDR` once it accepts. It answers
 //! every request with 200 and, on SIGTERM or Ctrl-C, writes what it received to `--report` as
 //! one JSON object keyed by each request's `x-tapwire-seq` header:
-//! `{"served": N, "ids": {"<seq>": copies, ...}, "repeated_at": {"<seq>": [t, ...], ...}}`,
-//! `t` the Unix time each copy of a request that came more than once arrived. The lab proves
-//! with it that every request arrived exactly once, or tells which of its steps a second copy
-//! belongs to.
+//! `{"served": N, "ids": {"<seq>": copies, ...}, "repeated_at": {"<seq>": [[t, ip], ...]}}`:
+//! for a request that came more than once, the Unix time each copy arrived and the address it
+//! came from (which replayer). The lab proves with it that every request arrived exactly once,
+//! or tells when and from where a second copy came.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -59,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|(sequence, copies)| {
             let times: Vec<String> = copies
                 .iter()
-                .map(|copy| format!("{:.3}", unix_seconds(copy.arrived_at)))
+                .map(|copy| {
+                    let at = unix_seconds(copy.arrived_at);
+                    format!("[{at:.3},\"{}\"]", copy.peer.ip())
+                })
                 .collect();
             format!("\"{sequence}\":[{}]", times.join(","))
         })
