@@ -124,6 +124,9 @@ class Network:
             path.rmdir()
 
     def create(self) -> None:
+        in_use = run("ip", "-o", "addr", "show", "to", f"{SUBNET}.0/24").strip()
+        if in_use:
+            raise LabError(f"{SUBNET}.0/24 is already in use on this host: {in_use}")
         run("ip", "netns", "add", self.switch)
         sw = ("ip", "-n", self.switch)
         run(*sw, "link", "add", "br0", "type", "bridge")
