@@ -195,14 +195,14 @@ class Lab:
         if not path.is_file():
             raise LabError(f"{path} is missing: build it first (cargo build --bins)")
         log_path = self.work / f"{name}.log"
-        out = open(log_path, "ab")
-        # `ip netns exec` becomes the program, so signals reach tapwire itself.
-        popen = subprocess.Popen(
-            ["ip", "netns", "exec", self.network.namespace(host), str(path), *args],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            # Ctrl-C reaches this script alone, which then tears everything down in order.
-            start_new_session=True,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
+        with open(log_path, "ab") as out:
+            # `ip netns exec` becomes the program, so signals reach tapwire itself.
+            popen = subprocess.Popen(
+                ["ip", "netns", "exec", self.network.namespace(host), str(path), *args],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # Ctrl-C reaches this script alone, which then tears everything down in order.
+                start_new_session=True,
+                env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
         proc = Proc(name, popen, log_path)
         self.procs[name] = proc
         return proc
