@@ -605,6 +605,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("lab: needs root (network namespaces, live capture)", file=sys.stderr)
         return 2
+    binaries = ("tapwire-listener", "tapwire-replayer", "tapwire-lab-server", "tapwire-lab-client")
+    missing = [name for name in binaries if not (args.bin_dir / name).is_file()]
+    if missing and not args.cleanup:
+        print(f"lab: {', '.join(missing)} not in {args.bin_dir}: build them first "
+              "(cargo build --bins, or --release)", file=sys.stderr)
+        return 2
     network = Network(args.name)
     network.remove()
     if args.cleanup:
@@ -625,6 +631,10 @@ def main() -> int:
         result = run_lab(lab, args)
     except LabError as error:
         log(f"FAILED: {error} (logs in {work})")
+        # The end of every log, for a run nobody can look at afterwards (CI).
+        for path in sorted(work.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-5:]
+            print(f"--- {path.name}\n" + "\n".join(tail), flush=True)
     except KeyboardInterrupt:
         log("interrupted")
     finally:
