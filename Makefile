@@ -39,3 +39,12 @@ deps:
 ## needed (deploy/helm/check.sh).
 chart-check:
 	deploy/helm/check.sh
+
+.PHONY: lab
+
+## lab: two production hosts, two replayers and two staging hosts in network namespaces; one
+## replayer's link is cut and the other killed under traffic, then the accounting per host is
+## printed (needs root; see deploy/lab/README.md).
+lab: deps
+	$(CARGO) build --release --bins
+	deploy/lab/lab.py --bin-dir target/release
