@@ -12,17 +12,23 @@ cd "$(dirname "$0")/.."
 
 packages=(tapwire-listener tapwire-replayer)
 # Overall exposure from `systemd-analyze security`, in tenths (2.0 prints as 20): today the
-# listener scores 2.0 (it must open packet sockets) and the replayer 1.7.
+# listener scores 1.9 (it must open packet sockets) and the replayer 1.5.
 max_exposure=(25 20)
 
 fail() { echo "check-packages: FAIL: $*" >&2; exit 1; }
+# Known to dpkg in any state but purged: installed, half-installed, or its conffiles left.
+present() {
+  local state
+  state=$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != not-installed ]
+}
 step() { echo "== $*"; }
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (it installs and purges the packages): sudo make package-check"
 command -v apt-get >/dev/null || fail "needs a Debian or Ubuntu machine (apt-get, dpkg)"
 for package in "${packages[@]}"; do
-  if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'installed'; then
-    fail "$package is installed on this machine; this check would purge it. Remove it first."
+  if present "$package"; then
+    fail "$package is installed on this machine (or its configuration is); this check would purge it."
   fi
 done
 
@@ -124,8 +130,8 @@ dpkg --purge "${packages[@]}"
 installed=0
 for package in "${packages[@]}"; do
   side=${package#tapwire-}
-  if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'installed'; then
-    fail "$package is still installed after purge"
+  if present "$package"; then
+    fail "$package is still known to dpkg after purge"
   fi
   for file in "/usr/bin/$package" "/usr/lib/systemd/system/$package.service" \
     "/etc/default/$package" "/etc/tapwire/$side.toml" "/usr/share/doc/$package"; do

@@ -7,7 +7,7 @@
 #     -v /etc/tapwire/listener.toml:/etc/tapwire/listener.toml:ro \
 #     -v tapwire-spool:/var/lib/tapwire-listener tapwire-listener
 # Under no-new-privileges (Kubernetes' allowPrivilegeEscalation: false) the kernel ignores file
-# capabilities: run as user 0 with NET_RAW only instead. deploy/docker/README.md says more.
+# capabilities: run as user 0 with NET_RAW only instead. deploy/packages.md says more.
 
 FROM rust:1.95-bookworm AS build
 # Debian's current libpcap-dev: pinning a version breaks the build once the mirror moves on.
