@@ -103,27 +103,33 @@ step "systemd-analyze verify (installed units, installed binaries)"
 systemd-analyze verify "${packages[@]/%/.service}" \
   || fail "systemd-analyze verify found problems in the installed units"
 for package in "${packages[@]}"; do
-  if systemctl is-enabled "$package.service" 2>/dev/null | grep -qx enabled; then
-    fail "$package.service was enabled by installing the package"
-  fi
+  # Read from the unit files and links, so it needs no running systemd.
+  state=$(systemctl is-enabled "$package.service" 2>&1 || true)
+  [ "$state" = disabled ] || fail "$package.service is '$state' after install, not 'disabled'"
+  echo "$package.service: $state (installing enables and starts nothing)"
 done
 
-step "The installed binaries, with the installed environment and configuration"
-# The same environment the units read (EnvironmentFile=), in a subshell.
-(
-  set -a
-  . /etc/default/tapwire-listener
-  . /etc/default/tapwire-replayer
-  set +a
-  /usr/bin/tapwire-listener --version | grep -qx "tapwire-listener ${version%-*}" \
-    || fail "/usr/bin/tapwire-listener --version does not say ${version%-*}"
-  /usr/bin/tapwire-listener --version
-  /usr/bin/tapwire-replayer --version
-  /usr/bin/tapwire-replayer --config /etc/tapwire/replayer.toml --check-config >/dev/null
-  echo "/usr/bin/tapwire-replayer --config /etc/tapwire/replayer.toml --check-config: valid"
-  /usr/bin/tapwire-listener --config /etc/tapwire/listener.toml --check-config >/dev/null
-  echo "/usr/bin/tapwire-listener --config /etc/tapwire/listener.toml --check-config: valid"
-)
+step "The installed binaries, each with its /etc/default environment, as its unit runs it"
+as_unit() { # PACKAGE COMMAND...: runs COMMAND in the environment the unit reads (EnvironmentFile=)
+  local package=$1
+  shift
+  (
+    set -a
+    # shellcheck source=/dev/null
+    . "/etc/default/$package"
+    set +a
+    "$@"
+  )
+}
+as_unit tapwire-listener /usr/bin/tapwire-listener --version | grep -x "tapwire-listener ${version%-*}" \
+  || fail "/usr/bin/tapwire-listener --version does not say ${version%-*}"
+as_unit tapwire-replayer /usr/bin/tapwire-replayer --version | grep -x "tapwire-replayer ${version%-*}" \
+  || fail "/usr/bin/tapwire-replayer --version does not say ${version%-*}"
+for side in listener replayer; do
+  as_unit "tapwire-$side" "/usr/bin/tapwire-$side" --config "/etc/tapwire/$side.toml" --check-config >/dev/null \
+    || fail "/usr/bin/tapwire-$side rejects the installed /etc/tapwire/$side.toml"
+  echo "/usr/bin/tapwire-$side --config /etc/tapwire/$side.toml --check-config: valid"
+done
 
 step "dpkg --purge ${packages[*]}"
 dpkg --purge "${packages[@]}"
