@@ -10,10 +10,10 @@
 # capabilities: run as user 0 with NET_RAW only instead. deploy/packages.md says more.
 
 FROM rust:1.95-bookworm AS build
-# Debian's current libpcap-dev: pinning a version breaks the build once the mirror moves on.
+# Debian's current packages: pinning versions breaks the build once the mirror moves on.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpcap-dev \
+ && apt-get install -y --no-install-recommends libpcap-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -23,7 +23,8 @@ RUN cargo build --release --locked -p tapwire-listener \
 FROM debian:bookworm-slim
 COPY --from=build /src/target/release/tapwire-listener /usr/bin/tapwire-listener
 COPY deploy/config/listener.toml /etc/tapwire/listener.toml
-# Runtime libraries only; libcap2-bin is there just long enough to set the file capability.
+# Runtime libraries only (unpinned, as above); libcap2-bin is there just long enough to set the
+# file capability, here rather than in the build stage since COPY may drop extended attributes.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpcap0.8 ca-certificates libcap2-bin \
