@@ -48,3 +48,19 @@ chart-check:
 lab: deps
 	$(CARGO) build --release --bins
 	deploy/lab/lab.py --bin-dir target/release
+
+.PHONY: package package-check docker-check
+
+## package: Debian packages of both binaries in target/debian/ (cargo-deb; see deploy/packages.md).
+package: deps
+	@scripts/package.sh
+
+## package-check: as CI runs it, as root: build, lintian, install, run, purge the packages
+## (scripts/check-packages.sh), then lint the Dockerfiles (docker-check).
+package-check: deps
+	@scripts/check-packages.sh
+	@scripts/check-dockerfiles.sh
+
+## docker-check: lint deploy/docker/*.Dockerfile with hadolint (failing on warnings).
+docker-check:
+	@scripts/check-dockerfiles.sh

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the Debian packages of tapwire-listener and tapwire-replayer into target/debian/ with
+# cargo-deb (installed with `cargo install --locked` when missing: about 5 minutes on 2 cores).
+# What goes where is in listener/Cargo.toml and replayer/Cargo.toml ([package.metadata.deb]) and
+# deploy/packages.md. Run: make package
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO=${CARGO:-cargo}
+CARGO_DEB_VERSION=3.8.0
+
+if ! "$CARGO" deb --version >/dev/null 2>&1; then
+  echo "Installing cargo-deb $CARGO_DEB_VERSION with cargo install..."
+  "$CARGO" install --locked --version "$CARGO_DEB_VERSION" cargo-deb
+fi
+
+"$CARGO" build --release --locked -p tapwire-listener -p tapwire-replayer
+for package in tapwire-listener tapwire-replayer; do
+  # --strip: the release profile keeps line tables for backtraces, which a package does not ship.
+  "$CARGO" deb -p "$package" --no-build --strip
+done
+ls -l target/debian/*.deb
