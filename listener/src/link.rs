@@ -398,7 +398,8 @@ impl Link {
     fn set_up(&mut self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
         if up {
-            self.holds_up.get_or_insert_with(|| self.output_ready.hold());
+            self.holds_up
+                .get_or_insert_with(|| self.output_ready.hold());
         } else {
             self.holds_up = None;
         }

@@ -54,9 +54,17 @@ pub async fn stream_to_replayers(
             return spool;
         }
     };
-    Router::start(config, resolved, records, spool, metrics, output_ready, stop)
-        .run()
-        .await
+    Router::start(
+        config,
+        resolved,
+        records,
+        spool,
+        metrics,
+        output_ready,
+        stop,
+    )
+    .run()
+    .await
 }
 
 /// What becomes of a record taken from the queue right now.
