@@ -51,6 +51,16 @@ for package in "${packages[@]}"; do
   [ -f "${debs[-1]}" ] || fail "${debs[-1]} was not built"
 done
 
+# dpkg -i would silently take over (and the purge below delete) files that exist unowned, such
+# as a Docker user's /etc/tapwire/listener.toml: refuse instead.
+for deb in "${debs[@]}"; do
+  while read -r path; do
+    if [ -e "$path" ] && ! [ -d "$path" ]; then
+      fail "$path exists on this machine (not from a package); this check would overwrite and then delete it"
+    fi
+  done < <(dpkg-deb --fsys-tarfile "$deb" | tar -t | sed 's|^\./|/|')
+done
+
 step "lintian ${debs[*]}"
 lintian --fail-on error,warning "${debs[@]}"
 

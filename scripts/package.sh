@@ -3,6 +3,8 @@
 # cargo-deb (installed with `cargo install --locked` when missing: about 5 minutes on 2 cores).
 # What goes where is in listener/Cargo.toml and replayer/Cargo.toml ([package.metadata.deb]) and
 # deploy/packages.md. Run: make package
+# TAPWIRE_PACKAGE_PROFILE=dev packages the debug build instead (what `make test` already built):
+# CI checks the packaging that way without a second, release, build of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +16,10 @@ if ! "$CARGO" deb --version >/dev/null 2>&1; then
   "$CARGO" install --locked --version "$CARGO_DEB_VERSION" cargo-deb
 fi
 
-"$CARGO" build --release --locked -p tapwire-listener -p tapwire-replayer
+profile=${TAPWIRE_PACKAGE_PROFILE:-release}
+"$CARGO" build --profile "$profile" --locked -p tapwire-listener -p tapwire-replayer
 for package in tapwire-listener tapwire-replayer; do
   # --strip: the release profile keeps line tables for backtraces, which a package does not ship.
-  "$CARGO" deb -p "$package" --no-build --strip
+  "$CARGO" deb -p "$package" --profile "$profile" --no-build --strip
 done
 ls -l target/debian/*.deb

@@ -33,7 +33,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin tapwire \
- && install -d -o tapwire -g tapwire -m 0700 /var/lib/tapwire-listener
+ && install -d -o tapwire -g root -m 0770 /var/lib/tapwire-listener
 USER 10001:10001
 ENTRYPOINT ["/usr/bin/tapwire-listener"]
 CMD ["--config", "/etc/tapwire/listener.toml"]

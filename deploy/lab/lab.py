@@ -25,12 +25,14 @@ the same --name are removed first (`deploy/lab/lab.py --cleanup` only cleans up)
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -106,10 +108,20 @@ class Network:
         """The host's bridge port, in the switch namespace."""
         return f"port-{host.key}"
 
+    def namespaces(self) -> list[str]:
+        """Every namespace the lab creates, and nothing else: cleanup touches only these."""
+        return [self.switch] + [self.namespace(host) for host in HOSTS]
+
+    def hosts_files(self) -> list[Path]:
+        """The /etc/netns files giving the listeners' hosts the replayers' name."""
+        return [Path("/etc/netns") / self.namespace(BY_ROLE[role]) / "hosts"
+                for role in LISTENERS]
+
     def remove(self) -> None:
-        for namespace in run("ip", "netns", "list", check=False).split("\n"):
-            namespace = namespace.split(" ")[0]
-            if not namespace.startswith(f"{self.name}-"):
+        existing = {line.split(" ")[0]
+                    for line in run("ip", "netns", "list", check=False).split("\n")}
+        for namespace in self.namespaces():
+            if namespace not in existing:
                 continue
             for pid in run("ip", "netns", "pids", namespace, check=False).split():
                 try:
@@ -118,10 +130,12 @@ class Network:
                     pass
             run("ip", "netns", "del", namespace, check=False)
         run("ip", "link", "del", self.control_port, check=False)
-        for path in Path("/etc/netns").glob(f"{self.name}-*"):
-            for file in path.iterdir():
-                file.unlink()
-            path.rmdir()
+        for hosts in self.hosts_files():
+            hosts.unlink(missing_ok=True)
+            try:
+                hosts.parent.rmdir()
+            except OSError:
+                pass  # absent, or holding something that is not ours
 
     def create(self) -> None:
         in_use = run("ip", "-o", "addr", "show", "to", f"{SUBNET}.0/24").strip()
@@ -151,10 +165,9 @@ class Network:
         run("ip", "addr", "add", f"{CONTROL_IP}/24", "dev", self.control_port)
         run("ip", "link", "set", self.control_port, "mtu", "1500", "up")
         # One name, two A records: the listeners shard over both and re-resolve it.
-        for role in ("prod-a", "prod-b"):
-            directory = Path("/etc/netns") / self.namespace(BY_ROLE[role])
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "hosts").write_text(
+        for hosts in self.hosts_files():
+            hosts.parent.mkdir(parents=True, exist_ok=True)
+            hosts.write_text(
                 "127.0.0.1 localhost\n"
                 f"{BY_ROLE['replay-a'].ip} {REPLAYER_NAME}\n"
                 f"{BY_ROLE['replay-b'].ip} {REPLAYER_NAME}\n")
@@ -597,7 +610,7 @@ def main() -> int:
     parser.add_argument("--no-failures", dest="failures", action="store_false",
                         help="skip the link cut and the kill")
     parser.add_argument("--work-dir", type=Path,
-                        help="logs and reports (default: /tmp/tapwire-lab-NAME)")
+                        help="logs and reports: a new directory (default: a fresh one in /tmp)")
     parser.add_argument("--cleanup", action="store_true", help="only remove leftovers, then exit")
     args = parser.parse_args()
     if len(args.name) > 8 or not args.name.isalnum():
@@ -611,14 +624,28 @@ def main() -> int:
         print(f"lab: {', '.join(missing)} not in {args.bin_dir}: build them first "
               "(cargo build --bins, or --release)", file=sys.stderr)
         return 2
+    # One lab of a name at a time: a second run would tear down the first one's network.
+    lock = open(f"/run/tapwire-lab-{args.name}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"lab: a lab named {args.name} is running; wait for it or pick another --name",
+              file=sys.stderr)
+        return 2
     network = Network(args.name)
     network.remove()
     if args.cleanup:
         return 0
-    work = args.work_dir or Path(f"/tmp/tapwire-lab-{args.name}")
-    work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob("*"):
-        stale.unlink()
+    if args.work_dir:
+        # Created here, so the lab never writes, as root, into a directory someone else made.
+        work = args.work_dir
+        try:
+            work.mkdir(parents=True, mode=0o700)
+        except FileExistsError:
+            print(f"lab: --work-dir {work} exists; give a new directory", file=sys.stderr)
+            return 2
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f"tapwire-lab-{args.name}-"))
     lab = Lab(network, args.bin_dir.resolve(), work)
 
     def interrupted(signum, _frame):
@@ -638,6 +665,9 @@ def main() -> int:
     except KeyboardInterrupt:
         log("interrupted")
     finally:
+        # A second Ctrl-C must not cut the teardown short and leave namespaces behind.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         lab.stop_all()
         network.remove()
         log("network removed")
