@@ -98,7 +98,9 @@ for package in "${packages[@]}"; do
   side=${package#tapwire-}
   for file in "/usr/bin/$package" "/usr/lib/systemd/system/$package.service" \
     "/etc/default/$package" "/etc/tapwire/$side.toml" "/usr/share/doc/$package/copyright" \
-    "/usr/share/doc/$package/changelog.Debian.gz"; do
+    "/usr/share/doc/$package/changelog.Debian.gz" "/usr/share/man/man1/$package.1.gz" \
+    "/usr/share/bash-completion/completions/$package" "/usr/share/zsh/vendor-completions/_$package" \
+    "/usr/share/fish/vendor_completions.d/$package.fish"; do
     [ -e "$file" ] || fail "$package: $file is missing"
     dpkg -S "$file" >/dev/null || fail "$package: $file is not owned by the package"
   done
@@ -106,7 +108,9 @@ for package in "${packages[@]}"; do
     dpkg-query -W -f='${Conffiles}\n' "$package" | grep -q " $conffile " \
       || fail "$package: $conffile is not a conffile (an upgrade would overwrite local edits)"
   done
-  echo "$package: binary, unit, /etc/default/$package, /etc/tapwire/$side.toml (conffiles), copyright, changelog"
+  zcat "/usr/share/man/man1/$package.1.gz" | grep -qF -- '\-\-config' \
+    || fail "$package: the installed man page does not document --config"
+  echo "$package: binary, unit, /etc/default/$package, /etc/tapwire/$side.toml (conffiles), copyright, changelog, man page, bash/zsh/fish completions"
 done
 
 step "systemd-analyze verify (installed units, installed binaries)"

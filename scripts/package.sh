@@ -18,6 +18,15 @@ fi
 
 profile=${TAPWIRE_PACKAGE_PROFILE:-release}
 "$CARGO" build --profile "$profile" --locked -p tapwire-listener -p tapwire-replayer
+# The man page and shell completions, printed by each binary from its own flags.
+bin_dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+mkdir -p target/docs
+for package in tapwire-listener tapwire-replayer; do
+  "$bin_dir/$package" --generate man | gzip -9n > "target/docs/$package.1.gz"
+  "$bin_dir/$package" --generate bash > "target/docs/$package.bash"
+  "$bin_dir/$package" --generate zsh > "target/docs/_$package"
+  "$bin_dir/$package" --generate fish > "target/docs/$package.fish"
+done
 for package in tapwire-listener tapwire-replayer; do
   # --strip: the release profile keeps line tables for backtraces, which a package does not ship.
   "$CARGO" deb -p "$package" --profile "$profile" --no-build --strip

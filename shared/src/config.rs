@@ -20,8 +20,8 @@ impl ConfigError {
     }
 }
 
-/// The two flags every configuration has, flattened into it: read it from a file, or only
-/// check it. Not part of the file format.
+/// The flags every configuration has, flattened into it: read it from a file, only check it,
+/// or print its documentation. Not part of the file format.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 #[command(next_help_heading = "Configuration")]
 pub struct ConfigFileFlags {
@@ -33,6 +33,38 @@ pub struct ConfigFileFlags {
     /// Validate the configuration, print the effective settings as TOML, and exit.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Print this program's man page or a completion script for a shell, and exit (the
+    /// packages install them; e.g. `--generate bash > /etc/bash_completion.d/NAME`).
+    #[arg(long, value_name = "WHAT", exclusive = true)]
+    pub generate: Option<Generated>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generated {
+    /// The man page (roff), from the same text as `--help`.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Writes what `--generate` asked for about `command` to `out`.
+pub fn generate(
+    what: Generated,
+    mut command: clap::Command,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let name = command.get_name().to_owned();
+    let shell = match what {
+        Generated::Man => return clap_mangen::Man::new(command).render(out),
+        Generated::Bash => clap_complete::Shell::Bash,
+        Generated::Zsh => clap_complete::Shell::Zsh,
+        Generated::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut command, name, out);
+    Ok(())
 }
 
 /// A configuration as the command line gave it: from its flags, or from the TOML file named by
@@ -55,6 +87,11 @@ where
 {
     let command = T::command();
     let matches = command.clone().get_matches_from(args);
+    if let Some(&what) = matches.get_one::<Generated>("generate") {
+        // Like --help: print and exit, whatever else was given.
+        let written = generate(what, command, &mut std::io::stdout().lock());
+        std::process::exit(if written.is_ok() { 0 } else { 1 });
+    }
     let check_only = matches.get_flag("check_config");
     let Some(path) = matches.get_one::<std::path::PathBuf>("config") else {
         let config = T::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
@@ -62,7 +99,7 @@ where
     };
     let given_too = command.get_arguments().find(|arg| {
         let id = arg.get_id().as_str();
-        !matches!(id, "config" | "check_config")
+        !matches!(id, "config" | "check_config" | "generate")
             && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
     });
     if let Some(flag) = given_too {
