@@ -24,28 +24,15 @@ async fn listener_readiness_follows_the_replayer_link() {
     let grpc = free_port().await;
     let staging = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let staging_url = format!("http://{}", staging.local_addr().unwrap());
-    let production_port = free_port().await.port().to_string();
-    let listener = Process::spawn(
-        "tapwire-listener",
-        &strings(&[
-            "--interface",
-            "lo",
-            "--port",
-            &production_port,
-            "--replayer",
-            &format!("http://{grpc}"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--listener-id",
-            "health",
-        ]),
-    )
-    .unwrap();
+    let listener = start_listener(&[
+        "--replayer",
+        &format!("http://{grpc}"),
+        "--listener-id",
+        "health",
+    ])
+    .await;
     let metrics = metrics_addr(&listener).await;
-    assert_eq!(
-        get(metrics, "/healthz").await.unwrap(),
-        (200, "ok\n".into())
-    );
+    assert_alive(metrics).await;
     // The capture is open: the missing link is the only reason.
     wait_for(metrics, "/readyz", 503, NO_OUTPUT).await;
 
@@ -54,10 +41,7 @@ async fn listener_readiness_follows_the_replayer_link() {
 
     replayer.kill().await.unwrap();
     wait_for(metrics, "/readyz", 503, NO_OUTPUT).await;
-    assert_eq!(
-        get(metrics, "/healthz").await.unwrap(),
-        (200, "ok\n".into())
-    );
+    assert_alive(metrics).await;
 
     let _replayer = start_replayer(grpc, &staging_url).await;
     wait_for(metrics, "/readyz", 200, "ready\n").await;
@@ -68,27 +52,10 @@ async fn a_listener_writing_a_file_is_ready_without_replayers() {
     require_root().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("requests.gor");
-    let production_port = free_port().await.port().to_string();
-    let listener = Process::spawn(
-        "tapwire-listener",
-        &strings(&[
-            "--interface",
-            "lo",
-            "--port",
-            &production_port,
-            "--output-file",
-            file.to_str().unwrap(),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ]),
-    )
-    .unwrap();
+    let listener = start_listener(&["--output-file", file.to_str().unwrap()]).await;
     let metrics = metrics_addr(&listener).await;
     wait_for(metrics, "/readyz", 200, "ready\n").await;
-    assert_eq!(
-        get(metrics, "/healthz").await.unwrap(),
-        (200, "ok\n".into())
-    );
+    assert_alive(metrics).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,20 +65,14 @@ async fn replayer_is_ready_once_its_target_is_reachable() {
     let replayer =
         start_replayer("127.0.0.1:0".parse().unwrap(), &format!("http://{target}")).await;
     let metrics = metrics_addr(&replayer).await;
-    assert_eq!(
-        get(metrics, "/healthz").await.unwrap(),
-        (200, "ok\n".into())
-    );
+    assert_alive(metrics).await;
     // Serving gRPC: the unreachable target is the only reason.
     wait_for(metrics, "/readyz", 503, NO_TARGET).await;
 
     let staging = TcpListener::bind(target).await.unwrap();
     tokio::spawn(async move { while staging.accept().await.is_ok() {} });
     wait_for(metrics, "/readyz", 200, "ready\n").await;
-    assert_eq!(
-        get(metrics, "/healthz").await.unwrap(),
-        (200, "ok\n".into())
-    );
+    assert_alive(metrics).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,6 +84,21 @@ async fn other_paths_of_the_metrics_port_are_not_found() {
         assert_eq!(status, 404, "{path}");
     }
     assert_eq!(get(metrics, "/metrics").await.unwrap().0, 200);
+}
+
+/// A listener capturing a free port on lo, with metrics on a free port and `outputs` flags.
+async fn start_listener(outputs: &[&str]) -> Process {
+    let production_port = free_port().await.port().to_string();
+    let mut args = strings(&[
+        "--interface",
+        "lo",
+        "--port",
+        &production_port,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    args.extend(strings(outputs));
+    Process::spawn("tapwire-listener", &args).unwrap()
 }
 
 /// A replayer serving gRPC on `grpc` (port 0: any) with one target, its metrics port on any.
@@ -152,6 +128,14 @@ async fn metrics_addr(process: &Process) -> SocketAddr {
         .await
         .unwrap();
     addr_in(&line).unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// `/healthz` answers 200 `ok`.
+async fn assert_alive(metrics: SocketAddr) {
+    assert_eq!(
+        get(metrics, "/healthz").await.unwrap(),
+        (200, "ok\n".into())
+    );
 }
 
 /// Polls `path` until it answers `status` with exactly `body`; fails with the last answer.
