@@ -281,11 +281,8 @@ impl Reassembler {
         let key = segment.flow;
         if segment.syn {
             self.remove(key, now_ns, observer);
-            self.make_room_for_a_flow(observer);
             let cutter = RequestCutter::new(self.limits.max_request_bytes);
-            let flow = Flow::new(Stream::new(segment.seq.wrapping_add(1), cutter), now_ns);
-            self.flows.insert(key, Box::new(flow));
-            self.buffered_bytes += FLOW_STATE_COST;
+            self.admit_flow(key, segment.seq.wrapping_add(1), cutter, now_ns, observer);
         } else if !self.flows.contains_key(&key)
             && http1::find_request_line(segment.payload) == RequestLineSearch::Found(0)
         {
@@ -314,9 +311,22 @@ impl Reassembler {
         if segment.payload.is_empty() || segment.fin || self.flows.contains_key(&key) {
             return;
         }
-        self.make_room_for_a_flow(observer);
         let cutter = RequestCutter::resynchronising(self.limits.max_request_bytes);
-        let flow = Flow::new(Stream::new(ack, cutter), now_ns);
+        self.admit_flow(key, ack, cutter, now_ns, observer);
+    }
+
+    /// Adds a flow whose client stream starts at `start_seq`, first making room for it; its
+    /// state counts in the memory budget from now on.
+    fn admit_flow(
+        &mut self,
+        key: FlowKey,
+        start_seq: u32,
+        cutter: RequestCutter,
+        now_ns: u64,
+        observer: &mut impl FlowObserver,
+    ) {
+        self.make_room_for_a_flow(observer);
+        let flow = Flow::new(Stream::new(start_seq, cutter), now_ns);
         self.flows.insert(key, Box::new(flow));
         self.buffered_bytes += FLOW_STATE_COST;
     }
