@@ -153,13 +153,7 @@ async fn idle_connections_under_a_1024_file_limit_lock_no_listener_out() {
     assert_eq!(refused + timed_out, IDLE_CONNECTIONS as u64);
 
     // Once they are gone a new listener connection is taken as usual.
-    assert_eq!(
-        traffic::send_mix_range(production, 300..400, 4).await.ok,
-        100
-    );
-    assert_eq!(target.wait_for_served(400, TIMEOUT).await, 400);
-    let report = pipeline.finish(400).await.unwrap();
-    assert!(report.is_complete(), "{}", report.table());
+    assert_delivers_the_rest(pipeline, 300..400).await;
 }
 
 /// Connections that pass the handshake (they send the HTTP/2 preface and SETTINGS) but never
@@ -219,13 +213,7 @@ async fn connections_that_speak_http2_but_never_authenticate_are_closed() {
         metrics.sum(REFUSED, &[("reason", "no_authenticated_stream")]),
         SILENT_HTTP2_CONNECTIONS as u64
     );
-    assert_eq!(
-        traffic::send_mix_range(production, 100..200, 4).await.ok,
-        100
-    );
-    assert_eq!(target.wait_for_served(200, TIMEOUT).await, 200);
-    let report = pipeline.finish(200).await.unwrap();
-    assert!(report.is_complete(), "{}", report.table());
+    assert_delivers_the_rest(pipeline, 100..200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,4 +352,24 @@ async fn listeners_share_a_held_bytes_cap_smaller_than_one_batch_and_all_get_thr
     let summary = replayer.stop().await.unwrap();
     assert_eq!(summary.get("received"), total);
     assert_eq!(target.served(), total);
+}
+
+/// Requests `sequences` (the last ones of the test) reach production and the target, and the
+/// whole run adds up: nothing lost, nothing twice.
+async fn assert_delivers_the_rest(pipeline: Pipeline, sequences: std::ops::Range<u64>) {
+    let production = pipeline.production.addr();
+    let target = pipeline.targets[0].clone();
+    let count = sequences.end - sequences.start;
+    assert_eq!(
+        traffic::send_mix_range(production, sequences.clone(), 4)
+            .await
+            .ok,
+        count
+    );
+    assert_eq!(
+        target.wait_for_served(sequences.end, TIMEOUT).await,
+        sequences.end
+    );
+    let report = pipeline.finish(sequences.end).await.unwrap();
+    assert!(report.is_complete(), "{}", report.table());
 }
