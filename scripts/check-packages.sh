@@ -135,10 +135,13 @@ as_unit() { # PACKAGE COMMAND...: runs COMMAND in the environment the unit reads
     "$@"
   )
 }
-as_unit tapwire-listener /usr/bin/tapwire-listener --version | grep -x "tapwire-listener ${version%-*}" \
-  || fail "/usr/bin/tapwire-listener --version does not say ${version%-*}"
-as_unit tapwire-replayer /usr/bin/tapwire-replayer --version | grep -x "tapwire-replayer ${version%-*}" \
-  || fail "/usr/bin/tapwire-replayer --version does not say ${version%-*}"
+# The packages were built from this checkout: --version names its commit.
+revision=$(git rev-parse --short=12 HEAD)
+for side in listener replayer; do
+  expected="tapwire-$side ${version%-*} (revision $revision)"
+  as_unit "tapwire-$side" "/usr/bin/tapwire-$side" --version | grep -xF "$expected" \
+    || fail "/usr/bin/tapwire-$side --version does not say $expected"
+done
 for side in listener replayer; do
   as_unit "tapwire-$side" "/usr/bin/tapwire-$side" --config "/etc/tapwire/$side.toml" --check-config >/dev/null \
     || fail "/usr/bin/tapwire-$side rejects the installed /etc/tapwire/$side.toml"

@@ -1,7 +1,8 @@
 # tapwire-listener image: the binary, /etc/tapwire/listener.toml and the spool directory of the
 # Debian package, run by an unprivileged user whose only privilege is raw sockets (a file
 # capability on the binary). Build from the repository root:
-#   docker build -f deploy/docker/listener.Dockerfile -t tapwire-listener .
+#   docker build -f deploy/docker/listener.Dockerfile -t tapwire-listener \
+#     --build-arg TAPWIRE_REVISION="$(git rev-parse --short=12 HEAD)" .
 # Run on the host's network with every capability dropped but NET_RAW:
 #   docker run -d --network host --cap-drop ALL --cap-add NET_RAW \
 #     -v /etc/tapwire/listener.toml:/etc/tapwire/listener.toml:ro \
@@ -16,6 +17,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libpcap-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# .git is not copied in: --version names the revision passed here (else "unknown").
+ARG TAPWIRE_REVISION=unknown
 COPY . .
 RUN cargo build --release --locked -p tapwire-listener \
  && strip target/release/tapwire-listener

@@ -1,12 +1,15 @@
 # tapwire-replayer image: the binary and /etc/tapwire/replayer.toml of the Debian package, run by
 # an unprivileged user with no capabilities. Build from the repository root:
-#   docker build -f deploy/docker/replayer.Dockerfile -t tapwire-replayer .
+#   docker build -f deploy/docker/replayer.Dockerfile -t tapwire-replayer \
+#     --build-arg TAPWIRE_REVISION="$(git rev-parse --short=12 HEAD)" .
 # Run:
 #   docker run -d --cap-drop ALL -p 7070:7070 -p 9090:9090 \
 #     -v /etc/tapwire/replayer.toml:/etc/tapwire/replayer.toml:ro tapwire-replayer
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# .git is not copied in: --version names the revision passed here (else "unknown").
+ARG TAPWIRE_REVISION=unknown
 COPY . .
 RUN cargo build --release --locked -p tapwire-replayer \
  && strip target/release/tapwire-replayer

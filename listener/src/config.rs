@@ -21,7 +21,7 @@ use crate::queue::BufferPolicy;
 /// tapwire replayer over gRPC, or saves them to a GoReplay .gor file. It only observes traffic:
 /// production is never in its path.
 #[derive(Debug, Clone, PartialEq, Parser, Serialize, Deserialize)]
-#[command(name = "tapwire-listener", version, max_term_width = 100)]
+#[command(name = "tapwire-listener", version = env!("TAPWIRE_VERSION"), max_term_width = 100)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenerConfig {
     #[command(flatten)]

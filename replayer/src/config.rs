@@ -20,7 +20,7 @@ use tapwire_shared::config::{
 /// targets: filtered, rewritten, sampled and rate-limited per target, each target with its own
 /// queue so a slow one never delays the others.
 #[derive(Debug, Clone, PartialEq, Parser, Serialize, Deserialize)]
-#[command(name = "tapwire-replayer", version, max_term_width = 100)]
+#[command(name = "tapwire-replayer", version = env!("TAPWIRE_VERSION"), max_term_width = 100)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReplayerConfig {
     #[command(flatten)]
@@ -402,6 +402,12 @@ pub struct RewriteSettings {
     #[arg(long = "rewrite-url", value_name = "REGEX:REPLACEMENT")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub url: Vec<UrlRewrite>,
+    /// `Name: REGEX,REPLACEMENT` (--http-rewrite-header): every line of that header whose
+    /// value matches gets the regex replaced, with $1-style groups; split at the first `,`
+    /// as GoReplay does. In a file: `rewrite_headers = [{ name = "...", from = "...", to = "..." }]`.
+    #[arg(long = "rewrite-header", value_name = "HEADER")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rewrite_headers: Vec<HeaderRewrite>,
     /// `Name: value`; set (or replace) a header. In a file: `set_headers = { Name = "value" }`.
     #[arg(long = "set-header", value_name = "HEADER", value_parser = parse_header_assignment)]
     #[serde(skip_serializing_if = "Vec::is_empty", with = "pairs_as_table")]
@@ -453,6 +459,32 @@ impl FromStr for UrlRewrite {
             .rsplit_once(':')
             .ok_or_else(|| format!("{spec:?} is not REGEX:REPLACEMENT"))?;
         Ok(UrlRewrite {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        })
+    }
+}
+
+/// A regex replacement on the value of a header, with `$1`-style groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRewrite {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl FromStr for HeaderRewrite {
+    type Err = String;
+
+    /// `Name: REGEX,REPLACEMENT`: the name up to the first `:`, the regex up to the first `,`
+    /// after it (GoReplay's `--http-rewrite-header` syntax).
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let malformed = || format!("{spec:?} is not `Name: REGEX,REPLACEMENT`");
+        let (name, rule) = spec.split_once(':').ok_or_else(malformed)?;
+        let (from, to) = rule.trim_start().split_once(',').ok_or_else(malformed)?;
+        Ok(HeaderRewrite {
+            name: name.trim().to_owned(),
             from: from.to_owned(),
             to: to.to_owned(),
         })

@@ -66,7 +66,7 @@ impl Dispatch for FanOut {
         if !self.rewrites.is_empty() {
             self.rewrites
                 .apply(&mut request.path_and_query, &mut request.fields);
-            request.host_override = self.rewrites.host().cloned();
+            request.host_override = self.rewrites.host_to_send(&request.fields);
         }
         request.batch = Some(Arc::clone(batch));
         let request = Arc::new(request);

@@ -1,5 +1,6 @@
 //! Rewrites: how a request is changed before a target gets it: the URL by regex with capture
-//! groups, headers set, removed or redacted, query parameters set, the Host overridden.
+//! groups, headers set, rewritten by regex, removed or redacted, query parameters set, the Host
+//! overridden.
 //! Compiled once from [`RewriteSettings`]. A header rewrite replaces whole lines
 //! ([`HeaderField`]) and leaves every other line as captured: a set header takes the place of
 //! the first line of that name (the others go), or comes last; a redacted one keeps its name
@@ -26,6 +27,8 @@ pub struct Rewrites {
     /// Names as configured: a set header is written with this case.
     set_headers: Vec<(String, Bytes)>,
     remove_headers: Vec<String>,
+    /// Header name, the regex on its value and the replacement.
+    rewrite_headers: Vec<(String, regex::bytes::Regex, String)>,
     redact_headers: Vec<String>,
     host: Option<Bytes>,
 }
@@ -73,8 +76,21 @@ impl Rewrites {
                 .map(|(i, header)| header_name(&format!("{field}.{name}[{i}]"), header))
                 .collect::<Result<Vec<_>, ConfigError>>()
         };
+        let rewrite_headers = settings
+            .rewrite_headers
+            .iter()
+            .enumerate()
+            .map(|(i, rewrite)| {
+                let field = format!("{field}.rewrite_headers[{i}]");
+                let regex = regex::bytes::Regex::new(&rewrite.from)
+                    .map_err(|error| ConfigError::new(format!("{field}.from"), error))?;
+                let name = header_name(&format!("{field}.name"), &rewrite.name)?;
+                Ok((name, regex, rewrite.to.clone()))
+            })
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Rewrites {
             url,
+            rewrite_headers,
             set_query: by_name(&settings.set_query),
             set_headers,
             remove_headers: names(&settings.remove_headers, "remove_headers")?,
@@ -96,13 +112,28 @@ impl Rewrites {
             && self.set_query.is_empty()
             && self.set_headers.is_empty()
             && self.remove_headers.is_empty()
+            && self.rewrite_headers.is_empty()
             && self.redact_headers.is_empty()
             && self.host.is_none()
     }
 
-    /// The Host header to send, if overridden.
-    pub fn host(&self) -> Option<&Bytes> {
-        self.host.as_ref()
+    /// The Host to send for a request whose header lines (rewritten) are `fields`, if these
+    /// rewrites decide it: `--host-override`, else, when a `--rewrite-header` applies to Host,
+    /// the captured Host as rewritten (kept, as with `--keep-host`, so that a staging virtual
+    /// host can be derived from production's). None leaves it to the target's Host rule.
+    pub fn host_to_send(&self, fields: &[HeaderField]) -> Option<Bytes> {
+        if let Some(host) = &self.host {
+            return Some(host.clone());
+        }
+        if !self
+            .rewrite_headers
+            .iter()
+            .any(|(name, ..)| name.eq_ignore_ascii_case("host"))
+        {
+            return None;
+        }
+        let host = fields.iter().find(|field| field.is("host"))?;
+        Some(Bytes::copy_from_slice(host.value()))
     }
 
     /// Rewrites the URL and headers in place. A rewrite that would make the URL invalid leaves
@@ -122,6 +153,16 @@ impl Rewrites {
         }
         for name in &self.remove_headers {
             fields.retain(|field| !field.is(name));
+        }
+        for (name, regex, replacement) in &self.rewrite_headers {
+            for field in fields.iter_mut().filter(|field| field.is(name)) {
+                let value = regex.replace_all(field.value(), replacement.as_bytes());
+                // Groups copy captured bytes, which a replacement could splice into CR or LF:
+                // only a value that is still one valid header value is written.
+                if value[..] != field.value()[..] && HeaderValue::from_bytes(&value).is_ok() {
+                    *field = field.with_value(&value);
+                }
+            }
         }
         for (name, value) in &self.set_headers {
             let set = HeaderField::new(name, value);
@@ -175,6 +216,7 @@ mod tests {
             remove_headers: vec!["Cookie".into()],
             redact_headers: vec!["Authorization".into(), "X-Absent".into()],
             host: Some("staging.example".into()),
+            ..Default::default()
         };
         let rewrites = Rewrites::compile(&settings, "rewrites").unwrap();
         let mut replay = crate::request::tests::request(
@@ -189,7 +231,53 @@ mod tests {
              X-Replayed-By: tapwire\r\nAuthorization:  REDACTED\r\nAccept: */*\r\n\r\n",
             "removed, set in place of the first, redacted in place; nothing added by redaction"
         );
-        assert_eq!(&rewrites.host().unwrap()[..], b"staging.example");
+        assert_eq!(
+            &rewrites.host_to_send(&replay.fields).unwrap()[..],
+            b"staging.example"
+        );
+    }
+
+    #[test]
+    fn a_header_rewrite_never_writes_a_line_break() {
+        let rewrite = "X-Note: (.*),$1\r\nX-Injected: yes".parse().unwrap();
+        let settings = RewriteSettings {
+            rewrite_headers: vec![rewrite],
+            ..Default::default()
+        };
+        let rewrites = Rewrites::compile(&settings, "rewrites").unwrap();
+        let captured = "GET / HTTP/1.1\r\nX-Note: hello\r\n\r\n";
+        let mut replay = crate::request::tests::request(captured);
+        rewrites.apply(&mut replay.path_and_query, &mut replay.fields);
+        assert_eq!(
+            crate::request::tests::wire(&replay, crate::request::HostRule::Keep),
+            captured,
+            "a value that would not be one header value is left as captured"
+        );
+    }
+
+    #[test]
+    fn header_rewrites_parse_as_goreplay_writes_them() {
+        let rewrite: crate::config::HeaderRewrite = "Host: (.*).example.com,$1.beta.example.com"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (
+                rewrite.name.as_str(),
+                rewrite.from.as_str(),
+                rewrite.to.as_str()
+            ),
+            ("Host", "(.*).example.com", "$1.beta.example.com")
+        );
+        assert!(
+            "Host (.*),x"
+                .parse::<crate::config::HeaderRewrite>()
+                .is_err()
+        );
+        assert!(
+            "Host: no-comma"
+                .parse::<crate::config::HeaderRewrite>()
+                .is_err()
+        );
     }
 
     #[test]

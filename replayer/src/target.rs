@@ -451,21 +451,32 @@ impl RequestSender {
     }
 
     /// The request head for this target: the captured one with the target's rewrites applied
-    /// and its Host rule: a Host rewrite (the target's, else the global one) is set, else with
-    /// `--keep-host` the captured Host is kept, else captured Host lines name the target.
+    /// and its Host rule: a Host the target's rewrites decide (else the global ones) is set,
+    /// else with `--keep-host` the captured Host is kept, else captured Host lines name the
+    /// target.
     fn write_head(&self, replay: &ReplayRequest, out: &mut Vec<u8>) {
-        let host = match self.rewrites.host().or(replay.host_override.as_ref()) {
-            Some(host) => HostRule::Set(host),
-            None if self.keep_host => HostRule::Keep,
-            None => HostRule::Replace(self.authority.as_bytes()),
-        };
         if self.rewrites.is_empty() {
+            let host = self.host_rule(None, replay);
             replay.write_head(out, &replay.path_and_query, &replay.fields, host);
         } else {
             let mut path_and_query = replay.path_and_query.clone();
             let mut fields = replay.fields.clone();
             self.rewrites.apply(&mut path_and_query, &mut fields);
+            let own_host = self.rewrites.host_to_send(&fields);
+            let host = self.host_rule(own_host.as_ref(), replay);
             replay.write_head(out, &path_and_query, &fields, host);
+        }
+    }
+
+    fn host_rule<'a>(
+        &'a self,
+        own_host: Option<&'a bytes::Bytes>,
+        replay: &'a ReplayRequest,
+    ) -> HostRule<'a> {
+        match own_host.or(replay.host_override.as_ref()) {
+            Some(host) => HostRule::Set(host),
+            None if self.keep_host => HostRule::Keep,
+            None => HostRule::Replace(self.authority.as_bytes()),
         }
     }
 }

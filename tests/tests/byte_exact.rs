@@ -1,6 +1,7 @@
 //! What a target receives is the captured request's bytes, with only the documented changes
 //! (Host names the target, an absolute-form target becomes origin-form): compared byte for byte
-//! at a raw target, through live capture and from a `.gor` file. Also: target URLs that could
+//! at a raw target, through live capture and from a `.gor` file; header rewrites change only
+//! what they match. Also: target URLs that could
 //! not be reached as written, or would leak credentials, are refused by `--check-config`.
 
 use std::time::Duration;
@@ -135,11 +136,8 @@ async fn live_capture_replays_the_captured_bytes() {
     assert_received_exactly(&target, &cases).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gor_file_replays_the_recorded_bytes() {
-    let target = RawServer::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cases = cases();
+/// Writes the cases' requests to a `.gor` file in `dir`.
+fn gor_file_of(cases: &[Case], dir: &std::path::Path) -> String {
     let mut file = Vec::new();
     for (index, case) in cases.iter().enumerate() {
         GorMessage {
@@ -153,22 +151,66 @@ async fn a_gor_file_replays_the_recorded_bytes() {
         }
         .encode(&mut file);
     }
-    let path = dir.path().join("requests.gor");
+    let path = dir.join("requests.gor");
     std::fs::write(&path, file).unwrap();
-    let args: Vec<String> = [
-        "--input-file",
-        path.to_str().unwrap(),
-        "--timing",
-        "asap",
-        "--target",
-        &target.url(),
-    ]
-    .map(String::from)
-    .to_vec();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Replays `cases` from a `.gor` file to a raw target with `extra_args`, and checks the bytes.
+async fn replay_file_and_compare(cases: &[Case], extra_args: &[&str]) {
+    let target = RawServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = gor_file_of(cases, dir.path());
+    let mut args: Vec<String> = ["--input-file", &path, "--timing", "asap", "--target"]
+        .map(String::from)
+        .to_vec();
+    args.push(target.url());
+    args.extend(extra_args.iter().map(|arg| arg.to_string()));
     let mut replayer = Process::spawn("tapwire-replayer", &args).unwrap();
     let status = replayer.wait_exit(WAIT).await.unwrap();
     assert!(status.success(), "{}", replayer.log());
-    assert_received_exactly(&target, &cases).await;
+    assert_received_exactly(&target, cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gor_file_replays_the_recorded_bytes() {
+    replay_file_and_compare(&cases(), &[]).await;
+}
+
+/// GoReplay's `--http-rewrite-header` syntax: every line of the header whose value matches is
+/// rewritten in place (groups, name case and position kept); a Host rewrite keeps the captured
+/// Host, rewritten, instead of naming the target; nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rewrites_change_only_the_values_they_match() {
+    let case = |path, sent: &str, expected: &str| Case {
+        path,
+        sent: sent.to_owned(),
+        expected: expected.to_owned(),
+    };
+    let cases = [
+        case(
+            "/rewrite/matched",
+            "GET /rewrite/matched HTTP/1.1\r\nhost: api.example.com\r\nUser-Agent: curl/8\r\n\
+             user-agent: curl/7\r\nAccept: */*\r\n\r\n",
+            "GET /rewrite/matched HTTP/1.1\r\nhost: api.beta.example.com\r\n\
+             User-Agent: replayed-curl/8\r\nuser-agent: replayed-curl/7\r\nAccept: */*\r\n\r\n",
+        ),
+        case(
+            "/rewrite/unmatched",
+            "GET /rewrite/unmatched HTTP/1.1\r\nHost: other.org\r\nUser-Agent: wget\r\n\r\n",
+            "GET /rewrite/unmatched HTTP/1.1\r\nHost: other.org\r\nUser-Agent: wget\r\n\r\n",
+        ),
+    ];
+    replay_file_and_compare(
+        &cases,
+        &[
+            "--rewrite-header",
+            r"Host: ^(\w+)\.example\.com$,$1.beta.example.com",
+            "--rewrite-header",
+            "User-Agent: curl/(.*),replayed-curl/$1",
+        ],
+    )
+    .await;
 }
 
 /// `--check-config` with `--target url`: its exit code and what it printed.

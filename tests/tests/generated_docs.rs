@@ -1,6 +1,7 @@
 //! `--generate`: each binary prints its own man page and shell completions (the packages install
 //! them). They come from the same flag definitions as `--help`, so every flag `--help` shows
-//! must be in each of them; and `--generate` runs alone.
+//! must be in each of them; and `--generate` runs alone. `--version` names the commit the
+//! binary was built from.
 
 use std::process::{Command, Output};
 
@@ -91,5 +92,25 @@ fn generate_runs_alone() {
         );
         let unknown = run(binary, &["--generate", "powershell-9"]);
         assert_eq!(unknown.status.code(), Some(2), "{binary}");
+    }
+}
+
+#[test]
+fn version_names_the_package_version_and_the_commit_built() {
+    let git = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs");
+    assert!(git.status.success(), "the tests run in a git checkout");
+    let revision = String::from_utf8(git.stdout).unwrap().trim().to_owned();
+    for binary in BINARIES {
+        assert_eq!(
+            stdout_of(binary, &["--version"]),
+            format!(
+                "{binary} {} (revision {revision})\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
     }
 }

@@ -1,0 +1,3 @@
+fn main() {
+    tapwire_revision::stamp();
+}
