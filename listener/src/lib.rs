@@ -106,7 +106,7 @@ impl Listener {
             .map(|spool| Spool::open(&spool.dir, spool.bytes, plan.buffer.policy, metrics.clone()))
             .transpose()?;
         let source = match &plan.input_pcap {
-            Some(path) => capture::PacketSource::open_file(path, &plan.capture.ports)?,
+            Some(path) => capture::PacketSource::open_file(path, &plan.capture.filter)?,
             None => capture::PacketSource::open_live(&plan.capture)?,
         };
         if let Some(user) = &plan.user {
@@ -145,7 +145,8 @@ impl Listener {
             sinks.push(Box::new(gor_sink::NullSink::new(&metrics)));
         }
         let file_output_open = (!writers.is_empty()).then(|| output_ready.hold());
-        let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks);
+        let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks)
+            .with_real_ip_header(plan.real_ip_header);
         let mut reassembler = reassembly::Reassembler::new(plan.reassembly);
         if plan.capture.track_responses {
             reassembler = reassembler.tracking_responses();
@@ -289,13 +290,11 @@ async fn report_accounting(metrics: ListenerMetrics) {
     }
 }
 
-/// Becomes `user` for good: supplementary groups cleared, then its group, then its uid (in that
-/// order: after setuid there would be no right left to change groups).
-fn drop_privileges(user: &str) -> anyhow::Result<()> {
-    use nix::unistd::{User, setgid, setgroups, setuid};
-    let account = User::from_name(user)
-        .with_context(|| format!("cannot look up user {user:?}"))?
-        .with_context(|| format!("no user {user:?}"))?;
+/// Becomes `account` for good: supplementary groups cleared, then its group, then its uid (in
+/// that order: after setuid there would be no right left to change groups).
+fn drop_privileges(account: &nix::unistd::User) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid};
+    let user = &account.name;
     setgroups(&[]).context("cannot clear supplementary groups")?;
     setgid(account.gid).with_context(|| format!("cannot switch to group {}", account.gid))?;
     setuid(account.uid).with_context(|| format!("cannot switch to user {user:?}"))?;
