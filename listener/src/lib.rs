@@ -11,7 +11,8 @@
 //! - [`queue`]: the bounded buffer in front of the replayers, filled without ever waiting.
 //! - [`router`]: each record to the link of the replayer owning its shard ([`replayers`] says
 //!   which replayers there are), or to the disk [`spool`] while none is up.
-//! - [`link`]: one batched ([`batch`]), acknowledged gRPC stream per replayer.
+//! - [`link`]: one batched ([`batch`]), acknowledged gRPC stream per replayer; [`link_failure`]
+//!   says why one failed.
 //! - [`gor_sink`]: beside (or instead of) the replayers, a `.gor` file, stdout, or nowhere.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their validated form, [`metrics`] the
@@ -23,6 +24,7 @@ pub mod config;
 pub mod gor_sink;
 pub mod http;
 pub mod link;
+pub mod link_failure;
 pub mod metrics;
 pub mod packet;
 pub mod plan;
