@@ -253,7 +253,7 @@ impl PacketSource {
             .setnonblock()
             .map_err(open_error)?;
         let link = install_filter(&mut handle, &config.filter, &config.interface)?;
-        tracing::info!(interface = %config.interface, filter = %config.filter.for_link(link), ?link, "capture started");
+        // Before "capture started": whoever waits for that line has seen the warnings too.
         for port in ports_without_listener(&config.filter.ports).unwrap_or_default() {
             tracing::warn!(
                 port,
@@ -262,6 +262,7 @@ impl PacketSource {
                  namespace, and its traffic to the pod's address is still captured"
             );
         }
+        tracing::info!(interface = %config.interface, filter = %config.filter.for_link(link), ?link, "capture started");
         Ok(PacketSource {
             input: Input::Live(handle),
             link,

@@ -18,7 +18,7 @@ pub enum LinkError {
     #[error("cannot connect to {replayer}: {cause}")]
     Connect { replayer: String, cause: String },
     #[error(
-        "the replayer refused this listener's token ({}): check --token-file",
+        "the replayer refused this listener's token (Unauthenticated: {}): check --token-file",
         .0.message()
     )]
     TokenRefused(tonic::Status),
