@@ -496,3 +496,59 @@ fn wall_clock_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiles(filter: &str, linktype: pcap::Linktype) -> Result<(), String> {
+        let dead = pcap::Capture::dead(linktype).map_err(|e| pcap_message(&e))?;
+        dead.compile(filter, true)
+            .map(drop)
+            .map_err(|error| pcap_message(&error))
+    }
+
+    #[test]
+    fn the_default_filter_is_every_destination_on_the_ports() {
+        let filter = CaptureFilter::ports(&[80, 8080]);
+        assert_eq!(
+            filter.for_link(LinkType::LinuxSll2),
+            "tcp and (port 80 or port 8080)"
+        );
+    }
+
+    #[test]
+    fn server_addresses_are_matched_with_their_port_in_each_direction() {
+        let filter = CaptureFilter {
+            ports: vec![8080],
+            hosts: vec!["10.0.0.7".parse().unwrap(), "fd00::7".parse().unwrap()],
+            exclude_hosts: vec!["10.0.0.9".parse().unwrap()],
+            expression: Some("len > 100".into()),
+        };
+        assert_eq!(
+            filter.for_link(LinkType::Raw),
+            "tcp and (port 8080) \
+             and (((dst host 10.0.0.7 or dst host fd00::7) and (dst port 8080)) \
+             or ((src host 10.0.0.7 or src host fd00::7) and (src port 8080))) \
+             and not (((dst host 10.0.0.9) and (dst port 8080)) \
+             or ((src host 10.0.0.9) and (src port 8080))) \
+             and (len > 100)"
+        );
+        for (link, linktype) in [
+            (LinkType::Ethernet, pcap::Linktype::ETHERNET),
+            (LinkType::LinuxSll, pcap::Linktype::LINUX_SLL),
+            (LinkType::LinuxSll2, pcap::Linktype::LINUX_SLL2),
+        ] {
+            let text = filter.for_link(link);
+            compiles(&text, linktype).unwrap_or_else(|error| panic!("{text}: {error}"));
+        }
+    }
+
+    #[test]
+    fn an_invalid_expression_is_refused_with_libpcaps_message() {
+        assert_eq!(check_expression("tcp port 80"), Ok(()));
+        let error = check_expression("port nonsense").unwrap_err();
+        assert!(error.contains("nonsense"), "{error}");
+        assert!(!error.starts_with("libpcap error"), "{error}");
+    }
+}
