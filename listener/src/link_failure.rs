@@ -106,9 +106,7 @@ fn tls_cause(error: &rustls::Error) -> String {
         }
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => format!(
-            "the replayer's certificate is not valid for the name in the URL ({error})"
-        ),
+        ) => format!("the replayer's certificate is not valid for the name in the URL ({error})"),
         rustls::Error::AlertReceived(alert) => format!(
             "the replayer refused the handshake ({alert:?}): check --tls-cert and --tls-key"
         ),

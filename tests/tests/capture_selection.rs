@@ -122,7 +122,13 @@ async fn the_real_ip_header_carries_the_client_address_to_the_target() {
 async fn an_invalid_bpf_filter_is_refused_at_start_with_libpcaps_message_once() {
     let path = tapwire_testkit::process::binary_path("tapwire-listener").unwrap();
     let output = tokio::process::Command::new(path)
-        .args(["--port", "8080", "--output-null", "--bpf-filter", "port nonsense"])
+        .args([
+            "--port",
+            "8080",
+            "--output-null",
+            "--bpf-filter",
+            "port nonsense",
+        ])
         .output()
         .await
         .unwrap();
@@ -132,5 +138,9 @@ async fn an_invalid_bpf_filter_is_refused_at_start_with_libpcaps_message_once() 
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("bpf_filter"), "{stderr}");
     assert!(lines[0].contains("\"port nonsense\""), "{stderr}");
-    assert_eq!(lines[0].matches("nonsense").count(), 2, "libpcap's text once: {stderr}");
+    assert_eq!(
+        lines[0].matches("nonsense").count(),
+        2,
+        "libpcap's text once: {stderr}"
+    );
 }

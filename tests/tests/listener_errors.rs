@@ -27,7 +27,10 @@ async fn run_to_exit(args: &[&str], as_nobody: bool) -> Output {
     } else {
         tokio::process::Command::new(listener)
     };
-    command.args(args).env("RUST_LOG", "info").kill_on_drop(true);
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
     tokio::time::timeout(TIMEOUT, command.output())
         .await
         .expect("the listener exits by itself")
@@ -54,7 +57,13 @@ fn closed_port() -> u16 {
 async fn an_interface_that_does_not_exist_is_named_with_the_available_ones() {
     require_root().unwrap();
     let output = run_to_exit(
-        &["--interface", "tapwire-nosuch0", "--port", "8080", "--output-null"],
+        &[
+            "--interface",
+            "tapwire-nosuch0",
+            "--port",
+            "8080",
+            "--output-null",
+        ],
         false,
     )
     .await;
@@ -63,8 +72,14 @@ async fn an_interface_that_does_not_exist_is_named_with_the_available_ones() {
     let errors: Vec<&String> = lines.iter().filter(|line| line.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "{lines:#?}");
     let error = errors[0];
-    assert!(error.contains(r#"no network interface "tapwire-nosuch0""#), "{error}");
-    assert!(error.contains("available: ") && error.contains("lo"), "{error}");
+    assert!(
+        error.contains(r#"no network interface "tapwire-nosuch0""#),
+        "{error}"
+    );
+    assert!(
+        error.contains("available: ") && error.contains("lo"),
+        "{error}"
+    );
     // libpcap's own words once, and no permission hint: permissions are not the cause.
     assert_eq!(error.matches("No such device").count(), 1, "{error}");
     assert!(!error.contains("CAP_NET_RAW"), "{error}");
@@ -83,7 +98,10 @@ async fn without_capture_permission_the_error_says_what_is_needed() {
     let lines = stderr_lines(&output);
     let errors: Vec<&String> = lines.iter().filter(|line| line.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "{lines:#?}");
-    assert!(errors[0].contains(r#"no permission to capture on interface "lo""#), "{lines:#?}");
+    assert!(
+        errors[0].contains(r#"no permission to capture on interface "lo""#),
+        "{lines:#?}"
+    );
     assert_eq!(errors[0].matches("CAP_NET_RAW").count(), 1, "{lines:#?}");
     assert_eq!(errors[0].matches("not permitted").count(), 1, "{lines:#?}");
 }
@@ -117,7 +135,13 @@ async fn an_unknown_user_is_refused_before_capture_opens() {
 
 /// Starts a listener capturing `port` on lo into nowhere; returns it once capture started.
 async fn capture_port(port: u16) -> Process {
-    let args = ["--interface", "lo", "--port", &port.to_string(), "--output-null"];
+    let args = [
+        "--interface",
+        "lo",
+        "--port",
+        &port.to_string(),
+        "--output-null",
+    ];
     let listener = Process::spawn("tapwire-listener", &args.map(String::from)).unwrap();
     listener
         .wait_for_line("capture started", TIMEOUT)
@@ -139,7 +163,11 @@ async fn a_port_nothing_listens_on_is_warned_about_and_still_captured() {
     assert!(warning.contains(&format!("port={port}")), "{warning}");
     assert!(warning.contains("Kubernetes"), "{warning}");
     // A warning, not an error: the listener runs on.
-    assert!(listener.exit_status().unwrap().is_none(), "{}", listener.log());
+    assert!(
+        listener.exit_status().unwrap().is_none(),
+        "{}",
+        listener.log()
+    );
     listener.terminate(TIMEOUT).await.unwrap();
 
     // The warning is logged before "capture started", so its absence is already settled here.
@@ -183,7 +211,9 @@ async fn a_refused_link_names_the_replayer_and_is_logged_once_per_outage() {
     let replayer = format!("http://127.0.0.1:{port}");
     let (mut listener, line) = link_down_line(&replayer, &[]).await;
     assert!(
-        line.contains(&format!("cannot connect to {replayer}/: connection refused")),
+        line.contains(&format!(
+            "cannot connect to {replayer}/: connection refused"
+        )),
         "{line}"
     );
     assert!(!line.contains("transport error"), "{line}");
@@ -266,7 +296,10 @@ async fn a_refused_token_is_named_with_the_replayer() {
         .wait_for_line("replayer link down", TIMEOUT)
         .await
         .unwrap();
-    let replayer = format!("replayer=http://127.0.0.1:{}/", pipeline.replayer_grpc.port());
+    let replayer = format!(
+        "replayer=http://127.0.0.1:{}/",
+        pipeline.replayer_grpc.port()
+    );
     assert!(line.contains(&replayer), "{line}");
     assert!(
         line.contains("the replayer refused this listener's token (Unauthenticated"),
