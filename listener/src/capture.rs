@@ -62,8 +62,8 @@ pub enum CaptureError {
     PermissionDenied { interface: String, cause: String },
     #[error("cannot open interface {interface:?} for capture (libpcap: {cause})")]
     Open { interface: String, cause: String },
-    #[error("cannot read capture file {path}: {source}")]
-    OpenFile { path: String, source: pcap::Error },
+    #[error("cannot read capture file {path} (libpcap: {cause})")]
+    OpenFile { path: String, cause: String },
     #[error("cannot install capture filter {filter:?} (libpcap: {cause})")]
     Filter { filter: String, cause: String },
     #[error("{source_name} has link type {linktype:?}, which tapwire cannot decode")]
@@ -71,8 +71,8 @@ pub enum CaptureError {
         source_name: String,
         linktype: pcap::Linktype,
     },
-    #[error("capture failed: {0}")]
-    Read(#[from] pcap::Error),
+    #[error("capture failed (libpcap: {})", pcap_message(.0))]
+    Read(pcap::Error),
     #[error("waiting for packets failed: {0}")]
     Poll(nix::errno::Errno),
 }
@@ -273,9 +273,9 @@ impl PacketSource {
     /// Opens a pcap or pcapng file (from tcpdump or Wireshark).
     pub fn open_file(path: &Path, filter: &CaptureFilter) -> Result<Self, CaptureError> {
         let mut handle =
-            pcap::Capture::from_file(path).map_err(|source| CaptureError::OpenFile {
+            pcap::Capture::from_file(path).map_err(|error| CaptureError::OpenFile {
                 path: path.display().to_string(),
-                source,
+                cause: pcap_message(&error),
             })?;
         let link = install_filter(&mut handle, filter, &path.display().to_string())?;
         tracing::info!(file = %path.display(), filter = %filter.for_link(link), ?link, "capture started");

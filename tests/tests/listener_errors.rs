@@ -308,3 +308,66 @@ async fn a_refused_token_is_named_with_the_replayer() {
     assert!(line.contains("check --token-file"), "{line}");
     assert!(!pipeline.listener.log().contains("s3cret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayer_that_never_answers_the_handshake_is_a_timeout() {
+    require_root().unwrap();
+    // A socket whose accept queue is full and never drained: the kernel drops further SYNs,
+    // so a connection attempt waits out the link's 3 s connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let silent = socket.listen(0).unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(stream) => queued.push(stream),
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(error) => panic!("filling the accept queue: {error}"),
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let replayer = format!("http://{addr}");
+    let (_listener, line) = link_down_line(&replayer, &[]).await;
+    assert!(
+        line.contains(&format!("cannot connect to {replayer}/: timed out")),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayer_certificate_for_another_name_is_named_as_a_tls_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "fleet").unwrap();
+    let server = ca.server().unwrap();
+    let pipeline = Pipeline::start(PipelineOptions {
+        targets: 1,
+        replayer_args: vec![
+            "--tls-cert".into(),
+            server.cert.display().to_string(),
+            "--tls-key".into(),
+            server.key.display().to_string(),
+        ],
+        // The certificate names localhost and 127.0.0.1; the listener dials 127.0.0.2.
+        replayer_grpc_listen: "0.0.0.0:0".into(),
+        listener_args: vec!["--tls-ca".into(), ca.cert.display().to_string()],
+        replayer_url_base: "https://127.0.0.2".into(),
+        wait_for_link: false,
+        ..PipelineOptions::default()
+    })
+    .await
+    .unwrap();
+    let line = pipeline
+        .listener
+        .wait_for_line("replayer link down", TIMEOUT)
+        .await
+        .unwrap();
+    let replayer = format!("https://127.0.0.2:{}/", pipeline.replayer_grpc.port());
+    assert!(
+        line.contains(&format!(
+            "cannot connect to {replayer}: TLS handshake failed: the replayer's certificate is \
+             not valid for the name in the URL"
+        )),
+        "{line}"
+    );
+}
