@@ -66,7 +66,7 @@ pub struct ListenerConfig {
 
     /// Add `NAME: <client IP>` to every captured request, as GoReplay's
     /// --input-raw-realip-header does: a field of that name sent by the client has its value
-    /// replaced; otherwise the field is added as the last header.
+    /// replaced (in every copy); otherwise the field is added as the last header.
     #[arg(long, value_name = "NAME", help_heading = "Capture")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_ip_header: Option<String>,
