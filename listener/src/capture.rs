@@ -5,6 +5,7 @@
 //! on its own thread and never waits for an output. Production traffic is only ever observed,
 //! never touched.
 
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ const FILE_PACKETS_PER_BEAT: u64 = 1024;
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub interface: String,
-    pub ports: Vec<u16>,
+    pub filter: CaptureFilter,
     /// Cut the server's segments into responses (they are captured anyway, for their ACKs).
     pub track_responses: bool,
     pub snaplen: i32,
@@ -47,39 +48,178 @@ pub struct CaptureConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error(
-        "cannot open interface {interface:?} for capture: {source} (capturing needs root or CAP_NET_RAW)"
+        "no network interface {interface:?} (libpcap: {cause}); available: {}",
+        available.join(", ")
     )]
-    Open {
+    NoSuchInterface {
         interface: String,
-        source: pcap::Error,
+        cause: String,
+        available: Vec<String>,
     },
-    #[error("cannot read capture file {path}: {source}")]
-    OpenFile { path: String, source: pcap::Error },
-    #[error("cannot install capture filter {filter:?}: {source}")]
-    Filter { filter: String, source: pcap::Error },
+    #[error(
+        "no permission to capture on interface {interface:?} (libpcap: {cause}): capturing needs root or the CAP_NET_RAW capability"
+    )]
+    PermissionDenied { interface: String, cause: String },
+    #[error("cannot open interface {interface:?} for capture (libpcap: {cause})")]
+    Open { interface: String, cause: String },
+    #[error("cannot read capture file {path} (libpcap: {cause})")]
+    OpenFile { path: String, cause: String },
+    #[error("cannot install capture filter {filter:?} (libpcap: {cause})")]
+    Filter { filter: String, cause: String },
     #[error("{source_name} has link type {linktype:?}, which tapwire cannot decode")]
     UnsupportedLinkType {
         source_name: String,
         linktype: pcap::Linktype,
     },
-    #[error("capture failed: {0}")]
-    Read(#[from] pcap::Error),
+    #[error("capture failed (libpcap: {})", pcap_message(.0))]
+    Read(pcap::Error),
     #[error("waiting for packets failed: {0}")]
     Poll(nix::errno::Errno),
 }
 
-/// The BPF program: TCP segments to and from the service's ports. The server's segments are
-/// always needed, for the ACKs that prove production accepted a request (see
-/// [`reassembly`](crate::reassembly)); their payload is only used when responses are tracked.
-/// On Ethernet the same test is repeated behind an 802.1Q tag, which shifts every offset after
-/// it.
-pub fn bpf_filter(ports: &[u16], link: LinkType) -> String {
-    let ports: Vec<String> = ports.iter().map(|port| format!("port {port}")).collect();
-    let untagged = format!("tcp and ({})", ports.join(" or "));
-    match link {
-        LinkType::Ethernet => format!("({untagged}) or (vlan and {untagged})"),
-        _ => untagged,
+/// libpcap's own words, without the crate's "libpcap error: " prefix (the caller names libpcap).
+pub fn pcap_message(error: &pcap::Error) -> String {
+    match error {
+        pcap::Error::PcapError(message) => message.clone(),
+        other => other.to_string(),
     }
+}
+
+impl CaptureError {
+    /// Why `interface` could not be opened, from libpcap's `error`: an interface that does not
+    /// exist is named with the ones that do, and permissions are blamed only when they are
+    /// the cause.
+    fn opening(interface: &str, error: &pcap::Error) -> CaptureError {
+        let cause = pcap_message(error);
+        let available: Vec<String> = pcap::Device::list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|device| device.name)
+            .collect();
+        if !available.is_empty() && !available.iter().any(|name| name == interface) {
+            return CaptureError::NoSuchInterface {
+                interface: interface.to_owned(),
+                cause,
+                available,
+            };
+        }
+        let lowercase = cause.to_ascii_lowercase();
+        let interface = interface.to_owned();
+        if lowercase.contains("permission") || lowercase.contains("not permitted") {
+            CaptureError::PermissionDenied { interface, cause }
+        } else {
+            CaptureError::Open { interface, cause }
+        }
+    }
+}
+
+/// What the capture keeps: TCP segments to and from the service's ports, optionally narrowed
+/// to some server addresses, away from others, and by the user's own expression.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureFilter {
+    pub ports: Vec<u16>,
+    /// Only these servers (empty: every destination on the ports).
+    pub hosts: Vec<IpAddr>,
+    /// Never these servers.
+    pub exclude_hosts: Vec<IpAddr>,
+    /// `--bpf-filter`, combined with `and`.
+    pub expression: Option<String>,
+}
+
+impl CaptureFilter {
+    /// Every segment to and from `ports`.
+    pub fn ports(ports: &[u16]) -> CaptureFilter {
+        CaptureFilter {
+            ports: ports.to_vec(),
+            ..CaptureFilter::default()
+        }
+    }
+
+    /// The BPF program. The server's segments are always needed, for the ACKs that prove
+    /// production accepted a request (see [`reassembly`](crate::reassembly)); their payload is
+    /// only used when responses are tracked. A server address is matched with its port, in the
+    /// direction of each segment: on loopback or a router the client may share the server's
+    /// address, or one of the excluded ones. On Ethernet the whole test is repeated behind an
+    /// 802.1Q tag, which shifts every offset after it (the user's expression included).
+    pub fn for_link(&self, link: LinkType) -> String {
+        let ports = |direction: &str| {
+            let each: Vec<String> = self
+                .ports
+                .iter()
+                .map(|port| format!("{direction}port {port}"))
+                .collect();
+            each.join(" or ")
+        };
+        let servers = |hosts: &[IpAddr]| {
+            let at = |direction: &str| {
+                let each: Vec<String> = hosts
+                    .iter()
+                    .map(|host| format!("{direction} host {host}"))
+                    .collect();
+                format!(
+                    "({}) and ({})",
+                    each.join(" or "),
+                    ports(&format!("{direction} "))
+                )
+            };
+            format!("({}) or ({})", at("dst"), at("src"))
+        };
+        let mut untagged = format!("tcp and ({})", ports(""));
+        if !self.hosts.is_empty() {
+            untagged = format!("{untagged} and ({})", servers(&self.hosts));
+        }
+        if !self.exclude_hosts.is_empty() {
+            untagged = format!("{untagged} and not ({})", servers(&self.exclude_hosts));
+        }
+        if let Some(expression) = &self.expression {
+            untagged = format!("{untagged} and ({expression})");
+        }
+        match link {
+            LinkType::Ethernet => format!("({untagged}) or (vlan and {untagged})"),
+            _ => untagged,
+        }
+    }
+}
+
+/// Checks a `--bpf-filter` expression on its own; Err holds libpcap's message.
+pub fn check_expression(expression: &str) -> Result<(), String> {
+    let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).map_err(|e| pcap_message(&e))?;
+    dead.compile(expression, true)
+        .map(drop)
+        .map_err(|error| pcap_message(&error))
+}
+
+/// Those of `ports` on which no TCP socket listens in this network namespace, from
+/// /proc/net/tcp and tcp6 (`None` when neither can be read).
+pub fn ports_without_listener(ports: &[u16]) -> Option<Vec<u16>> {
+    const LISTEN: &str = "0A";
+    let mut listening = Vec::new();
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            if let (Some(port), LISTEN) = (port, state) {
+                listening.push(port);
+            }
+        }
+    }
+    read_any.then(|| {
+        ports
+            .iter()
+            .copied()
+            .filter(|port| !listening.contains(port))
+            .collect()
+    })
 }
 
 /// An open, filtered source of captured frames.
@@ -97,10 +237,7 @@ enum Input {
 impl PacketSource {
     /// Opens a live interface.
     pub fn open_live(config: &CaptureConfig) -> Result<Self, CaptureError> {
-        let open_error = |source| CaptureError::Open {
-            interface: config.interface.clone(),
-            source,
-        };
+        let open_error = |error| CaptureError::opening(&config.interface, &error);
         let mut handle = pcap::Capture::from_device(config.interface.as_str())
             .map_err(open_error)?
             .promisc(false)
@@ -115,30 +252,37 @@ impl PacketSource {
             // Waiting is done by our own poll(), which (unlike libpcap's) always times out.
             .setnonblock()
             .map_err(open_error)?;
-        let filter = |link| bpf_filter(&config.ports, link);
-        let link = install_filter(&mut handle, filter, &config.interface)?;
-        tracing::info!(interface = %config.interface, filter = %filter(link), ?link, "capture started");
+        let link = install_filter(&mut handle, &config.filter, &config.interface)?;
+        // Before "capture started": whoever waits for that line has seen the warnings too.
+        for port in ports_without_listener(&config.filter.ports).unwrap_or_default() {
+            tracing::warn!(
+                port,
+                "nothing listens on this port in this network namespace: check --port; on a \
+                 Kubernetes node or with containers the service may listen in another \
+                 namespace, and its traffic to the pod's address is still captured"
+            );
+        }
+        tracing::info!(interface = %config.interface, filter = %config.filter.for_link(link), ?link, "capture started");
         Ok(PacketSource {
             input: Input::Live(handle),
             link,
-            ports: config.ports.clone(),
+            ports: config.filter.ports.clone(),
         })
     }
 
     /// Opens a pcap or pcapng file (from tcpdump or Wireshark).
-    pub fn open_file(path: &Path, ports: &[u16]) -> Result<Self, CaptureError> {
+    pub fn open_file(path: &Path, filter: &CaptureFilter) -> Result<Self, CaptureError> {
         let mut handle =
-            pcap::Capture::from_file(path).map_err(|source| CaptureError::OpenFile {
+            pcap::Capture::from_file(path).map_err(|error| CaptureError::OpenFile {
                 path: path.display().to_string(),
-                source,
+                cause: pcap_message(&error),
             })?;
-        let filter = |link| bpf_filter(ports, link);
         let link = install_filter(&mut handle, filter, &path.display().to_string())?;
-        tracing::info!(file = %path.display(), filter = %filter(link), ?link, "capture started");
+        tracing::info!(file = %path.display(), filter = %filter.for_link(link), ?link, "capture started");
         Ok(PacketSource {
             input: Input::File(handle),
             link,
-            ports: ports.to_vec(),
+            ports: filter.ports.clone(),
         })
     }
 
@@ -167,7 +311,7 @@ impl PacketSource {
 
 fn install_filter<T: pcap::Activated + ?Sized>(
     handle: &mut pcap::Capture<T>,
-    filter_for: impl Fn(LinkType) -> String,
+    filter: &CaptureFilter,
     source_name: &str,
 ) -> Result<LinkType, CaptureError> {
     let linktype = handle.get_datalink();
@@ -175,12 +319,12 @@ fn install_filter<T: pcap::Activated + ?Sized>(
         source_name: source_name.to_owned(),
         linktype,
     })?;
-    let filter = filter_for(link);
+    let filter = filter.for_link(link);
     handle
         .filter(&filter, true)
-        .map_err(|source| CaptureError::Filter {
-            filter: filter.clone(),
-            source,
+        .map_err(|error| CaptureError::Filter {
+            cause: pcap_message(&error),
+            filter,
         })?;
     Ok(link)
 }
@@ -351,4 +495,60 @@ fn wall_clock_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiles(filter: &str, linktype: pcap::Linktype) -> Result<(), String> {
+        let dead = pcap::Capture::dead(linktype).map_err(|e| pcap_message(&e))?;
+        dead.compile(filter, true)
+            .map(drop)
+            .map_err(|error| pcap_message(&error))
+    }
+
+    #[test]
+    fn the_default_filter_is_every_destination_on_the_ports() {
+        let filter = CaptureFilter::ports(&[80, 8080]);
+        assert_eq!(
+            filter.for_link(LinkType::LinuxSll2),
+            "tcp and (port 80 or port 8080)"
+        );
+    }
+
+    #[test]
+    fn server_addresses_are_matched_with_their_port_in_each_direction() {
+        let filter = CaptureFilter {
+            ports: vec![8080],
+            hosts: vec!["10.0.0.7".parse().unwrap(), "fd00::7".parse().unwrap()],
+            exclude_hosts: vec!["10.0.0.9".parse().unwrap()],
+            expression: Some("len > 100".into()),
+        };
+        assert_eq!(
+            filter.for_link(LinkType::Raw),
+            "tcp and (port 8080) \
+             and (((dst host 10.0.0.7 or dst host fd00::7) and (dst port 8080)) \
+             or ((src host 10.0.0.7 or src host fd00::7) and (src port 8080))) \
+             and not (((dst host 10.0.0.9) and (dst port 8080)) \
+             or ((src host 10.0.0.9) and (src port 8080))) \
+             and (len > 100)"
+        );
+        for (link, linktype) in [
+            (LinkType::Ethernet, pcap::Linktype::ETHERNET),
+            (LinkType::LinuxSll, pcap::Linktype::LINUX_SLL),
+            (LinkType::LinuxSll2, pcap::Linktype::LINUX_SLL2),
+        ] {
+            let text = filter.for_link(link);
+            compiles(&text, linktype).unwrap_or_else(|error| panic!("{text}: {error}"));
+        }
+    }
+
+    #[test]
+    fn an_invalid_expression_is_refused_with_libpcaps_message() {
+        assert_eq!(check_expression("tcp port 80"), Ok(()));
+        let error = check_expression("port nonsense").unwrap_err();
+        assert!(error.contains("nonsense"), "{error}");
+        assert!(!error.starts_with("libpcap error"), "{error}");
+    }
 }

@@ -3,7 +3,7 @@
 //! [`ListenerPlan::compile`](crate::plan::ListenerPlan::compile) validates it into what runs.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -46,6 +46,30 @@ pub struct ListenerConfig {
     /// production's latency, so staging's answers can be compared with production's.
     #[arg(long, help_heading = "Capture")]
     pub track_responses: bool,
+
+    /// Capture only traffic to and from these server addresses (IPv4 or IPv6), e.g. one pod's
+    /// IP on a Kubernetes node. Repeatable. Default: every destination on the port.
+    #[arg(long = "host", value_name = "ADDR", help_heading = "Capture")]
+    #[serde(rename = "host", skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<IpAddr>,
+
+    /// Do not capture traffic to and from these server addresses. Repeatable.
+    #[arg(long = "exclude-host", value_name = "ADDR", help_heading = "Capture")]
+    #[serde(rename = "exclude_host", skip_serializing_if = "Vec::is_empty")]
+    pub exclude_hosts: Vec<IpAddr>,
+
+    /// A libpcap filter expression (tcpdump syntax) that narrows the capture further: the
+    /// listener captures `(its own filter) and (EXPR)`.
+    #[arg(long, value_name = "EXPR", help_heading = "Capture")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_filter: Option<String>,
+
+    /// Add `NAME: <client IP>` to every captured request, as GoReplay's
+    /// --input-raw-realip-header does: a field of that name sent by the client has its value
+    /// replaced (in every copy); otherwise the field is added as the last header.
+    #[arg(long, value_name = "NAME", help_heading = "Capture")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_ip_header: Option<String>,
 
     /// After opening the capture handle, drop root and run as this user (its primary group, no
     /// supplementary groups): the open handle is all the capture privilege still needed.

@@ -11,7 +11,8 @@
 //! - [`queue`]: the bounded buffer in front of the replayers, filled without ever waiting.
 //! - [`router`]: each record to the link of the replayer owning its shard ([`replayers`] says
 //!   which replayers there are), or to the disk [`spool`] while none is up.
-//! - [`link`]: one batched ([`batch`]), acknowledged gRPC stream per replayer.
+//! - [`link`]: one batched ([`batch`]), acknowledged gRPC stream per replayer; [`link_failure`]
+//!   says why one failed.
 //! - [`gor_sink`]: beside (or instead of) the replayers, a `.gor` file, stdout, or nowhere.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their validated form, [`metrics`] the
@@ -23,6 +24,7 @@ pub mod config;
 pub mod gor_sink;
 pub mod http;
 pub mod link;
+pub mod link_failure;
 pub mod metrics;
 pub mod packet;
 pub mod plan;
@@ -106,7 +108,7 @@ impl Listener {
             .map(|spool| Spool::open(&spool.dir, spool.bytes, plan.buffer.policy, metrics.clone()))
             .transpose()?;
         let source = match &plan.input_pcap {
-            Some(path) => capture::PacketSource::open_file(path, &plan.capture.ports)?,
+            Some(path) => capture::PacketSource::open_file(path, &plan.capture.filter)?,
             None => capture::PacketSource::open_live(&plan.capture)?,
         };
         if let Some(user) = &plan.user {
@@ -145,7 +147,8 @@ impl Listener {
             sinks.push(Box::new(gor_sink::NullSink::new(&metrics)));
         }
         let file_output_open = (!writers.is_empty()).then(|| output_ready.hold());
-        let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks);
+        let records = record::RecordStage::new(metrics.clone(), plan.redaction, sinks)
+            .with_real_ip_header(plan.real_ip_header);
         let mut reassembler = reassembly::Reassembler::new(plan.reassembly);
         if plan.capture.track_responses {
             reassembler = reassembler.tracking_responses();
@@ -289,13 +292,11 @@ async fn report_accounting(metrics: ListenerMetrics) {
     }
 }
 
-/// Becomes `user` for good: supplementary groups cleared, then its group, then its uid (in that
-/// order: after setuid there would be no right left to change groups).
-fn drop_privileges(user: &str) -> anyhow::Result<()> {
-    use nix::unistd::{User, setgid, setgroups, setuid};
-    let account = User::from_name(user)
-        .with_context(|| format!("cannot look up user {user:?}"))?
-        .with_context(|| format!("no user {user:?}"))?;
+/// Becomes `account` for good: supplementary groups cleared, then its group, then its uid (in
+/// that order: after setuid there would be no right left to change groups).
+fn drop_privileges(account: &nix::unistd::User) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid};
+    let user = &account.name;
     setgroups(&[]).context("cannot clear supplementary groups")?;
     setgid(account.gid).with_context(|| format!("cannot switch to group {}", account.gid))?;
     setuid(account.uid).with_context(|| format!("cannot switch to user {user:?}"))?;

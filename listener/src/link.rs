@@ -22,6 +22,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
 use crate::batch::PendingBatch;
+use crate::link_failure::{FailureLine, FailureLog, LinkError};
 use crate::metrics::{DropReason, ListenerMetrics};
 use crate::queue::QueuedRecord;
 use crate::shard::{replayer_key, weight};
@@ -270,6 +271,7 @@ impl LinkSet {
             done,
             pending: VecDeque::new(),
             acknowledged_any: false,
+            failures: FailureLog::default(),
         };
         tokio::spawn(link.run(Arc::clone(self)));
         Arc::new(LinkHandle {
@@ -325,16 +327,7 @@ struct Link {
     /// Oldest first: sent and unacknowledged, then handed over or kept while down.
     pending: VecDeque<PendingBatch>,
     acknowledged_any: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum LinkError {
-    #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    #[error("stream failed: {0}")]
-    Stream(#[from] tonic::Status),
-    #[error("replayer closed the stream")]
-    Closed,
+    failures: FailureLog,
 }
 
 /// Reconnection delays: exponential from [`BACKOFF_FIRST`] to [`BACKOFF_MAX`], jittered so
@@ -421,8 +414,7 @@ impl Link {
                 break;
             };
             let retry_in = self.after_failure(&error, &mut backoff);
-            tracing::warn!(replayer = %self.replayer, %error, ?retry_in,
-                unacknowledged_batches = self.pending.len(), "replayer link down");
+            self.log_failure(&error, retry_in);
             match self.while_down(Instant::now() + retry_in, &links).await {
                 Outage::Retry => {}
                 Outage::Over => break,
@@ -434,19 +426,28 @@ impl Link {
     /// Marks the link down and settles the failed stream's batches; returns when to retry.
     fn after_failure(&mut self, error: &LinkError, backoff: &mut Backoff) -> Duration {
         self.set_up(false);
-        // A replayer going away (connect error, UNAVAILABLE) says nothing about the batch.
-        let batch_refused = match error {
-            LinkError::Connect(_) => false,
-            LinkError::Stream(status) => status.code() != tonic::Code::Unavailable,
-            LinkError::Closed => true,
-        };
-        if batch_refused && !self.acknowledged_any {
+        if error.refused_the_batch() && !self.acknowledged_any {
             self.give_up_on_a_stuck_batch();
         }
         for batch in &mut self.pending {
             batch.forget_stream();
         }
         backoff.delay(self.acknowledged_any)
+    }
+
+    /// Logs a failure: the first of an outage and each new cause at once, a repeated one at
+    /// most every [`FAILURE_LOG_INTERVAL`](crate::link_failure::FAILURE_LOG_INTERVAL).
+    fn log_failure(&mut self, error: &LinkError, retry_in: Duration) {
+        let replayer = &self.replayer;
+        let unacknowledged_batches = self.pending.len();
+        match self.failures.failed(&error.to_string(), Instant::now()) {
+            Some(FailureLine::Down) => tracing::warn!(%replayer, %error, ?retry_in,
+                unacknowledged_batches, "replayer link down"),
+            Some(FailureLine::StillDown { unlogged_failures }) => tracing::warn!(%replayer,
+                %error, failed_attempts = unlogged_failures + 1, unacknowledged_batches,
+                "replayer link still down"),
+            None => {}
+        }
     }
 
     /// Until `retry_at`: hands what is held to live links, and keeps taking what the router
@@ -605,7 +606,11 @@ impl Link {
     async fn open_stream(
         &self,
     ) -> Result<(OpenStream, tonic::Streaming<proto::BatchAck>), LinkError> {
-        let channel = self.endpoint.connect().await?;
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|error| LinkError::connect(&self.replayer, &error))?;
         let (batches, outgoing) = mpsc::channel(self.settings.max_unacked_batches);
         let authorization = self.settings.authorization.clone();
         let add_token = move |mut request: tonic::Request<()>| {
@@ -668,6 +673,9 @@ impl Link {
             self.metrics.responses_sent.inc_by(acknowledged.responses());
             self.pending.pop_front();
             self.acknowledged_any = true;
+            // Only a stream that carried something ends an outage: one refused right after
+            // opening is the same failure again.
+            self.failures.connected();
         }
     }
 }

@@ -13,7 +13,7 @@ use tapwire_shared::redact::Redaction;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::capture::CaptureConfig;
+use crate::capture::{CaptureConfig, CaptureFilter};
 use crate::config::{Compression, ListenerConfig};
 use crate::link::LinkSettings;
 use crate::queue::BufferPolicy;
@@ -40,8 +40,10 @@ pub struct ListenerPlan {
     pub capture: CaptureConfig,
     /// Read this file instead of capturing live.
     pub input_pcap: Option<PathBuf>,
-    /// Become this user once the capture is open.
-    pub user: Option<String>,
+    /// Become this user once the capture is open (looked up before anything starts).
+    pub user: Option<nix::unistd::User>,
+    /// `--real-ip-header`: the field that carries each request's client address.
+    pub real_ip_header: Option<String>,
     pub reassembly: ReassemblyLimits,
     pub redaction: Redaction,
     pub buffer: BufferSettings,
@@ -108,7 +110,7 @@ impl ListenerPlan {
         }
         let capture = CaptureConfig {
             interface: config.interface.clone(),
-            ports: config.ports.iter().map(|port| port.get()).collect(),
+            filter: capture_filter(config)?,
             track_responses: config.track_responses,
             // Loopback and GRO deliver segments far above the MTU; never truncate them.
             snaplen: 262_144,
@@ -171,7 +173,12 @@ impl ListenerPlan {
             instance,
             capture,
             input_pcap: config.input_pcap.clone(),
-            user: config.user.clone(),
+            user: config.user.as_deref().map(account).transpose()?,
+            real_ip_header: config
+                .real_ip_header
+                .as_deref()
+                .map(header_name)
+                .transpose()?,
             reassembly,
             redaction: Redaction::new(&config.redact_headers, &config.redact_json_fields),
             buffer,
@@ -257,6 +264,66 @@ fn link(config: &ListenerConfig, instance: u64) -> Result<LinkConfig, ConfigErro
             compress: config.compression == Compression::Gzip,
         },
     })
+}
+
+/// What to capture: the ports, narrowed by `host`, `exclude_host` and `bpf_filter`.
+fn capture_filter(config: &ListenerConfig) -> Result<CaptureFilter, ConfigError> {
+    if let Some(both) = config
+        .hosts
+        .iter()
+        .find(|host| config.exclude_hosts.contains(host))
+    {
+        return Err(ConfigError::new(
+            "exclude_host",
+            format!("{both} is also given as --host"),
+        ));
+    }
+    let expression = match config.bpf_filter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(expression) => {
+            crate::capture::check_expression(expression).map_err(|cause| {
+                ConfigError::new(
+                    "bpf_filter",
+                    format!("{expression:?} is not a valid filter expression (libpcap: {cause})"),
+                )
+            })?;
+            Some(expression.to_owned())
+        }
+    };
+    Ok(CaptureFilter {
+        ports: config.ports.iter().map(|port| port.get()).collect(),
+        hosts: config.hosts.clone(),
+        exclude_hosts: config.exclude_hosts.clone(),
+        expression,
+    })
+}
+
+/// The account `--user` names, looked up now: a missing user fails before capture starts.
+fn account(name: &str) -> Result<nix::unistd::User, ConfigError> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(account)) => Ok(account),
+        Ok(None) => Err(ConfigError::new(
+            "user",
+            format!("no user {name:?} on this host"),
+        )),
+        Err(errno) => Err(ConfigError::new(
+            "user",
+            format!("cannot look up user {name:?}: {errno}"),
+        )),
+    }
+}
+
+/// A header field name (an HTTP token), as given.
+fn header_name(name: &str) -> Result<String, ConfigError> {
+    let is_token_char =
+        |byte: u8| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte);
+    if name.is_empty() || !name.bytes().all(is_token_char) {
+        return Err(ConfigError::new(
+            "real_ip_header",
+            format!("{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)"),
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// The bearer token from `token_file`, marked sensitive so it never shows in logs.

@@ -3,7 +3,7 @@
 //! out, byte for byte, and which drop counters move.
 
 use prometheus_client::registry::Registry;
-use tapwire_listener::capture::PacketSource;
+use tapwire_listener::capture::{CaptureFilter, PacketSource};
 use tapwire_listener::metrics::{DropReason, ListenerMetrics};
 use tapwire_listener::queue::record_queue;
 use tapwire_listener::reassembly::{Reassembler, ReassemblyLimits};
@@ -50,7 +50,7 @@ fn capture_with(link: FixtureLink, segments: &[Segment], track_responses: bool) 
     write_pcap(&path, link, segments).unwrap();
     let metrics = ListenerMetrics::register(&mut Registry::default());
     let (queue, mut queued) = record_queue(1 << 16, 1 << 30, metrics.clone());
-    let source = PacketSource::open_file(&path, &[PORT]).unwrap();
+    let source = PacketSource::open_file(&path, &CaptureFilter::ports(&[PORT])).unwrap();
     let records = RecordStage::new(metrics.clone(), Default::default(), vec![Box::new(queue)]);
     let mut reassembler = Reassembler::new(LIMITS);
     if track_responses {
