@@ -70,7 +70,11 @@ impl TargetAddress {
         }))
     }
 
-    async fn start(&self, stream: TcpStream, addr: SocketAddr) -> Result<TargetStream, ConnectError> {
+    async fn start(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+    ) -> Result<TargetStream, ConnectError> {
         // Requests are written whole; waiting for acknowledgements would only add latency.
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {

@@ -247,7 +247,11 @@ impl EnginePlan {
                 }
                 let authority = url.authority().map_or("", |a| a.as_str());
                 // The Host a target is sent is also the name its certificate must hold.
-                let host_override = target.rewrites.host.as_ref().or(config.rewrites.host.as_ref());
+                let host_override = target
+                    .rewrites
+                    .host
+                    .as_ref()
+                    .or(config.rewrites.host.as_ref());
                 let address = TargetAddress {
                     authority: authority.to_owned(),
                     tls: target_tls(&url, target, host_override, &field)?,

@@ -444,8 +444,10 @@ impl RequestSender {
             Err(_) => {
                 self.metrics.dropped(TargetDropReason::Timeout).inc();
                 let timeout = humantime::format_duration(self.timeout);
-                self.failures
-                    .failed(TargetDropReason::Timeout, format_args!("timed out after {timeout}"));
+                self.failures.failed(
+                    TargetDropReason::Timeout,
+                    format_args!("timed out after {timeout}"),
+                );
                 None
             }
         }

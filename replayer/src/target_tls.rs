@@ -84,7 +84,10 @@ pub enum TargetTlsError {
 fn parse_server_name(host: &str) -> Result<ServerName<'static>, TargetTlsError> {
     let invalid = || TargetTlsError::ServerName(host.to_owned());
     let authority: http::uri::Authority = host.parse().map_err(|_| invalid())?;
-    let bare = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let bare = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     ServerName::try_from(bare.to_owned()).map_err(|_| invalid())
 }
 
@@ -94,8 +97,8 @@ pub fn describe(error: &std::io::Error) -> Option<String> {
     let tls = error.get_ref()?.downcast_ref::<rustls::Error>()?;
     Some(match tls {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "certificate signed by an unknown issuer (give the target's CA with --target-ca, \
-             or --target-insecure for self-signed staging)"
+            "certificate signed by an unknown issuer (not a CA the replayer trusts: \
+             --target-ca FILE names the right one, --target-insecure accepts any)"
                 .to_owned()
         }
         rustls::Error::InvalidCertificate(
@@ -208,7 +211,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let error = TargetTls::new("staging", Some(&empty), false).err().unwrap();
+        let error = TargetTls::new("staging", Some(&empty), false)
+            .err()
+            .unwrap();
         assert!(error.to_string().contains("no PEM certificate"), "{error}");
         let missing = TargetTls::new("staging", Some(&dir.join("missing.pem")), false);
         assert!(missing.is_err());
