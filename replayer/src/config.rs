@@ -38,9 +38,9 @@ pub struct ReplayerConfig {
     ///
     /// /healthz answers 200 "ok" while the runtime turns (503 once it has not for 10 s).
     /// /readyz answers 200 "ready" while the gRPC port is served (with --grpc-listen) and at
-    /// least one target is reachable (its latest TCP connect, tried every 2 s, succeeded);
-    /// otherwise 503 with one line per unmet condition. Targets are probed only when this is
-    /// given.
+    /// least one target is reachable (its latest connect, tried every 2 s, succeeded: TCP, and
+    /// for https:// the TLS handshake); otherwise 503 with one line per unmet condition.
+    /// Targets are probed every 2 s only when this is given (once at start-up always).
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
