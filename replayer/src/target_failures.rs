@@ -97,18 +97,18 @@ impl FailureLog {
         {
             return None;
         }
-        let report = match self.take_unreported(now) {
-            Some(unreported) if unreported.total() == 1 && !self.reported_down => {
-                Report::Failed {
-                    reason,
-                    cause: unreported.last_cause,
-                }
+        // Never empty: this failure was just counted.
+        let unreported = self.take_unreported(now)?;
+        let report = if unreported.total() == 1 && !self.reported_down {
+            Report::Failed {
+                reason,
+                cause: unreported.last_cause,
             }
-            Some(unreported) => Report::Summary {
+        } else {
+            Report::Summary {
                 unreported,
                 more: self.reported_down,
-            },
-            None => unreachable!("a failure was just counted"),
+            }
         };
         self.reported_down = true;
         self.last_line = Some(now);
@@ -309,7 +309,10 @@ mod tests {
         log.failed(start, ConnectError, "refused".into());
         log.answered(at(start, 1.0));
         // Within the interval: counted, not logged; a response does not drop them.
-        assert!(log.failed(at(start, 2.0), Tls, "unknown issuer".into()).is_none());
+        assert!(
+            log.failed(at(start, 2.0), Tls, "unknown issuer".into())
+                .is_none()
+        );
         assert!(log.answered(at(start, 3.0)).is_none());
         let Some(Report::Summary { unreported, more }) =
             log.failed(at(start, 12.0), Tls, "unknown issuer".into())

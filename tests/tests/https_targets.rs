@@ -16,15 +16,20 @@ use tapwire_testkit::tls_server::TlsRawServer;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Writes `requests` as a `.gor` file in `dir`; its path.
+/// Writes `requests` as a `.gor` file in `dir`, captured 1 ns apart; its path.
 fn gor_file(dir: &Path, requests: &[String]) -> String {
+    gor_file_spaced(dir, requests, Duration::from_nanos(1))
+}
+
+/// Writes `requests` as a `.gor` file in `dir`, captured `gap` apart; its path.
+fn gor_file_spaced(dir: &Path, requests: &[String], gap: Duration) -> String {
     let mut file = Vec::new();
     for (index, request) in requests.iter().enumerate() {
         GorMessage {
             header: GorHeader {
                 payload_type: PayloadType::Request,
                 id: format!("{index:024x}"),
-                timestamp_ns: 1_700_000_000_000_000_000 + index as u64,
+                timestamp_ns: 1_700_000_000_000_000_000 + index as u64 * gap.as_nanos() as u64,
                 latency_ns: None,
             },
             payload: Bytes::from(request.clone()),
@@ -36,14 +41,13 @@ fn gor_file(dir: &Path, requests: &[String]) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// Replays `file` as fast as possible to `target` with `extra` flags, one worker so that
-/// connection reuse shows; waits for its final accounting of that target.
+/// Replays `file` to `target` with `extra` flags (as fast as possible unless they give a
+/// `--timing`), one worker so that connection reuse shows; waits for its final accounting of
+/// that target.
 async fn replay(file: &str, target: &str, extra: &[&str]) -> Process {
     let mut args: Vec<String> = [
         "--input-file",
         file,
-        "--timing",
-        "asap",
         "--concurrency",
         "1",
         "--target",
@@ -51,6 +55,9 @@ async fn replay(file: &str, target: &str, extra: &[&str]) -> Process {
     ]
     .map(String::from)
     .to_vec();
+    if !extra.contains(&"--timing") {
+        args.extend(["--timing".into(), "asap".into()]);
+    }
     args.extend(extra.iter().map(|arg| arg.to_string()));
     let mut replayer = Process::spawn("tapwire-replayer", &args).unwrap();
     replayer
@@ -120,6 +127,26 @@ async fn recorded_bytes_arrive_exactly_over_tls_on_reused_connections() {
     assert!(
         !replayer.log().contains("dropped_tls"),
         "{}",
+        replayer.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_idle_between_requests_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "staging").unwrap();
+    let target = TlsRawServer::start(&ca.server().unwrap()).await.unwrap();
+    // Longer apart than the replayer's idle check (1 s), which must not mistake TLS's own
+    // records (session tickets) for the target going away.
+    let file = gor_file_spaced(dir.path(), &requests()[..2], Duration::from_millis(1500));
+    let ca_file = ca.cert.to_str().unwrap();
+    let extra = ["--target-ca", ca_file, "--timing", "original"];
+    let replayer = replay(&file, &target.url(), &extra).await;
+    assert_received_exactly(&target, &expected(&target.raw().authority())[..2]).await;
+    assert_eq!(
+        target.handshakes(),
+        2,
+        "the check, then one: {}",
         replayer.log()
     );
 }
