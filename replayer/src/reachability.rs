@@ -57,7 +57,8 @@ pub async fn check_at_start(targets: &[TargetPlan]) -> Vec<bool> {
         match &outcome {
             Ok(()) => tracing::info!(target = %target.name, "target reachable"),
             Err(cause) => tracing::warn!(target = %target.name, addr = %target.address.authority,
-                %cause, "target unreachable at start-up; replaying to it anyway (it may come up later)"),
+                %cause, "target unreachable at start-up; replaying to it anyway (it may come up \
+                later)"),
         }
         reachable.push(outcome.is_ok());
     }
@@ -88,7 +89,8 @@ pub async fn probe_target(
                 held = Some(reachable.hold());
             }
             Err(cause) if held.is_some() => {
-                tracing::warn!(target = %name, addr = %address.authority, %cause, "target unreachable");
+                let addr = &address.authority;
+                tracing::warn!(target = %name, %addr, %cause, "target unreachable");
                 held = None;
             }
             _ => {}

@@ -3,12 +3,14 @@
 //! ([`crate::target_failures`]). Sources wait for room in the queue ([`TargetQueue`]
 //! implements [`Backpressure`]) until it has been full for longer than `--shed-after`; the
 //! target then sheds what does not fit (`shed_slow_target`) until its queue has emptied. Each
-//! worker owns one upstream connection (so the target sees at most `concurrency` connections); with `--preserve-connections` each captured client
-//! connection gets a session of its own instead, replayed in order. A target owns all of this,
-//! so a dead or slow target fills only its own queue and never delays the others. Requests are
-//! written as captured ([`crate::request`]) on an [`Upstream`] connection, which is reused
-//! until the request or the response says otherwise (HTTP/1.0, `Connection: close`, a body
-//! delimited by the close) and then reopened for the next request.
+//! worker owns one upstream connection (so the target sees at most `concurrency`
+//! connections); with `--preserve-connections` each captured client connection gets a session
+//! of its own instead, replayed in order. A target owns all of this, so a dead or slow target
+//! fills only its own queue and never delays the others. Requests are written as captured
+//! ([`crate::request`]) on an [`Upstream`] connection (TCP, or TLS for `https://`: see
+//! [`crate::connect`]), which is reused until the request or the response says otherwise
+//! (HTTP/1.0, `Connection: close`, a body delimited by the close) and then reopened for the
+//! next request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,8 +67,8 @@ impl Target {
     ) -> (Target, JoinHandle<()>) {
         let metrics = metrics.target(&plan.name);
         if plan.address.tls.as_ref().is_some_and(|tls| tls.insecure) {
-            tracing::warn!(target = %plan.name,
-                "--target-insecure: the target's certificate is not checked; anyone on the path could read or change what is sent");
+            tracing::warn!(target = %plan.name, "--target-insecure: the target's certificate is \
+                not checked; anyone on the path could read or change what is sent");
         }
         let (queue, requests) = mpsc::channel(plan.queue);
         let queue = Arc::new(TargetQueue::new(queue, plan.shed_after, &plan.name));

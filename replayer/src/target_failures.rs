@@ -200,7 +200,8 @@ impl TargetFailures {
         let target = &self.name;
         match report {
             Report::Failed { reason, cause } => {
-                tracing::warn!(%target, reason = reason.as_str(), %cause, "request to target failed");
+                let reason = reason.as_str();
+                tracing::warn!(%target, reason, %cause, "request to target failed");
             }
             Report::Summary { unreported, more } => {
                 let count = unreported.total();
@@ -214,7 +215,7 @@ impl TargetFailures {
                 unreported: Some(unreported),
             } => {
                 let count = unreported.total();
-                tracing::info!(%target, "target answers again, after {count} more failures {unreported}");
+                tracing::info!(%target, "target answers again; {count} more failures {unreported}");
             }
         }
     }

@@ -75,7 +75,8 @@ fn requests() -> Vec<String> {
         "GET /tls/odd?a=1&b=%20 HTTP/1.1\r\nHost: production.example\r\nX-Dup: first\r\n\
          ACCEPT:   */*\r\nx-dup: second\r\nX-Empty:\r\n\r\n",
         "POST /tls/chunked HTTP/1.1\r\nHost: production.example\r\nTransfer-Encoding: chunked\r\n\
-         Trailer: X-Checksum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 1234\r\n\r\n",
+         Trailer: X-Checksum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\
+         X-Checksum: 1234\r\n\r\n",
         "PUT /tls/sized HTTP/1.1\r\nhost: production.example\r\nContent-Length: 4\r\n\r\nbody",
         "GET /tls/again HTTP/1.1\r\nHost: production.example\r\n\r\n",
         "GET /tls/close HTTP/1.1\r\nHost: production.example\r\nConnection: close\r\n\r\n",
