@@ -143,3 +143,40 @@ impl AsyncWrite for TargetStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connect_names_the_address() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let target = TargetAddress {
+            authority: addr.to_string(),
+            tls: None,
+        };
+        let error = target.connect().await.err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            format!("cannot connect to {addr}: connection refused")
+        );
+        assert!(!error.is_tls());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_failure_names_the_host() {
+        // A port that does not parse fails the lookup without asking any DNS server.
+        let target = TargetAddress {
+            authority: "staging.invalid:http".into(),
+            tls: None,
+        };
+        let error = target.connect().await.err().unwrap();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("DNS lookup failed for staging.invalid: "),
+            "{message}"
+        );
+    }
+}
