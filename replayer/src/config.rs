@@ -343,8 +343,8 @@ pub struct TargetSettings {
     pub target_ca: Option<PathBuf>,
 
     /// For an https:// target: accept any certificate it presents (self-signed staging).
-    /// The traffic is still encrypted, but anyone on the path could read it: a warning
-    /// naming the target is logged at start.
+    /// The traffic is still encrypted, but a machine in the middle could read or change it:
+    /// a warning naming the target is logged at start.
     #[arg(long)]
     pub target_insecure: bool,
 

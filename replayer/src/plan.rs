@@ -93,10 +93,7 @@ pub struct TargetPlan {
 impl TargetPlan {
     /// `host:port`, where requests and reachability probes connect.
     pub fn authority(&self) -> String {
-        self.url
-            .authority()
-            .expect("target URLs are validated to have an authority")
-            .to_string()
+        self.address.authority.clone()
     }
 }
 
