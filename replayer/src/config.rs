@@ -38,9 +38,9 @@ pub struct ReplayerConfig {
     ///
     /// /healthz answers 200 "ok" while the runtime turns (503 once it has not for 10 s).
     /// /readyz answers 200 "ready" while the gRPC port is served (with --grpc-listen) and at
-    /// least one target is reachable (its latest TCP connect, tried every 2 s, succeeded);
-    /// otherwise 503 with one line per unmet condition. Targets are probed only when this is
-    /// given.
+    /// least one target is reachable (its latest connect, tried every 2 s, succeeded: TCP, and
+    /// for https:// the TLS handshake); otherwise 503 with one line per unmet condition.
+    /// Targets are probed every 2 s only when this is given (once at start-up always).
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
@@ -203,8 +203,9 @@ pub struct ReplayerConfig {
     #[serde(rename = "target")]
     pub targets: Vec<TargetSettings>,
 
-    /// Staging target as http://host:port. Repeat to send every request to several targets.
-    /// Requests only ever go to configured targets, never to a captured Host.
+    /// Staging target as http://host:port or https://host:port. Repeat to send every request
+    /// to several targets. Requests only ever go to configured targets, never to a captured
+    /// Host.
     #[arg(long = "target", value_name = "URL", help_heading = "Targets")]
     #[serde(skip)]
     target_urls: Vec<String>,
@@ -278,7 +279,7 @@ impl TlsSettings {
 #[command(next_help_heading = "Targets")]
 #[serde(default, deny_unknown_fields)]
 pub struct TargetSettings {
-    /// `http://host:port`.
+    /// `http://host:port` or `https://host:port`.
     #[arg(skip)]
     pub url: String,
 
@@ -334,6 +335,18 @@ pub struct TargetSettings {
     /// Send the captured Host header instead of the target's host:port.
     #[arg(long)]
     pub keep_host: bool,
+
+    /// For an https:// target: trust only the CAs in this PEM file for its certificate,
+    /// instead of the public web roots built into the replayer.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ca: Option<PathBuf>,
+
+    /// For an https:// target: accept any certificate it presents (self-signed staging).
+    /// The traffic is still encrypted, but a machine in the middle could read or change it:
+    /// a warning naming the target is logged at start.
+    #[arg(long)]
+    pub target_insecure: bool,
 
     /// This target's own filters, after the global ones (file only).
     #[arg(skip)]
@@ -549,21 +562,23 @@ pub enum Timing {
     Original,
 }
 
-/// Parses a target URL into `http://host:port`, the port made explicit (80 when the URL gives
-/// none): where a target's requests go, and its name in metrics and logs. A path or query is
-/// refused (the captured path and query are what is sent), and so are credentials: they would
-/// end up in metric labels and logs, and a target would not be sent them anyway.
+/// Parses a target URL into `http://host:port` or `https://host:port`, the port made explicit
+/// (80 or 443 when the URL gives none): where a target's requests go, and its name in metrics
+/// and logs. A path or query is refused (the captured path and query are what is sent), and so
+/// are credentials: they would end up in metric labels and logs, and a target would not be
+/// sent them anyway.
 pub fn parse_target_url(text: &str) -> Result<Uri, String> {
+    const EXPECTED: &str = "expected http://host:port or https://host:port";
     let uri: Uri = text
         .parse()
-        .map_err(|error| format!("not a URL ({error}); expected http://host:port"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https targets are not supported yet; use http://".into()),
-        _ => return Err("expected http://host:port".into()),
-    }
+        .map_err(|error| format!("not a URL ({error}); {EXPECTED}"))?;
+    let (scheme, default_port) = match uri.scheme_str() {
+        Some("http") => ("http", 80),
+        Some("https") => ("https", 443),
+        _ => return Err(EXPECTED.into()),
+    };
     let Some(authority) = uri.authority() else {
-        return Err("expected http://host:port".into());
+        return Err(EXPECTED.into());
     };
     if authority.as_str().contains('@') {
         return Err(
@@ -574,21 +589,23 @@ pub fn parse_target_url(text: &str) -> Result<Uri, String> {
         );
     }
     if authority.host().is_empty() {
-        return Err("a target URL needs a host: expected http://host:port".into());
+        return Err(format!("a target URL needs a host: {EXPECTED}"));
     }
     if authority.as_str().ends_with(':') {
-        return Err("empty port: expected http://host:port (or http://host for port 80)".into());
+        return Err(format!(
+            "empty port: expected {scheme}://host:port (or {scheme}://host for port {default_port})"
+        ));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err("a target is host:port only; the captured path and query are kept".into());
     }
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(default_port);
     if port == 0 {
         return Err("port 0 is not a port a target can listen on".into());
     }
-    format!("http://{}:{port}", authority.host())
+    format!("{scheme}://{}:{port}", authority.host())
         .parse()
-        .map_err(|error| format!("not a URL ({error}); expected http://host:port"))
+        .map_err(|error| format!("not a URL ({error}); {EXPECTED}"))
 }
 
 /// Parses `"10%"` into 10.0.
@@ -617,11 +634,13 @@ mod tests {
     }
 
     #[test]
-    fn target_urls_must_be_plain_http_host_and_port() {
+    fn target_urls_must_be_plain_http_or_https_host_and_port() {
         assert!(parse_target_url("http://127.0.0.1:8082").is_ok());
         assert!(parse_target_url("http://staging:80/").is_ok());
-        assert!(parse_target_url("https://staging").is_err());
+        assert!(parse_target_url("https://staging:8443").is_ok());
+        assert!(parse_target_url("ftp://staging").is_err());
         assert!(parse_target_url("http://staging/prefix").is_err());
+        assert!(parse_target_url("https://staging/prefix").is_err());
         assert!(parse_target_url("staging:8080").is_err());
     }
 
@@ -630,6 +649,8 @@ mod tests {
         let url = |text| parse_target_url(text).map(|uri| uri.to_string());
         assert_eq!(url("http://127.0.0.1").unwrap(), "http://127.0.0.1:80/");
         assert_eq!(url("http://[::1]:8080").unwrap(), "http://[::1]:8080/");
+        assert_eq!(url("https://staging").unwrap(), "https://staging:443/");
+        assert!(url("https://user:pw@staging").is_err());
         let credentials = url("http://user:pw@staging:8080").unwrap_err();
         assert!(credentials.contains("set-header"), "{credentials}");
         assert!(!credentials.contains("pw"), "{credentials}");

@@ -11,16 +11,18 @@
 //! - [`fanout`]: each record parsed once into a [`request::ReplayRequest`]; global [`filter`]s,
 //!   admission [`rate`] and [`rewrite`]s; offered to every [`sink`].
 //! - [`target`]: a sink per staging target: its own filters, [`sample`]r and rate, bounded
-//!   queue, workers each with an [`upstream`] HTTP/1 connection that writes the captured
-//!   request byte for byte, preserved sessions. [`print`] is the sink that shows requests
+//!   queue, workers each with an [`upstream`] HTTP/1 connection (opened by [`connect`], over
+//!   TLS for `https://` targets: [`target_tls`]) that writes the captured request byte for
+//!   byte, preserved sessions; failures logged by [`target_failures`]. [`print`] is the sink that shows requests
 //!   instead.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
 //! reason a request is not replayed, [`metrics`] the counters that account for every request,
 //! [`progress`] what a file replay shows while it runs, [`reachability`] which targets can be
-//! reached (readiness).
+//! reached (checked at start-up, and for readiness).
 
 pub mod config;
+pub mod connect;
 pub mod dedup;
 pub mod fanout;
 pub mod filter;
@@ -42,6 +44,8 @@ pub mod sample;
 pub mod sink;
 pub mod source;
 pub mod target;
+pub mod target_failures;
+pub mod target_tls;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -148,14 +152,17 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     let observers = Observers::new(observers);
 
     let target_names: Vec<String> = plan.targets.iter().map(|t| t.name.clone()).collect();
-    // Only probed when someone can read readiness: a probe is a connection to staging.
+    // Every target is tried once before traffic flows, so an unreachable one is named now.
+    let reachable_at_start = reachability::check_at_start(&plan.targets).await;
+    // Then probed only when someone can read readiness: a probe is a connection to staging.
     if let (Some(reachable), Some(_)) = (&target_reachable, plan.metrics_listen) {
-        for target in &plan.targets {
+        for (target, at_start) in plan.targets.iter().zip(reachable_at_start) {
             tokio::spawn(reachability::probe_target(
                 target.name.clone(),
-                target.authority(),
+                target.address.clone(),
                 reachable.clone(),
                 stop.clone(),
+                at_start,
             ));
         }
     }

@@ -10,7 +10,8 @@ pub enum TargetDropReason {
     /// The target's queue was full when a request came that could not wait for room: one the
     /// middleware wrote back (sources wait for room, see [`ShedSlowTarget`](Self::ShedSlowTarget)).
     TargetQueueFull,
-    /// No TCP connection to the target could be made.
+    /// No TCP connection to the target could be made (its name did not resolve, or the
+    /// connect failed).
     ConnectError,
     /// No complete response within `--timeout`.
     Timeout,
@@ -22,10 +23,13 @@ pub enum TargetDropReason {
     /// traffic, so it no longer holds the other targets and the listeners back, and what does
     /// not fit its queue is shed until it has caught up (its queue empty).
     ShedSlowTarget,
+    /// The TLS handshake with an `https://` target failed (an untrusted or misnamed
+    /// certificate, a port that does not speak TLS), or TLS broke mid-response.
+    Tls,
 }
 
 impl TargetDropReason {
-    pub const ALL: [TargetDropReason; 7] = [
+    pub const ALL: [TargetDropReason; 8] = [
         TargetDropReason::RateLimited,
         TargetDropReason::TargetQueueFull,
         TargetDropReason::ConnectError,
@@ -33,6 +37,7 @@ impl TargetDropReason {
         TargetDropReason::HttpError,
         TargetDropReason::ConnectionClosed,
         TargetDropReason::ShedSlowTarget,
+        TargetDropReason::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +49,7 @@ impl TargetDropReason {
             TargetDropReason::HttpError => "http_error",
             TargetDropReason::ConnectionClosed => "connection_closed",
             TargetDropReason::ShedSlowTarget => "shed_slow_target",
+            TargetDropReason::Tls => "tls",
         }
     }
 }

@@ -11,7 +11,8 @@ use http::Uri;
 use tapwire_shared::config::ConfigError;
 use tapwire_shared::link::read_token;
 
-use crate::config::{ReplayerConfig, Timing, WhenLimited, parse_target_url};
+use crate::config::{ReplayerConfig, TargetSettings, Timing, WhenLimited, parse_target_url};
+use crate::connect::TargetAddress;
 use crate::filter::Filters;
 use crate::middleware::MiddlewareSettings;
 use crate::pace::StreamPacing;
@@ -19,6 +20,7 @@ use crate::rate::{CaptureRate, Rate};
 use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
 use crate::source::file::FileSettings;
+use crate::target_tls::{TargetTls, TargetTlsError};
 
 /// Where listeners connect when no address is given (and no file is replayed).
 const DEFAULT_GRPC_LISTEN: SocketAddr =
@@ -70,9 +72,11 @@ pub struct GlobalPlan {
 
 /// One target, compiled.
 pub struct TargetPlan {
-    /// `http://host:port`: the metric label and log name.
+    /// `http://host:port` or `https://host:port`: the metric label and log name.
     pub name: String,
     pub url: Uri,
+    /// Where requests and reachability probes connect, and TLS for an `https://` target.
+    pub address: TargetAddress,
     pub filters: Filters,
     pub rewrites: Rewrites,
     pub sampler: Option<Sampler>,
@@ -89,11 +93,60 @@ pub struct TargetPlan {
 impl TargetPlan {
     /// `host:port`, where requests and reachability probes connect.
     pub fn authority(&self) -> String {
-        self.url
-            .authority()
-            .expect("target URLs are validated to have an authority")
-            .to_string()
+        self.address.authority.clone()
     }
+}
+
+/// TLS for an `https://` target (`None` for `http://`), its settings checked: a CA file that
+/// holds certificates, and no TLS setting on an `http://` target.
+fn target_tls(
+    url: &Uri,
+    target: &TargetSettings,
+    host_override: Option<&String>,
+    field: &str,
+) -> Result<Option<TargetTls>, ConfigError> {
+    if url.scheme_str() != Some("https") {
+        if target.target_ca.is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.target_ca"),
+                "only applies to an https:// target",
+            ));
+        }
+        if target.target_insecure {
+            return Err(ConfigError::new(
+                format!("{field}.target_insecure"),
+                "only applies to an https:// target",
+            ));
+        }
+        return Ok(None);
+    }
+    if target.target_insecure && target.target_ca.is_some() {
+        return Err(ConfigError::new(
+            format!("{field}.target_insecure"),
+            "accepts any certificate, so target_ca would not be used: give one or the other",
+        ));
+    }
+    let server_name = match host_override {
+        Some(host) => host.as_str(),
+        None => url.host().unwrap_or_default(),
+    };
+    TargetTls::new(
+        server_name,
+        target.target_ca.as_deref(),
+        target.target_insecure,
+    )
+    .map(Some)
+    .map_err(|error| {
+        let setting = match error {
+            TargetTlsError::ServerName(_) if target.rewrites.host.is_some() => {
+                format!("{field}.rewrites.host")
+            }
+            TargetTlsError::ServerName(_) if host_override.is_some() => "rewrites.host".into(),
+            TargetTlsError::ServerName(_) => format!("{field}.url"),
+            TargetTlsError::Files(_) => format!("{field}.target_ca"),
+        };
+        ConfigError::new(setting, error)
+    })
 }
 
 impl EnginePlan {
@@ -190,8 +243,19 @@ impl EnginePlan {
                     ));
                 }
                 let authority = url.authority().map_or("", |a| a.as_str());
+                // The Host a target is sent is also the name its certificate must hold.
+                let host_override = target
+                    .rewrites
+                    .host
+                    .as_ref()
+                    .or(config.rewrites.host.as_ref());
+                let address = TargetAddress {
+                    authority: authority.to_owned(),
+                    tls: target_tls(&url, target, host_override, &field)?,
+                };
                 Ok(TargetPlan {
-                    name: format!("http://{authority}"),
+                    name: format!("{}://{authority}", url.scheme_str().unwrap_or("http")),
+                    address,
                     filters: Filters::compile(&target.filters, &format!("{field}.filters"))?,
                     rewrites: Rewrites::compile(&target.rewrites, &format!("{field}.rewrites"))?,
                     sampler: Sampler::compile(

@@ -1,13 +1,16 @@
 //! One staging target: its filters, sampler and rate, its bounded queue, and the workers that
-//! send its requests under a timeout. Sources wait for room in the queue ([`TargetQueue`]
+//! send its requests under a timeout, its failures logged without flooding
+//! ([`crate::target_failures`]). Sources wait for room in the queue ([`TargetQueue`]
 //! implements [`Backpressure`]) until it has been full for longer than `--shed-after`; the
 //! target then sheds what does not fit (`shed_slow_target`) until its queue has emptied. Each
-//! worker owns one upstream connection (so the target sees at most `concurrency` connections); with `--preserve-connections` each captured client
-//! connection gets a session of its own instead, replayed in order. A target owns all of this,
-//! so a dead or slow target fills only its own queue and never delays the others. Requests are
-//! written as captured ([`crate::request`]) on an [`Upstream`] connection, which is reused
-//! until the request or the response says otherwise (HTTP/1.0, `Connection: close`, a body
-//! delimited by the close) and then reopened for the next request.
+//! worker owns one upstream connection (so the target sees at most `concurrency`
+//! connections); with `--preserve-connections` each captured client connection gets a session
+//! of its own instead, replayed in order. A target owns all of this, so a dead or slow target
+//! fills only its own queue and never delays the others. Requests are written as captured
+//! ([`crate::request`]) on an [`Upstream`] connection (TCP, or TLS for `https://`: see
+//! [`crate::connect`]), which is reused until the request or the response says otherwise
+//! (HTTP/1.0, `Connection: close`, a body delimited by the close) and then reopened for the
+//! next request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +20,11 @@ use std::time::{Duration, Instant};
 use governor::DefaultDirectRateLimiter;
 use http::Method;
 use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::WhenLimited;
+use crate::connect::{TargetAddress, TargetStream};
 use crate::filter::Filters;
 use crate::metrics::{ReplayerMetrics, TargetMetrics};
 use crate::observe::Observers;
@@ -32,6 +35,7 @@ use crate::request::{HostRule, ReplayRequest};
 use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
 use crate::sink::{Backpressure, ReplaySink, RoomWait};
+use crate::target_failures::TargetFailures;
 use crate::upstream::{ExchangeError, TargetResponse, Upstream};
 
 /// Requests queued per preserved session.
@@ -62,6 +66,10 @@ impl Target {
         observers: Observers,
     ) -> (Target, JoinHandle<()>) {
         let metrics = metrics.target(&plan.name);
+        if plan.address.tls.as_ref().is_some_and(|tls| tls.insecure) {
+            tracing::warn!(target = %plan.name, "--target-insecure: the target's certificate is \
+                not checked; anyone on the path could read or change what is sent");
+        }
         let (queue, requests) = mpsc::channel(plan.queue);
         let queue = Arc::new(TargetQueue::new(queue, plan.shed_after, &plan.name));
         let sender = Arc::new(RequestSender::new(&plan, metrics.clone(), observers));
@@ -309,26 +317,27 @@ async fn run_session(sender: Arc<RequestSender>, mut requests: Queue, _slot: Own
 
 /// Builds and sends requests to one target, and counts what happened.
 struct RequestSender {
-    /// `http://host:port`: the target's name in metrics and to the observers.
+    /// `http(s)://host:port`: the target's name in metrics, logs and to the observers.
     name: String,
-    /// `host:port`: where to connect, and the Host the target is sent.
-    authority: String,
+    /// Where to connect (its `host:port` is the Host the target is sent), and TLS.
+    address: TargetAddress,
     keep_host: bool,
     rewrites: Rewrites,
     timeout: Duration,
     metrics: TargetMetrics,
+    failures: TargetFailures,
     observers: Observers,
 }
 
 /// A worker's connection to the target, if it has one.
-type Connection = Option<Upstream<TcpStream>>;
+type Connection = Option<Upstream<TargetStream>>;
 
 impl RequestSender {
     fn new(plan: &TargetPlan, metrics: TargetMetrics, observers: Observers) -> Self {
-        let authority = plan.authority();
         RequestSender {
             name: plan.name.clone(),
-            authority,
+            address: plan.address.clone(),
+            failures: TargetFailures::new(&plan.name),
             keep_host: plan.keep_host,
             rewrites: plan.rewrites.clone(),
             timeout: plan.timeout,
@@ -408,12 +417,8 @@ impl RequestSender {
             .await
     }
 
-    async fn connect(&self) -> Result<Upstream<TcpStream>, ExchangeError> {
-        let stream = TcpStream::connect(self.authority.as_str())
-            .await
-            .map_err(ExchangeError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(Upstream::new(stream))
+    async fn connect(&self) -> Result<Upstream<TargetStream>, ExchangeError> {
+        Ok(Upstream::new(self.address.connect().await?))
     }
 
     /// Runs one exchange under the timeout and counts its outcome; when a response came, its
@@ -429,22 +434,22 @@ impl RequestSender {
                 let latency = started.elapsed();
                 self.metrics.latency.observe(latency.as_secs_f64());
                 self.metrics.response(response.status).inc();
+                self.failures.answered();
                 Some((latency, response))
             }
             Ok(Err(error)) => {
-                let reason = match error {
-                    ExchangeError::Connect(_) => TargetDropReason::ConnectError,
-                    ExchangeError::InvalidResponse(_) | ExchangeError::InvalidStatus(_) => {
-                        TargetDropReason::HttpError
-                    }
-                    ExchangeError::Closed { .. } => TargetDropReason::ConnectionClosed,
-                };
-                tracing::debug!(%error, reason = reason.as_str(), "request to target failed");
+                let reason = drop_reason(&error);
                 self.metrics.dropped(reason).inc();
+                self.failures.failed(reason, error);
                 None
             }
             Err(_) => {
                 self.metrics.dropped(TargetDropReason::Timeout).inc();
+                let timeout = humantime::format_duration(self.timeout);
+                self.failures.failed(
+                    TargetDropReason::Timeout,
+                    format_args!("timed out after {timeout}"),
+                );
                 None
             }
         }
@@ -476,8 +481,24 @@ impl RequestSender {
         match own_host.or(replay.host_override.as_ref()) {
             Some(host) => HostRule::Set(host),
             None if self.keep_host => HostRule::Keep,
-            None => HostRule::Replace(self.authority.as_bytes()),
+            None => HostRule::Replace(self.address.authority.as_bytes()),
         }
+    }
+}
+
+/// The reason a failed exchange is counted under.
+fn drop_reason(error: &ExchangeError) -> TargetDropReason {
+    match error {
+        ExchangeError::Connect(connect) if connect.is_tls() => TargetDropReason::Tls,
+        ExchangeError::Connect(_) => TargetDropReason::ConnectError,
+        ExchangeError::InvalidResponse(_) | ExchangeError::InvalidStatus(_) => {
+            TargetDropReason::HttpError
+        }
+        // TLS that broke after the handshake (a bad record, a fatal alert).
+        ExchangeError::Closed {
+            cause: Some(cause), ..
+        } if crate::target_tls::describe(cause).is_some() => TargetDropReason::Tls,
+        ExchangeError::Closed { .. } => TargetDropReason::ConnectionClosed,
     }
 }
 

@@ -1,4 +1,4 @@
-//! One HTTP/1 connection to a target: a request goes out as the bytes the caller wrote (see
+//! One HTTP/1 connection to a target (over TCP or TLS, the same code either way): a request goes out as the bytes the caller wrote (see
 //! [`crate::request::ReplayRequest::write_head`]), and the response is read incrementally with
 //! the shared grammar (`tapwire_shared::http1`): interim 1xx responses skipped, the body
 //! delimited by Content-Length, chunks (trailers included) or the close, none for HEAD, 204 and
@@ -16,6 +16,8 @@ use tapwire_shared::http1::{
 };
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::connect::ConnectError;
 
 /// Largest target response (head and body as received) kept for the observers (`--record`, the
 /// middleware); a larger one is read to its end but not kept.
@@ -41,8 +43,8 @@ pub struct TargetResponse {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("invalid response: {0}")]
     InvalidResponse(HttpError),
     #[error("invalid response status {0}")]
@@ -133,11 +135,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upstream<S> {
         if body.len() <= COPIED_BODY {
             // One write, so a small request leaves in one segment.
             self.outgoing.extend_from_slice(body);
-            self.stream.write_all(&self.outgoing).await
+            self.stream.write_all(&self.outgoing).await?;
         } else {
             self.stream.write_all(&self.outgoing).await?;
-            self.stream.write_all(body).await
+            self.stream.write_all(body).await?;
         }
+        // TLS may hold the last records back until flushed (TCP holds nothing).
+        self.stream.flush().await
     }
 
     /// Reads one final response (after any interim ones) and its body.
@@ -202,6 +206,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Upstream<S> {
                 self.take(self.received.len(), &mut kept);
                 match self.stream.read_buf(&mut self.received).await {
                     Ok(0) => break,
+                    // TLS closed without close_notify: many servers end such a body that way.
+                    Err(cause) if cause.kind() == std::io::ErrorKind::UnexpectedEof => break,
                     Ok(_) => {}
                     Err(cause) => {
                         return Err(ExchangeError::Closed {

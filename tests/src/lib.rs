@@ -10,6 +10,7 @@
 //! - [`feed`]: a synthetic listener streaming generated records to a replayer over gRPC.
 //! - [`pcap_fixture`]: pcap files of crafted TCP segments, for exact capture scenarios.
 //! - [`pipeline`]: production + listener + replayer + targets, wired together on loopback.
+//! - [`tls_server`]: the raw target behind TLS, an HTTPS staging target.
 
 pub mod certs;
 pub mod feed;
@@ -19,4 +20,5 @@ pub mod pipeline;
 pub mod process;
 pub mod scrape;
 pub mod servers;
+pub mod tls_server;
 pub mod traffic;

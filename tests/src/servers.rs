@@ -260,11 +260,7 @@ impl RawServer {
     /// Starts a raw server on a free loopback port.
     pub async fn start() -> anyhow::Result<Self> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let server = RawServer {
-            addr: listener.local_addr()?,
-            requests: Arc::default(),
-            received: watch::channel(0).0,
-        };
+        let server = RawServer::recording_at(listener.local_addr()?);
         let accepting = server.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -274,7 +270,21 @@ impl RawServer {
         Ok(server)
     }
 
-    async fn serve(self, mut stream: tokio::net::TcpStream) {
+    /// A raw server at `addr` with nothing received, for a listener that hands it its
+    /// connections (the TLS one of [`crate::tls_server`]).
+    pub(crate) fn recording_at(addr: SocketAddr) -> Self {
+        RawServer {
+            addr,
+            requests: Arc::default(),
+            received: watch::channel(0).0,
+        }
+    }
+
+    /// Records and answers the requests of one connection, over TCP or TLS.
+    pub(crate) async fn serve<S>(self, mut stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut buffer = Vec::new();
         loop {

@@ -1,0 +1,182 @@
+//! Opening a connection to a target, the one way requests and reachability probes both use:
+//! the DNS lookup, a TCP connect to each address in turn, and for an `https://` target the TLS
+//! handshake ([`crate::target_tls`]). A failure says which step failed, why, and for which
+//! name or address. What flows over the connection is the same either way ([`TargetStream`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::target_tls::{TargetTls, describe_handshake};
+
+/// Where a target is and how to speak to it.
+#[derive(Clone)]
+pub struct TargetAddress {
+    /// `host:port`.
+    pub authority: String,
+    /// For an `https://` target.
+    pub tls: Option<TargetTls>,
+}
+
+/// Why no connection to a target could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("DNS lookup failed for {host}: {cause}")]
+    Lookup { host: String, cause: io::Error },
+    #[error("cannot connect to {addr}: {}", describe_connect(.cause))]
+    Connect { addr: SocketAddr, cause: io::Error },
+    #[error("TLS handshake with {addr} failed: {}", describe_handshake(.cause))]
+    Tls { addr: SocketAddr, cause: io::Error },
+}
+
+impl ConnectError {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ConnectError::Tls { .. })
+    }
+}
+
+impl TargetAddress {
+    /// Looks the host up, connects, and for TLS completes the handshake. No timeout here:
+    /// callers run it under their own.
+    pub async fn connect(&self) -> Result<TargetStream, ConnectError> {
+        let lookup = |cause| ConnectError::Lookup {
+            host: self
+                .authority
+                .rsplit_once(':')
+                .map_or(self.authority.as_str(), |(host, _port)| host)
+                .to_owned(),
+            cause,
+        };
+        let addrs = tokio::net::lookup_host(self.authority.as_str())
+            .await
+            .map_err(lookup)?;
+        let mut failure = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return self.start(stream, addr).await,
+                Err(cause) => failure = Some(ConnectError::Connect { addr, cause }),
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            lookup(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the name has no address",
+            ))
+        }))
+    }
+
+    async fn start(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+    ) -> Result<TargetStream, ConnectError> {
+        // Requests are written whole; waiting for acknowledgements would only add latency.
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(TargetStream::Tcp(stream));
+        };
+        match tls.connector.connect(tls.server_name.clone(), stream).await {
+            Ok(stream) => Ok(TargetStream::Tls(Box::new(stream))),
+            Err(cause) => Err(ConnectError::Tls { addr, cause }),
+        }
+    }
+}
+
+/// A connect failure in words: "connection refused", not "Connection refused (os error 111)".
+fn describe_connect(cause: &io::Error) -> String {
+    match cause.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        io::ErrorKind::TimedOut => "connect timed out".to_owned(),
+        io::ErrorKind::HostUnreachable => "host unreachable".to_owned(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
+        _ => cause.to_string(),
+    }
+}
+
+/// A connection to a target, over TCP or TLS.
+pub enum TargetStream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for TargetStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TargetStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TargetStream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TargetStream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connect_names_the_address() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let target = TargetAddress {
+            authority: addr.to_string(),
+            tls: None,
+        };
+        let error = target.connect().await.err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            format!("cannot connect to {addr}: connection refused")
+        );
+        assert!(!error.is_tls());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_failure_names_the_host() {
+        // A port that does not parse fails the lookup without asking any DNS server.
+        let target = TargetAddress {
+            authority: "staging.invalid:http".into(),
+            tls: None,
+        };
+        let error = target.connect().await.err().unwrap();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("DNS lookup failed for staging.invalid: "),
+            "{message}"
+        );
+    }
+}
