@@ -179,12 +179,27 @@ impl CaptureFilter {
             _ => untagged,
         }
     }
+
+    /// Compiles the whole filter for each link type a live capture can have (Ethernet, and
+    /// the cooked types of interface `any`), so that an expression that cannot work on one
+    /// (`vlan`, `ether ...` on `any`) is refused at start, not when capture opens. Err holds
+    /// libpcap's message.
+    pub fn check(&self) -> Result<(), String> {
+        for (link, linktype) in [
+            (LinkType::Ethernet, pcap::Linktype::ETHERNET),
+            (LinkType::LinuxSll, pcap::Linktype::LINUX_SLL),
+            (LinkType::LinuxSll2, pcap::Linktype::LINUX_SLL2),
+        ] {
+            compile(&self.for_link(link), linktype)?;
+        }
+        Ok(())
+    }
 }
 
-/// Checks a `--bpf-filter` expression on its own; Err holds libpcap's message.
-pub fn check_expression(expression: &str) -> Result<(), String> {
-    let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).map_err(|e| pcap_message(&e))?;
-    dead.compile(expression, true)
+/// Compiles `filter` for `linktype` without a capture; Err holds libpcap's message.
+fn compile(filter: &str, linktype: pcap::Linktype) -> Result<(), String> {
+    let dead = pcap::Capture::dead(linktype).map_err(|e| pcap_message(&e))?;
+    dead.compile(filter, true)
         .map(drop)
         .map_err(|error| pcap_message(&error))
 }
@@ -501,13 +516,6 @@ fn wall_clock_ns() -> u64 {
 mod tests {
     use super::*;
 
-    fn compiles(filter: &str, linktype: pcap::Linktype) -> Result<(), String> {
-        let dead = pcap::Capture::dead(linktype).map_err(|e| pcap_message(&e))?;
-        dead.compile(filter, true)
-            .map(drop)
-            .map_err(|error| pcap_message(&error))
-    }
-
     #[test]
     fn the_default_filter_is_every_destination_on_the_ports() {
         let filter = CaptureFilter::ports(&[80, 8080]);
@@ -534,21 +542,22 @@ mod tests {
              or ((src host 10.0.0.9) and (src port 8080))) \
              and (len > 100)"
         );
-        for (link, linktype) in [
-            (LinkType::Ethernet, pcap::Linktype::ETHERNET),
-            (LinkType::LinuxSll, pcap::Linktype::LINUX_SLL),
-            (LinkType::LinuxSll2, pcap::Linktype::LINUX_SLL2),
-        ] {
-            let text = filter.for_link(link);
-            compiles(&text, linktype).unwrap_or_else(|error| panic!("{text}: {error}"));
-        }
+        filter.check().unwrap();
     }
 
     #[test]
     fn an_invalid_expression_is_refused_with_libpcaps_message() {
-        assert_eq!(check_expression("tcp port 80"), Ok(()));
-        let error = check_expression("port nonsense").unwrap_err();
+        let with = |expression: &str| CaptureFilter {
+            expression: Some(expression.to_owned()),
+            ..CaptureFilter::ports(&[80])
+        };
+        assert_eq!(with("tcp port 80").check(), Ok(()));
+        let error = with("port nonsense").check().unwrap_err();
         assert!(error.contains("nonsense"), "{error}");
         assert!(!error.starts_with("libpcap error"), "{error}");
+        // Valid alone, but not on every link a capture can have: refused before capture.
+        for expression in ["vlan 100", "ether broadcast"] {
+            assert!(with(expression).check().is_err(), "{expression}");
+        }
     }
 }

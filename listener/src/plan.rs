@@ -280,22 +280,25 @@ fn capture_filter(config: &ListenerConfig) -> Result<CaptureFilter, ConfigError>
     }
     let expression = match config.bpf_filter.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(expression) => {
-            crate::capture::check_expression(expression).map_err(|cause| {
-                ConfigError::new(
-                    "bpf_filter",
-                    format!("{expression:?} is not a valid filter expression (libpcap: {cause})"),
-                )
-            })?;
-            Some(expression.to_owned())
-        }
+        Some(expression) => Some(expression.to_owned()),
     };
-    Ok(CaptureFilter {
+    let filter = CaptureFilter {
         ports: config.ports.iter().map(|port| port.get()).collect(),
         hosts: config.hosts.clone(),
         exclude_hosts: config.exclude_hosts.clone(),
         expression,
-    })
+    };
+    if let Some(expression) = &filter.expression {
+        filter.check().map_err(|cause| {
+            ConfigError::new(
+                "bpf_filter",
+                format!(
+                    "{expression:?} cannot be used as a capture filter here (libpcap: {cause})"
+                ),
+            )
+        })?;
+    }
+    Ok(filter)
 }
 
 /// The account `--user` names, looked up now: a missing user fails before capture starts.
@@ -321,6 +324,25 @@ fn header_name(name: &str) -> Result<String, ConfigError> {
         return Err(ConfigError::new(
             "real_ip_header",
             format!("{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)"),
+        ));
+    }
+    // Setting one of these to an address would change how the request is framed or routed.
+    const FRAMING: [&str; 7] = [
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+    ];
+    if FRAMING
+        .iter()
+        .any(|framing| name.eq_ignore_ascii_case(framing))
+    {
+        return Err(ConfigError::new(
+            "real_ip_header",
+            format!("{name:?} frames or routes the request; choose another name (e.g. X-Real-IP)"),
         ));
     }
     Ok(name.to_owned())

@@ -78,8 +78,15 @@ impl FlowObserver for RecordStage {
             } => {
                 self.metrics.requests_captured.inc();
                 let bytes = match &self.real_ip_header {
-                    // The cutter only hands over requests it parsed: this cannot fail.
-                    Some(name) => with_header(&bytes, name, flow.client.ip()).unwrap_or(bytes),
+                    Some(name) => match with_header(&bytes, name, flow.client.ip()) {
+                        Ok(bytes) => bytes,
+                        // The cutter only hands over requests it parsed, so this should not
+                        // happen; if it does, the client's own value must not go on as ours.
+                        Err(_) => {
+                            self.metrics.dropped(DropReason::MalformedHttp).inc();
+                            return;
+                        }
+                    },
                     None => bytes,
                 };
                 // Redacted last, so that nothing added escapes it.
