@@ -7,12 +7,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::target_tls::{TargetTls, describe_handshake};
+
+/// How long one address may take to accept a connection before the next is tried: an
+/// address that drops packets (often an unrouted IPv6 one) must not use up `--timeout`.
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the TLS handshake may take once connected.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a target is and how to speak to it.
 #[derive(Clone)]
@@ -57,7 +64,7 @@ impl TargetAddress {
             .map_err(lookup)?;
         let mut failure = None;
         for addr in addrs {
-            match TcpStream::connect(addr).await {
+            match within(CONNECT_ATTEMPT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(stream) => return self.start(stream, addr).await,
                 Err(cause) => failure = Some(ConnectError::Connect { addr, cause }),
             }
@@ -80,18 +87,29 @@ impl TargetAddress {
         let Some(tls) = &self.tls else {
             return Ok(TargetStream::Tcp(stream));
         };
-        match tls.connector.connect(tls.server_name.clone(), stream).await {
+        let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+        match within(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(stream) => Ok(TargetStream::Tls(Box::new(stream))),
             Err(cause) => Err(ConnectError::Tls { addr, cause }),
         }
     }
 }
 
+/// `step`'s result, or a `TimedOut` error once `limit` has passed.
+async fn within<T>(limit: Duration, step: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
 /// A connect failure in words: "connection refused", not "Connection refused (os error 111)".
 fn describe_connect(cause: &io::Error) -> String {
     match cause.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-        io::ErrorKind::TimedOut => "connect timed out".to_owned(),
+        io::ErrorKind::TimedOut => format!(
+            "no answer within {}",
+            humantime::format_duration(CONNECT_ATTEMPT_TIMEOUT)
+        ),
         io::ErrorKind::HostUnreachable => "host unreachable".to_owned(),
         io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
         _ => cause.to_string(),

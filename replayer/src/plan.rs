@@ -90,13 +90,6 @@ pub struct TargetPlan {
     pub keep_host: bool,
 }
 
-impl TargetPlan {
-    /// `host:port`, where requests and reachability probes connect.
-    pub fn authority(&self) -> String {
-        self.address.authority.clone()
-    }
-}
-
 /// TLS for an `https://` target (`None` for `http://`), its settings checked: a CA file that
 /// holds certificates, and no TLS setting on an `http://` target.
 fn target_tls(

@@ -122,6 +122,9 @@ pub fn describe_handshake(error: &std::io::Error) -> String {
              serving TLS on this port?)"
                 .to_owned()
         }
+        std::io::ErrorKind::TimedOut => {
+            "the handshake timed out (is it serving TLS on this port?)".to_owned()
+        }
         _ => error.to_string(),
     }
 }

@@ -196,6 +196,25 @@ async fn a_certificate_from_an_untrusted_ca_is_refused_counted_and_logged_a_few_
     assert!(start_up.contains("unknown issuer"), "{start_up}");
 }
 
+/// With neither `--target-ca` nor `--target-insecure` only the public roots are trusted: a
+/// staging certificate from a private CA is refused, never accepted by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_private_ca_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging_ca = TestCa::new(dir.path(), "staging").unwrap();
+    let target = TlsRawServer::start(&staging_ca.server().unwrap())
+        .await
+        .unwrap();
+    let requests: Vec<String> = (0..5)
+        .map(|i| format!("GET /default/{i} HTTP/1.1\r\nHost: production.example\r\n\r\n"))
+        .collect();
+    let file = gor_file(dir.path(), &requests);
+    let replayer = replay(&file, &target.url(), &[]).await;
+    let log = replayer.log();
+    assert!(log.contains("dropped_tls=5"), "every request: {log}");
+    assert_eq!(target.handshakes(), 0, "no handshake completed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_insecure_accepts_an_untrusted_certificate_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
