@@ -1,8 +1,9 @@
 //! The accounting logged every `--stats-interval` while the replayer runs: one `accounting`
 //! line for the whole replayer and one `target accounting` line per target. Each carries the
 //! totals (`summary=`, the same counts as the final `replayer stopped` and `target totals`
-//! lines) and what happened over the interval: the rate of requests received, and per target
-//! the p50/p99 latency of its responses (from [`crate::latency`]).
+//! lines; the whole replayer's also the responses and drops of all targets together) and what
+//! happened over the interval: the rate of requests received, and per target the p50/p99
+//! latency of its responses (from [`crate::latency`]).
 
 use std::time::{Duration, Instant};
 
@@ -49,8 +50,12 @@ impl Accounting {
         let seconds = self.since.elapsed().as_secs_f64().max(1e-3);
         self.since = Instant::now();
         let received = self.metrics.records_received.get();
+        let answered: u64 = self.targets.iter().map(|t| t.metrics.answered()).sum();
+        let dropped: u64 = self.targets.iter().map(|t| t.metrics.dropped_total()).sum();
         tracing::info!(
             rate_per_s = per_second(received.saturating_sub(self.received), seconds),
+            answered,
+            dropped,
             summary = %self.metrics.summary(),
             "accounting"
         );
