@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tapwire_runtime::gor_output::DEFAULT_CHUNK_BYTES;
-use tapwire_shared::config::{ByteSize, ConfigFileFlags};
+use tapwire_shared::config::{ByteSize, ConfigFileFlags, OperatorFlags};
 use tonic::transport::Uri;
 
 use crate::queue::BufferPolicy;
@@ -82,6 +82,17 @@ pub struct ListenerConfig {
     #[arg(long, value_name = "FILE", help_heading = "Capture")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_pcap: Option<PathBuf>,
+
+    /// Stop capturing after this long, drain, and exit (non-zero when every request seen was
+    /// dropped: see README, Exit codes).
+    #[arg(long, value_name = "DURATION", help_heading = "Capture",
+          value_parser = humantime::parse_duration)]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exit_after: Option<Duration>,
 
     /// Kernel capture buffer size (at least 65536). A bigger buffer rides out longer bursts
     /// before the kernel drops packets (reported as tapwire_listener_pcap_dropped_packets).
@@ -294,6 +305,10 @@ pub struct ListenerConfig {
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub operator: OperatorFlags,
 }
 
 impl Default for ListenerConfig {

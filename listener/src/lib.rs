@@ -53,10 +53,44 @@ use spool::Spool;
 /// How long the links may take to hand back what they hold once told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the listener until `shutdown` is requested (or capture ends or fails), then drains what
-/// it can within the drain timeout and logs the final accounting.
-pub async fn run(plan: ListenerPlan, shutdown: Shutdown) -> anyhow::Result<()> {
-    Listener::start(plan).await?.run(shutdown).await
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The run ended by itself (the `--input-pcap` file done, or `--exit-after`), requests were
+    /// seen, and none reached an output or the spool: everything was dropped.
+    pub nothing_delivered: bool,
+}
+
+/// Runs the listener until `shutdown` is requested, `--exit-after` passes, or capture ends or
+/// fails; then drains what it can within the drain timeout and logs the final accounting.
+pub async fn run(plan: ListenerPlan, shutdown: Shutdown) -> anyhow::Result<RunOutcome> {
+    let ends_by_itself = plan.input_pcap.is_some() || plan.exit_after.is_some();
+    let stop = Shutdown::new();
+    tokio::spawn({
+        let (stop, shutdown) = (stop.clone(), shutdown.clone());
+        async move {
+            shutdown.requested().await;
+            stop.request();
+        }
+    });
+    if let Some(after) = plan.exit_after {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::info!(?after, "--exit-after reached");
+            stop.request();
+        });
+    }
+    let listener = Listener::start(plan).await?;
+    let metrics = listener.metrics.clone();
+    listener.run(stop).await?;
+    Ok(RunOutcome {
+        nothing_delivered: ends_by_itself
+            && !shutdown.is_requested()
+            && metrics.requests_seen() > 0
+            && metrics.records_delivered() == 0
+            && metrics.records_spooled.get() == 0,
+    })
 }
 
 /// A running listener: the capture thread feeding the outputs (the queue that the router and
@@ -155,7 +189,7 @@ impl Listener {
         }
         let capture = CaptureThread::start(source, reassembler, records, &health, &capture_open)?;
         Ok(Listener {
-            accounting: tokio::spawn(report_accounting(metrics.clone())),
+            accounting: tokio::spawn(report_accounting(metrics.clone(), plan.stats_interval)),
             metrics,
             capture,
             router,
@@ -278,16 +312,34 @@ impl CaptureThread {
     }
 }
 
-/// Keeps the buffered-records gauge current and logs the accounting every 10 seconds, so that
-/// `captured + restored = sent + buffered + dropped` can be checked at any time, not only at
-/// exit.
-async fn report_accounting(metrics: ListenerMetrics) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    for second in 0u64.. {
-        tick.tick().await;
-        metrics.records_buffered.set(metrics.buffered() as i64);
-        if second % 10 == 9 {
-            tracing::info!(summary = %metrics.summary(), "accounting");
+/// Keeps the buffered-records gauge current (every second) and logs the accounting every
+/// `--stats-interval` (unless off), so that `captured + restored = sent + buffered + dropped`
+/// can be checked at any time, not only at exit. The line's `rate_per_s` is the requests
+/// captured per second over the interval.
+async fn report_accounting(metrics: ListenerMetrics, stats_interval: Option<Duration>) {
+    let mut gauge_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut stats_tick = stats_interval
+        .map(|interval| tokio::time::interval_at(tokio::time::Instant::now() + interval, interval));
+    let (mut captured, mut since) = (0, std::time::Instant::now());
+    loop {
+        let stats_due = async {
+            match &mut stats_tick {
+                Some(tick) => tick.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = gauge_tick.tick() => {
+                metrics.records_buffered.set(metrics.buffered() as i64);
+            }
+            _ = stats_due => {
+                metrics.records_buffered.set(metrics.buffered() as i64);
+                let now = metrics.requests_captured.get();
+                let seconds = since.elapsed().as_secs_f64().max(1e-3);
+                let rate = ((now.saturating_sub(captured)) as f64 / seconds * 10.0).round() / 10.0;
+                (captured, since) = (now, std::time::Instant::now());
+                tracing::info!(rate_per_s = rate, summary = %metrics.summary(), "accounting");
+            }
         }
     }
 }

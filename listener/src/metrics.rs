@@ -439,6 +439,23 @@ impl ListenerMetrics {
             .saturating_sub(self.responses_sent.get() + link_drops(&self.responses_dropped))
     }
 
+    /// Requests seen: captured as records, or given up before (reasons
+    /// [`DropReason::is_before_capture`]).
+    pub fn requests_seen(&self) -> u64 {
+        self.requests_captured.get()
+            + DropReason::ALL
+                .into_iter()
+                .filter(|reason| reason.is_before_capture())
+                .map(|reason| self.dropped(reason).get())
+                .sum::<u64>()
+    }
+
+    /// Records that reached an output: acknowledged by a replayer, or written by a file,
+    /// stdout or null output.
+    pub fn records_delivered(&self) -> u64 {
+        self.records_sent.get() + self.written.iter().map(Counter::get).sum::<u64>()
+    }
+
     /// One line for logs: every count that the accounting needs.
     pub fn summary(&self) -> String {
         let mut line = format!("captured={}", self.requests_captured.get());

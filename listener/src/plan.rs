@@ -58,6 +58,10 @@ pub struct ListenerPlan {
     pub null: bool,
     pub drain_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    /// How often the accounting is logged (`--stats-interval`), unless off.
+    pub stats_interval: Option<Duration>,
+    /// `--exit-after`: capture stops after this long.
+    pub exit_after: Option<Duration>,
 }
 
 /// The memory buffer between capture and the links.
@@ -192,6 +196,8 @@ impl ListenerPlan {
             null: config.output_null,
             drain_timeout: config.drain_timeout,
             metrics_listen: config.metrics_listen,
+            stats_interval: config.operator.stats_every(),
+            exit_after: config.exit_after,
         })
     }
 }

@@ -13,7 +13,8 @@ use clap::{Args, Parser, ValueEnum};
 use http::Uri;
 use serde::{Deserialize, Serialize};
 use tapwire_shared::config::{
-    self as shared_config, ByteSize, ConfigError, ConfigFileFlags, Loaded, flag_defaults,
+    self as shared_config, ByteSize, ConfigError, ConfigFileFlags, Loaded, OperatorFlags,
+    flag_defaults,
 };
 
 /// Receives captured HTTP requests from tapwire listeners over gRPC and replays them to staging
@@ -44,6 +45,10 @@ pub struct ReplayerConfig {
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub operator: OperatorFlags,
 
     /// Accept only listeners presenting the bearer token in this file (compared in constant
     /// time). Others are refused and counted.

@@ -17,9 +17,10 @@
 //!   instead.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
-//! reason a request is not replayed, [`metrics`] the counters that account for every request,
-//! [`progress`] what a file replay shows while it runs, [`reachability`] which targets can be
-//! reached (checked at start-up, and for readiness).
+//! reason a request is not replayed, [`metrics`] the counters that account for every request
+//! (with [`latency`], each target's response times), [`stats`] the accounting logged every
+//! `--stats-interval`, [`progress`] the bar a file replay shows on a terminal,
+//! [`reachability`] which targets can be reached (checked at start-up, and for readiness).
 
 pub mod config;
 pub mod connect;
@@ -27,6 +28,7 @@ pub mod dedup;
 pub mod fanout;
 pub mod filter;
 pub mod intake;
+pub mod latency;
 pub mod metrics;
 pub mod middleware;
 pub mod observe;
@@ -43,6 +45,7 @@ pub mod rewrite;
 pub mod sample;
 pub mod sink;
 pub mod source;
+pub mod stats;
 pub mod target;
 pub mod target_failures;
 pub mod target_tls;
@@ -79,6 +82,9 @@ pub struct RunOutcome {
     /// Every request read was answered, or dropped and counted: nothing was left unsent at
     /// the drain timeout, and no recorded file was cut short.
     pub complete: bool,
+    /// The run ended by itself (its files done, or `--exit-after`), requests were received,
+    /// and no target answered any of them: everything was dropped.
+    pub nothing_answered: bool,
 }
 
 /// Replays until `shutdown` is requested, or, when only files are replayed, until they are
@@ -90,6 +96,8 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     }
     let mut registry = Registry::default();
     let metrics = ReplayerMetrics::register(&mut registry);
+    let signalled = shutdown.clone();
+    let ends_by_itself = plan.files.is_some() || plan.exit_after.is_some();
     // Ready (`/readyz`) while serving the gRPC port (if any) and one target (if any) is
     // reachable.
     let health = Health::new();
@@ -220,17 +228,24 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
             served
         })
     });
+    let accounting = stats::Accounting::new(&metrics, &target_names);
+    let accounting = plan
+        .stats_interval
+        .map(|interval| stats::every(interval, accounting));
     let mut cut_short = false;
     if let Some(files) = plan.files {
         let settings = files.clone();
         let source = FileSource::new(files, metrics.clone());
         let (report, done) = (source.report(), source.done());
-        let progress = start_progress(&settings, done, &metrics, &target_names);
+        let progress = progress::on_terminal()
+            .then(|| start_progress(&settings, done, &metrics, &target_names));
         tracing::info!(files = settings.files.len(), "replaying recorded files");
         Source::File(source)
             .run(intake.clone(), stop.clone())
             .await?;
-        progress.abort();
+        if let Some(progress) = progress {
+            progress.abort();
+        }
         cut_short = report.cut_short.load(std::sync::atomic::Ordering::Relaxed);
         if grpc_task.is_none() {
             stop.request();
@@ -266,17 +281,28 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         }
     })
     .await;
+    if let Some(accounting) = accounting {
+        accounting.abort();
+    }
     tracing::info!(summary = %metrics.summary(), "replayer stopped");
-    for name in target_names {
-        tracing::info!(target = %name, summary = %metrics.target(&name).summary(), "target totals");
+    let mut answered = 0;
+    for name in &target_names {
+        let target = metrics.target(name);
+        answered += target.answered();
+        tracing::info!(target = %name, summary = %target.summary(), "target totals");
     }
     Ok(RunOutcome {
         complete: drained && !cut_short,
+        nothing_answered: ends_by_itself
+            && !signalled.is_requested()
+            && !target_names.is_empty()
+            && metrics.records_received.get() > 0
+            && answered == 0,
     })
 }
 
-/// The progress of a file replay, counted against the requests the files hold (counted in
-/// the background, for a bar only: counting means reading the files once more).
+/// The progress bar of a file replay on a terminal, counted against the requests the files
+/// hold (counted in the background: counting means reading the files once more).
 fn start_progress(
     files: &source::file::FileSettings,
     done: Arc<std::sync::atomic::AtomicU64>,
@@ -284,7 +310,7 @@ fn start_progress(
     targets: &[String],
 ) -> tokio::task::JoinHandle<()> {
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    if !files.repeat && progress::on_terminal() {
+    if !files.repeat {
         let (total, paths) = (Arc::clone(&total), files.files.clone());
         tokio::task::spawn_blocking(move || {
             let count = source::file::count_requests(&paths);
@@ -340,6 +366,7 @@ async fn dry_run(plan: &EnginePlan) -> anyhow::Result<RunOutcome> {
     }
     Ok(RunOutcome {
         complete: !cut_short,
+        nothing_answered: false,
     })
 }
 

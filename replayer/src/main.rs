@@ -1,5 +1,6 @@
 //! The `tapwire-replayer` binary: read the flags (or the --config file), validate, set up
-//! logging, run until SIGTERM or Ctrl-C.
+//! logging, run until SIGTERM or Ctrl-C (or the files are done); the exit code says how the run
+//! ended (README, "Exit codes").
 
 use std::process::ExitCode;
 
@@ -15,12 +16,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let loaded = ReplayerConfig::load(std::env::args_os());
-    let plan = match config::plan_or_exit(loaded, EnginePlan::compile) {
-        Ok(plan) => plan,
+    let (plan, log_format) = match config::plan_or_exit(loaded, |config| {
+        Ok((EnginePlan::compile(config)?, config.operator.log_format))
+    }) {
+        Ok(compiled) => compiled,
         Err(exit) => return exit,
     };
-    tapwire_runtime::init_logging();
+    tapwire_runtime::init_logging(log_format);
     match tapwire_replayer::run(plan, Shutdown::on_signals()).await {
+        Ok(outcome) if outcome.nothing_answered => {
+            tracing::error!(
+                "no target answered any request: every request was dropped (see the target \
+                 totals above for the reasons)"
+            );
+            ExitCode::from(config::EXIT_NOTHING_DELIVERED)
+        }
         Ok(outcome) if outcome.complete => ExitCode::SUCCESS,
         Ok(_) => {
             tracing::error!("some requests were neither answered nor counted (see above)");

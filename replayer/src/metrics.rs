@@ -1,7 +1,11 @@
 //! The replayer's counters. Per target, every request offered is accounted for:
 //! `offered = responses(by status class) + dropped(by reason) + queued or in flight`.
+//! Each family is registered once, in a fixed order, so `/metrics` lists them the same way on
+//! every run; the `summary` lines are the accounting the logs show.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use tapwire_runtime::gor_output::{Outcome, Tally};
 
+use crate::latency::LatencyBuckets;
 use crate::outcome::{FilterRule, LinkRefusal, RejectReason, TargetDropReason};
 
 macro_rules! label_value_from_as_str {
@@ -85,6 +90,8 @@ pub struct ReplayerMetrics {
     responses: Family<TargetStatusLabel, Counter>,
     dropped: Family<TargetReasonLabel, Counter>,
     latency: Family<TargetLabel, Histogram>,
+    /// Each target's fine-grained latency buckets, for the accounting line's p50/p99.
+    latency_buckets: Arc<Mutex<BTreeMap<String, Arc<LatencyBuckets>>>>,
     filtered_family: Family<RuleLabel, Counter>,
     /// Filters applied before the fan-out (`target="*"`).
     filtered: [Counter; FilterRule::ALL.len()],
@@ -119,7 +126,22 @@ pub struct TargetMetrics {
     responses: [Counter; STATUS_CLASSES.len()],
     dropped: [Counter; TargetDropReason::ALL.len()],
     filtered: [Counter; FilterRule::ALL.len()],
-    pub latency: Histogram,
+    pub latency: Latency,
+}
+
+/// A target's response times: the Prometheus histogram, and the buckets the accounting line
+/// takes its p50/p99 from (see [`crate::latency`]).
+#[derive(Debug, Clone)]
+pub struct Latency {
+    histogram: Histogram,
+    pub buckets: Arc<LatencyBuckets>,
+}
+
+impl Latency {
+    pub fn observe(&self, seconds: f64) {
+        self.histogram.observe(seconds);
+        self.buckets.record(seconds);
+    }
 }
 
 impl ReplayerMetrics {
@@ -153,6 +175,7 @@ impl ReplayerMetrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 19))
             }),
+            latency_buckets: Arc::default(),
             filtered_family: filtered_family.clone(),
             filtered,
             middleware: MiddlewareMetrics::default(),
@@ -328,7 +351,16 @@ impl ReplayerMetrics {
                     rule,
                 })
             }),
-            latency: self.latency.get_or_create_owned(&label),
+            latency: Latency {
+                histogram: self.latency.get_or_create_owned(&label),
+                buckets: Arc::clone(
+                    self.latency_buckets
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(target.to_owned())
+                        .or_default(),
+                ),
+            },
         }
     }
 
@@ -385,15 +417,44 @@ impl TargetMetrics {
         &self.filtered[rule as usize]
     }
 
+    /// Requests that got a response, whatever its status.
+    pub fn answered(&self) -> u64 {
+        self.responses.iter().map(Counter::get).sum()
+    }
+
+    /// Requests offered to this target and decided on: sent, filtered, or dropped before
+    /// sending (over its rate, its queue full). Those still queued count once sent.
+    pub fn received(&self) -> u64 {
+        let filtered: u64 = self.filtered.iter().map(Counter::get).sum();
+        let unsent: u64 = TargetDropReason::ALL
+            .into_iter()
+            .filter(|reason| {
+                matches!(
+                    reason,
+                    TargetDropReason::RateLimited
+                        | TargetDropReason::TargetQueueFull
+                        | TargetDropReason::ShedSlowTarget
+                )
+            })
+            .map(|reason| self.dropped(reason).get())
+            .sum();
+        self.sent.get() + filtered + unsent
+    }
+
     /// One line for logs: this target's accounting.
     pub fn summary(&self) -> String {
-        let responses: u64 = self.responses.iter().map(Counter::get).sum();
-        let mut line = format!("sent={} responses={responses}", self.sent.get());
+        let mut line = format!(
+            "received={} sent={} responses={}",
+            self.received(),
+            self.sent.get(),
+            self.answered()
+        );
         for (class, counter) in STATUS_CLASSES.iter().zip(&self.responses) {
             if counter.get() > 0 {
                 let _ = write!(line, " status_{class}={}", counter.get());
             }
         }
+        let _ = write!(line, " dropped={}", self.dropped_total());
         for reason in TargetDropReason::ALL {
             let count = self.dropped(reason).get();
             if count > 0 {

@@ -48,6 +48,8 @@ pub struct EnginePlan {
     pub print: Option<bool>,
     pub middleware: Option<MiddlewareSettings>,
     pub metrics_listen: Option<SocketAddr>,
+    /// How often the accounting is logged (`--stats-interval`), unless off.
+    pub stats_interval: Option<Duration>,
     /// How long targets may take to finish their queues at shutdown.
     pub drain_timeout: Duration,
     /// The bearer token listeners must present, if any.
@@ -311,6 +313,7 @@ impl EnginePlan {
             print: config.output_stdout.then_some(config.prettify),
             middleware,
             metrics_listen: config.metrics_listen,
+            stats_interval: config.operator.stats_every(),
             drain_timeout: config.drain_timeout,
             token,
             tls,

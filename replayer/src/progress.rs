@@ -1,15 +1,14 @@
-//! Progress of a file replay: on a terminal, a bar with requests done of the total, the rate,
-//! the time left and the errors so far; otherwise (a log file, CI) a line every 10 seconds.
+//! Progress of a file replay on a terminal: a bar with requests done of the total, the rate,
+//! the time left and the errors so far. Elsewhere (a log file, CI) the accounting lines of
+//! [`crate::stats`] say the same.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-/// How often the plain progress line is logged.
-const LINE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the bar is refreshed.
 const BAR_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -18,19 +17,14 @@ pub fn on_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
-/// Shows progress until aborted, against `total` requests (0 while unknown); `errors` counts
+/// Shows the bar until aborted, against `total` requests (0 while unknown); `errors` counts
 /// requests dropped or rejected so far.
 pub fn show(
     total: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     errors: impl Fn() -> u64 + Send + 'static,
 ) -> JoinHandle<()> {
-    if on_terminal() {
-        tokio::spawn(bar(total, done, errors))
-    } else {
-        drop(total);
-        tokio::spawn(lines(done, errors))
-    }
+    tokio::spawn(bar(total, done, errors))
 }
 
 async fn bar(total: Arc<AtomicU64>, done: Arc<AtomicU64>, errors: impl Fn() -> u64) {
@@ -64,20 +58,5 @@ async fn bar(total: Arc<AtomicU64>, done: Arc<AtomicU64>, errors: impl Fn() -> u
         }
         bar.tick();
         tokio::time::sleep(BAR_INTERVAL).await;
-    }
-}
-
-async fn lines(done: Arc<AtomicU64>, errors: impl Fn() -> u64) {
-    let started = Instant::now();
-    loop {
-        tokio::time::sleep(LINE_INTERVAL).await;
-        let finished = done.load(Ordering::Relaxed);
-        let rate = finished as f64 / started.elapsed().as_secs_f64();
-        tracing::info!(
-            done = finished,
-            rate = format!("{rate:.0}/s"),
-            errors = errors(),
-            "replaying files"
-        );
     }
 }

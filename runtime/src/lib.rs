@@ -3,7 +3,7 @@
 //! - [`gor_output`]: writing `.gor` files (or stdout) from a bounded queue, never waiting.
 //! - [`health`]: liveness (loops that turn) and readiness (conditions held by the parts that
 //!   know), served by the metrics endpoint.
-//! - [`logging`]: log set-up (stderr, `RUST_LOG`).
+//! - [`logging`]: log set-up (stderr, `RUST_LOG`, text or JSON).
 //! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`, and `/healthz`, `/readyz`.
 //! - [`shutdown`]: the one stop request every task and thread obeys, and the signals that ask it.
 

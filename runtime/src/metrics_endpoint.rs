@@ -1,6 +1,10 @@
 //! The HTTP endpoint of `--metrics-listen`: a Prometheus registry at `/metrics`, liveness at
 //! `/healthz` and readiness at `/readyz` (as [`crate::health`] decides them). Which metrics,
 //! loops and conditions exist is each side's business, not this module's.
+//!
+//! The output is stable: families come in the order each side registers them (fixed in code),
+//! and the series of a family in the order of their label values, the same on every scrape and
+//! every run, so that two scrapes can be diffed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,13 +88,71 @@ fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
     match prometheus_text::encode(&mut text, registry) {
         Ok(()) => Response::builder()
             .header(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)
-            .body(Full::new(Bytes::from(text)))
+            .body(Full::new(Bytes::from(in_stable_order(&text))))
             .expect("static headers are valid"),
         Err(error) => self::text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {error}\n"),
         ),
     }
+}
+
+/// `text` with each family's series sorted by their labels. The encoder lists them in its hash
+/// map's order, which changes from run to run. The lines of one series (a histogram's sum,
+/// count and buckets) stay together and in their order: they share their labels but `le`.
+fn in_stable_order(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // The current family's series: (labels but `le`, lines), in the encoder's order.
+    let mut series: Vec<(String, Vec<&str>)> = Vec::new();
+    let flush = |series: &mut Vec<(String, Vec<&str>)>, out: &mut String| {
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        for line in series.drain(..).flat_map(|(_, lines)| lines) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            flush(&mut series, &mut out);
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let key = series_key(line);
+        match series.last_mut() {
+            Some((last, lines)) if *last == key => lines.push(line),
+            _ => series.push((key, vec![line])),
+        }
+    }
+    flush(&mut series, &mut out);
+    out
+}
+
+/// A sample line's labels without `le`: `name{a="x",le="0.5"} 3` is `a="x"`.
+fn series_key(line: &str) -> String {
+    let Some((_, rest)) = line.split_once('{') else {
+        return String::new();
+    };
+    let mut pairs = Vec::new();
+    let (mut pair, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in rest.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' | '}' if !quoted => {
+                pairs.push(std::mem::take(&mut pair));
+                if c == '}' {
+                    break;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        pair.push(c);
+    }
+    pairs.retain(|pair| !pair.starts_with("le="));
+    pairs.join(",")
 }
 
 /// 200 with `ok_body`, or 503 with one line per problem.
@@ -110,4 +172,50 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(body)))
         .expect("static headers are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_sorted_by_labels_and_histogram_lines_stay_together() {
+        let scraped = "\
+# HELP x_total X.
+# TYPE x_total counter
+x_total{target=\"b\",status=\"2xx\"} 1
+x_total{target=\"a,}\\\"q\",status=\"5xx\"} 2
+x_total{target=\"a\",status=\"2xx\"} 3
+# HELP h H.
+# TYPE h histogram
+h_sum{target=\"b\"} 0.5
+h_count{target=\"b\"} 1
+h_bucket{target=\"b\",le=\"0.1\"} 0
+h_bucket{target=\"b\",le=\"+Inf\"} 1
+h_sum{target=\"a\"} 0.0
+h_count{target=\"a\"} 0
+h_bucket{target=\"a\",le=\"0.1\"} 0
+h_bucket{target=\"a\",le=\"+Inf\"} 0
+# EOF
+";
+        let expected = "\
+# HELP x_total X.
+# TYPE x_total counter
+x_total{target=\"a\",status=\"2xx\"} 3
+x_total{target=\"a,}\\\"q\",status=\"5xx\"} 2
+x_total{target=\"b\",status=\"2xx\"} 1
+# HELP h H.
+# TYPE h histogram
+h_sum{target=\"a\"} 0.0
+h_count{target=\"a\"} 0
+h_bucket{target=\"a\",le=\"0.1\"} 0
+h_bucket{target=\"a\",le=\"+Inf\"} 0
+h_sum{target=\"b\"} 0.5
+h_count{target=\"b\"} 1
+h_bucket{target=\"b\",le=\"0.1\"} 0
+h_bucket{target=\"b\",le=\"+Inf\"} 1
+# EOF
+";
+        assert_eq!(in_stable_order(scraped), expected);
+    }
 }

@@ -255,3 +255,88 @@ mod tests {
         assert!("mb".parse::<ByteSize>().is_err());
     }
 }
+
+/// How a running process reports on itself, the same on both sides: its log lines' format and
+/// how often it logs its accounting. Flattened into both configurations (file keys `log_format`,
+/// `stats_interval`).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct OperatorFlags {
+    /// Log lines as text, or as one JSON object per line (`timestamp`, `level`, `message` and
+    /// the event's fields), for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    pub log_format: LogFormat,
+
+    /// How often to log the accounting (totals, and per target on the replayer: received,
+    /// answered by status class, dropped by reason, rate and latency over the interval);
+    /// 0 turns it off.
+    #[arg(long, default_value = "10s", value_name = "DURATION", help_heading = "Observability",
+          value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: std::time::Duration,
+}
+
+impl Default for OperatorFlags {
+    fn default() -> Self {
+        flag_defaults()
+    }
+}
+
+impl OperatorFlags {
+    /// The accounting interval, or `None` when turned off (`0`).
+    pub fn stats_every(&self) -> Option<std::time::Duration> {
+        (!self.stats_interval.is_zero()).then_some(self.stats_interval)
+    }
+}
+
+/// The format of log lines (`--log-format`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The exit code of a run that ended by itself (its input file done, or `--exit-after`) having
+/// delivered nothing of what it received: every request dropped. The others: 0 done, 1 an
+/// error (or, on the replayer, requests neither answered nor counted), 2 a usage or
+/// configuration error (README, "Exit codes").
+pub const EXIT_NOTHING_DELIVERED: u8 = 3;
+
+#[cfg(test)]
+mod operator_flags_tests {
+    use super::*;
+
+    #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Side {
+        #[serde(flatten)]
+        operator: OperatorFlags,
+    }
+
+    #[test]
+    fn operator_keys_sit_at_the_top_level_of_a_file_and_zero_turns_stats_off() {
+        let side: Side =
+            toml::from_str("log_format = \"json\"\nstats_interval = \"0s\"\n").unwrap();
+        assert_eq!(side.operator.log_format, LogFormat::Json);
+        assert_eq!(side.operator.stats_every(), None);
+        assert_eq!(
+            to_toml(&Side::default()),
+            "log_format = \"text\"\nstats_interval = \"10s\"\n"
+        );
+        assert!(toml::from_str::<Side>("stats_intervall = \"1s\"\n").is_err());
+    }
+}
