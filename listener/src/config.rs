@@ -12,7 +12,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tapwire_runtime::gor_output::DEFAULT_CHUNK_BYTES;
-use tapwire_shared::config::{ByteSize, ConfigFileFlags};
+use tapwire_shared::config::{
+    ByteSize, ConfigFileFlags, Configuration, DeploymentFlag, struct_keys,
+};
 use tonic::transport::Uri;
 
 use crate::queue::BufferPolicy;
@@ -278,6 +280,32 @@ impl Default for ListenerConfig {
     }
 }
 
+impl Configuration for ListenerConfig {
+    /// Where this listener runs and how it reaches the replayers; what it captures and how it
+    /// buffers belong to the file.
+    const DEPLOYMENT_FLAGS: &'static [DeploymentFlag] = &[
+        DeploymentFlag::same_key("interface"),
+        DeploymentFlag::same_key("user"),
+        DeploymentFlag {
+            id: "replayers",
+            key: "replayer",
+        },
+        DeploymentFlag::same_key("listener_id"),
+        DeploymentFlag::same_key("token_file"),
+        DeploymentFlag::same_key("tls_ca"),
+        DeploymentFlag::same_key("tls_cert"),
+        DeploymentFlag::same_key("tls_key"),
+        DeploymentFlag::same_key("spool_dir"),
+        DeploymentFlag::same_key("metrics_listen"),
+        DeploymentFlag::same_key("log_format"),
+        DeploymentFlag::same_key("stats_interval"),
+    ];
+
+    fn file_keys() -> Vec<String> {
+        struct_keys::<ListenerConfig>("")
+    }
+}
+
 /// Batch compression on the replayer link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -361,6 +389,27 @@ mod tests {
         let printed: ListenerConfig =
             toml::from_str(&tapwire_shared::config::to_toml(&from_file)).unwrap();
         assert_eq!(printed, from_file);
+    }
+
+    #[test]
+    fn deployment_flags_are_flags_that_set_their_file_key() {
+        tapwire_shared::config::check_deployment_flags::<ListenerConfig>(
+            &[
+                ("interface", "eth0"),
+                ("user", "tapwire"),
+                ("replayers", "http://replayer:7070"),
+                ("listener_id", "web-1"),
+                ("token_file", "/etc/tapwire/token"),
+                ("tls_ca", "ca.pem"),
+                ("tls_cert", "cert.pem"),
+                ("tls_key", "key.pem"),
+                ("spool_dir", "/var/spool/tapwire"),
+                ("metrics_listen", "127.0.0.1:9090"),
+                ("log_format", "json"),
+                ("stats_interval", "5s"),
+            ],
+            &["--port", "80", "--output-null"],
+        );
     }
 
     #[test]
