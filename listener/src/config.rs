@@ -63,20 +63,20 @@ pub struct ListenerConfig {
 
     /// Kernel capture buffer size (at least 65536). A bigger buffer rides out longer bursts
     /// before the kernel drops packets (reported as tapwire_listener_pcap_dropped_packets).
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Capture")]
-    pub pcap_buffer_bytes: i32,
+    #[arg(long, default_value_t = ByteSize(16 << 20), value_name = "SIZE", help_heading = "Capture")]
+    pub pcap_buffer_bytes: ByteSize,
 
     /// Largest request kept (at most 48 MiB). Larger ones are dropped and counted (reason
     /// `too_large`) without disturbing the rest of their connection.
-    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", help_heading = "Reassembly")]
-    pub max_request_bytes: u64,
+    #[arg(long, default_value_t = ByteSize(4 << 20), value_name = "SIZE", help_heading = "Reassembly")]
+    pub max_request_bytes: ByteSize,
 
     /// Memory held per connection for out-of-order segments while waiting for a missing one,
     /// counted by cost (bytes plus about 100 bytes of bookkeeping per segment; adjacent segments
     /// are merged). Past it the hole is given up: skipped if production acknowledged past it
     /// (reason `capture_gap`), else what is held is discarded (`unacknowledged_by_server`).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", help_heading = "Reassembly")]
-    pub max_out_of_order_bytes: usize,
+    #[arg(long, default_value_t = ByteSize(1 << 20), value_name = "SIZE", help_heading = "Reassembly")]
+    pub max_out_of_order_bytes: ByteSize,
 
     /// How long a missing segment may be waited for before its bytes are declared lost. Only
     /// the request it falls in is dropped (reason `capture_gap`); the connection goes on.
@@ -88,8 +88,8 @@ pub struct ListenerConfig {
     /// Memory held across all connections for their state (512 bytes each), incomplete
     /// requests, out-of-order segments and requests awaiting production's ACK, counted by cost. Past it the connections holding
     /// most are shed (partial requests counted as `flow_shed`).
-    #[arg(long, default_value_t = 24 << 20, value_name = "BYTES", help_heading = "Reassembly")]
-    pub max_buffered_bytes: usize,
+    #[arg(long, default_value_t = ByteSize(24 << 20), value_name = "SIZE", help_heading = "Reassembly")]
+    pub max_buffered_bytes: ByteSize,
 
     /// Connections tracked at once (at least 1). Past it the least recently active are shed.
     #[arg(
@@ -164,7 +164,7 @@ pub struct ListenerConfig {
     #[arg(long, value_enum, default_value_t = Compression::None, help_heading = "Replayer link")]
     pub compression: Compression,
 
-    /// Name of this listener in the replayer's metrics and logs. Defaults to the hostname.
+    /// Name of this listener in the replayer's metrics and logs [default: the hostname].
     #[arg(long, value_name = "NAME", help_heading = "Replayer link")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener_id: Option<String>,
@@ -182,8 +182,8 @@ pub struct ListenerConfig {
     /// Most message bytes held in memory for the replayers (queued, in flight or
     /// unacknowledged). Kept well under the listener's 64 MiB memory goal; ride out longer
     /// outages with --spool-dir.
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Buffering")]
-    pub buffer_bytes: usize,
+    #[arg(long, default_value_t = ByteSize(16 << 20), value_name = "SIZE", help_heading = "Buffering")]
+    pub buffer_bytes: ByteSize,
 
     /// When the buffer (or the spool) is full: `drop-newest` refuses new records (counted as
     /// `queue_full` / `spool_full`), `drop-oldest` evicts the oldest ones not yet sent
@@ -199,9 +199,9 @@ pub struct ListenerConfig {
     pub spool_dir: Option<PathBuf>,
 
     /// Most bytes in the spool.
-    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES", help_heading = "Buffering",
+    #[arg(long, default_value_t = ByteSize(1 << 30), value_name = "SIZE", help_heading = "Buffering",
           requires = "spool_dir")]
-    pub spool_bytes: u64,
+    pub spool_bytes: ByteSize,
 
     /// Most records per gRPC batch (at least 1).
     #[arg(
@@ -410,6 +410,44 @@ mod tests {
             ],
             &["--port", "80", "--output-null"],
         );
+    }
+
+    #[test]
+    fn every_size_takes_units_on_flags_and_in_the_file() {
+        let from_flags = from_flags(&[
+            "--port",
+            "80",
+            "--output-null",
+            "--pcap-buffer-bytes",
+            "32mb",
+            "--max-request-bytes",
+            "1MiB",
+            "--max-out-of-order-bytes",
+            "512k",
+            "--max-buffered-bytes",
+            "64MiB",
+            "--buffer-bytes",
+            "8mb",
+            "--spool-dir",
+            "/tmp",
+            "--spool-bytes",
+            "2GiB",
+        ]);
+        let file = r#"
+            port = [80]
+            output_null = true
+            pcap_buffer_bytes = "32MiB"
+            max_request_bytes = 1048576
+            max_out_of_order_bytes = "512KiB"
+            max_buffered_bytes = "64mb"
+            buffer_bytes = "8MiB"
+            spool_dir = "/tmp"
+            spool_bytes = "2gb"
+        "#;
+        let from_file: ListenerConfig = toml::from_str(file).unwrap();
+        assert_eq!(from_flags, from_file);
+        assert_eq!(from_file.max_out_of_order_bytes, ByteSize(512 << 10));
+        assert_eq!(from_file.spool_bytes, ByteSize(2 << 30));
     }
 
     #[test]

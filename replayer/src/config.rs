@@ -337,8 +337,8 @@ pub struct TargetSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<u32>,
 
-    /// Requests allowed above the rate in a burst (default: 30 ms worth of the rate, at least 1;
-    /// records arrive in batches, so a smaller burst would admit less than the rate).
+    /// Requests allowed above the rate in a burst (records arrive in batches, so a smaller burst
+    /// would admit less than the rate) [default: 30 ms worth of the rate, at least 1].
     #[arg(long, value_name = "REQUESTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
