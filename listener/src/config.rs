@@ -333,8 +333,10 @@ impl FromStr for ReplayerUrl {
 }
 
 impl fmt::Display for ReplayerUrl {
+    /// As written, `http://host:port`: without the `/` path a URL parser adds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        let text = self.0.to_string();
+        f.write_str(text.strip_suffix('/').unwrap_or(&text))
     }
 }
 
