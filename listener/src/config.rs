@@ -415,6 +415,14 @@ mod tests {
     }
 
     #[test]
+    fn every_file_key_is_known() {
+        let keys = ListenerConfig::file_keys();
+        for key in ["interface", "port", "replayer", "metrics_listen", "user"] {
+            assert!(keys.iter().any(|known| known == key), "{key} in {keys:?}");
+        }
+    }
+
+    #[test]
     fn every_size_takes_units_on_flags_and_in_the_file() {
         let from_flags = from_flags(&[
             "--port",

@@ -1,7 +1,8 @@
 //! The replayer's configuration as data: structs whose fields are both the command-line flags and
 //! the keys of the `--config` TOML file, each setting declared once (its default on its flag).
-//! On the command line, per-target settings (`--rate`, `--sample`...) apply to every `--target`;
-//! in a file each `[[target]]` has its own, with its own filters and rewrites.
+//! On the command line, per-target settings (`--rate`, `--sample`...) apply to every `--target`,
+//! and a target's own follow its URL (`--target 'http://a:80;rate=10'`, the keys of a
+//! `[[target]]` table); in a file each `[[target]]` has its own, with its own filters and rewrites.
 //! [`EnginePlan::compile`](crate::plan::EnginePlan::compile) validates it into what runs.
 
 use std::net::SocketAddr;
@@ -210,7 +211,11 @@ pub struct ReplayerConfig {
     /// The per-target flags below apply to every --target; a target's own settings follow its
     /// URL as `;key=value`, with the keys of a `[[target]]` table in a file, e.g.
     /// 'http://a:8080;rate=10;sample=5%;timeout=2s'.
-    #[arg(long = "target", value_name = "URL[;KEY=VALUE...]", help_heading = "Targets")]
+    #[arg(
+        long = "target",
+        value_name = "URL[;KEY=VALUE...]",
+        help_heading = "Targets"
+    )]
     #[serde(skip)]
     target_urls: Vec<String>,
 
@@ -441,8 +446,7 @@ impl TargetSettings {
     /// These settings with `key` set to `value`, read as a TOML value when it is one (`10`,
     /// `true`) and as a string otherwise (`5%`, `2s`); whichever the key's type takes.
     fn with_setting(&self, key: &str, value: &str) -> Result<TargetSettings, String> {
-        let mut table =
-            toml::Table::try_from(self).map_err(|error| format!("{key}: {error}"))?;
+        let mut table = toml::Table::try_from(self).map_err(|error| format!("{key}: {error}"))?;
         let as_toml = toml::from_str::<toml::Table>(&format!("value = {value}"))
             .ok()
             .filter(|parsed| parsed.len() == 1)
@@ -796,9 +800,8 @@ mod tests {
 
     #[test]
     fn inline_target_keys_are_checked() {
-        let load = |spec: &str| {
-            ReplayerConfig::load(["tapwire-replayer", "--target", spec]).map(|_| ())
-        };
+        let load =
+            |spec: &str| ReplayerConfig::load(["tapwire-replayer", "--target", spec]).map(|_| ());
         let unknown = load("http://a:80;rat=10").unwrap_err();
         assert_eq!(unknown.field, "--target[0]");
         assert!(unknown.problem.contains("\"rat\""), "{unknown}");
@@ -830,10 +833,18 @@ mod tests {
     #[test]
     fn every_file_key_is_known() {
         let keys = ReplayerConfig::file_keys();
-        for key in ["grpc_listen", "tls.client_ca", "target.rate", "target.filters.allow_url"] {
+        for key in [
+            "grpc_listen",
+            "tls.client_ca",
+            "target.rate",
+            "target.filters.allow_url",
+        ] {
             assert!(keys.iter().any(|known| known == key), "{key} in {keys:?}");
         }
-        assert!(!keys.iter().any(|key| key == "target" || key == "tls"), "{keys:?}");
+        assert!(
+            !keys.iter().any(|key| key == "target" || key == "tls"),
+            "{keys:?}"
+        );
     }
 
     #[test]

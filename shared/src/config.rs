@@ -1,6 +1,7 @@
 //! What both sides' configurations share: the error that names the setting at fault, and how
 //! flags and a TOML file become one configuration (each setting declared once, on a struct that
-//! derives both its flag and its file key).
+//! derives both its flag and its file key; the deployment flags, listed once per program in
+//! [`Configuration::DEPLOYMENT_FLAGS`], override the file).
 
 /// A configuration that cannot run, naming the field at fault (`target[1].filters.allow_url[0]`,
 /// `max_request_bytes`) so that one message tells the user what to fix.
@@ -121,9 +122,15 @@ pub fn check_deployment_flags<T: Configuration>(values: &[(&str, &str)], require
             .find(|(id, _)| *id == flag.id)
             .unwrap_or_else(|| panic!("no test value for deployment flag {:?}", flag.id))
             .1;
-        let long = format!("--{}", arg.get_long().expect("deployment flags are long flags"));
-        let args = [command.get_name(), &long, value].into_iter().chain(required.iter().copied());
-        let config = T::try_parse_from(args).unwrap_or_else(|error| panic!("{long} {value}: {error}"));
+        let long = format!(
+            "--{}",
+            arg.get_long().expect("deployment flags are long flags")
+        );
+        let args = [command.get_name(), &long, value]
+            .into_iter()
+            .chain(required.iter().copied());
+        let config =
+            T::try_parse_from(args).unwrap_or_else(|error| panic!("{long} {value}: {error}"));
         let printed = toml::Table::try_from(&config).expect("a configuration prints as a table");
         assert!(
             lookup(&printed, flag.key).is_some(),
