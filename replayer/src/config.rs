@@ -460,7 +460,10 @@ impl TargetSettings {
             match table.clone().try_into::<TargetSettings>() {
                 Ok(target) => return Ok(target),
                 Err(error) => {
-                    first_error.get_or_insert_with(|| error.to_string());
+                    // Its first line: the rest only repeats the key.
+                    let message = error.to_string();
+                    let first_line = message.lines().next().unwrap_or_default().to_owned();
+                    first_error.get_or_insert(first_line);
                 }
             }
         }
