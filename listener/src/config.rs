@@ -12,7 +12,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tapwire_runtime::gor_output::DEFAULT_CHUNK_BYTES;
-use tapwire_shared::config::{ByteSize, ConfigFileFlags, OperatorFlags};
+use tapwire_shared::config::{
+    ByteSize, ConfigFileFlags, Configuration, DeploymentFlag, LogFormat, struct_keys,
+};
 use tonic::transport::Uri;
 
 use crate::queue::BufferPolicy;
@@ -96,20 +98,20 @@ pub struct ListenerConfig {
 
     /// Kernel capture buffer size (at least 65536). A bigger buffer rides out longer bursts
     /// before the kernel drops packets (reported as tapwire_listener_pcap_dropped_packets).
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Capture")]
-    pub pcap_buffer_bytes: i32,
+    #[arg(long, default_value_t = ByteSize(16 << 20), value_name = "SIZE", help_heading = "Capture")]
+    pub pcap_buffer_bytes: ByteSize,
 
     /// Largest request kept (at most 48 MiB). Larger ones are dropped and counted (reason
     /// `too_large`) without disturbing the rest of their connection.
-    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", help_heading = "Reassembly")]
-    pub max_request_bytes: u64,
+    #[arg(long, default_value_t = ByteSize(4 << 20), value_name = "SIZE", help_heading = "Reassembly")]
+    pub max_request_bytes: ByteSize,
 
     /// Memory held per connection for out-of-order segments while waiting for a missing one,
     /// counted by cost (bytes plus about 100 bytes of bookkeeping per segment; adjacent segments
     /// are merged). Past it the hole is given up: skipped if production acknowledged past it
     /// (reason `capture_gap`), else what is held is discarded (`unacknowledged_by_server`).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", help_heading = "Reassembly")]
-    pub max_out_of_order_bytes: usize,
+    #[arg(long, default_value_t = ByteSize(1 << 20), value_name = "SIZE", help_heading = "Reassembly")]
+    pub max_out_of_order_bytes: ByteSize,
 
     /// How long a missing segment may be waited for before its bytes are declared lost. Only
     /// the request it falls in is dropped (reason `capture_gap`); the connection goes on.
@@ -121,8 +123,8 @@ pub struct ListenerConfig {
     /// Memory held across all connections for their state (512 bytes each), incomplete
     /// requests, out-of-order segments and requests awaiting production's ACK, counted by cost. Past it the connections holding
     /// most are shed (partial requests counted as `flow_shed`).
-    #[arg(long, default_value_t = 24 << 20, value_name = "BYTES", help_heading = "Reassembly")]
-    pub max_buffered_bytes: usize,
+    #[arg(long, default_value_t = ByteSize(24 << 20), value_name = "SIZE", help_heading = "Reassembly")]
+    pub max_buffered_bytes: ByteSize,
 
     /// Connections tracked at once (at least 1). Past it the least recently active are shed.
     #[arg(
@@ -197,7 +199,7 @@ pub struct ListenerConfig {
     #[arg(long, value_enum, default_value_t = Compression::None, help_heading = "Replayer link")]
     pub compression: Compression,
 
-    /// Name of this listener in the replayer's metrics and logs. Defaults to the hostname.
+    /// Name of this listener in the replayer's metrics and logs [default: the hostname].
     #[arg(long, value_name = "NAME", help_heading = "Replayer link")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener_id: Option<String>,
@@ -215,8 +217,8 @@ pub struct ListenerConfig {
     /// Most message bytes held in memory for the replayers (queued, in flight or
     /// unacknowledged). Kept well under the listener's 64 MiB memory goal; ride out longer
     /// outages with --spool-dir.
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", help_heading = "Buffering")]
-    pub buffer_bytes: usize,
+    #[arg(long, default_value_t = ByteSize(16 << 20), value_name = "SIZE", help_heading = "Buffering")]
+    pub buffer_bytes: ByteSize,
 
     /// When the buffer (or the spool) is full: `drop-newest` refuses new records (counted as
     /// `queue_full` / `spool_full`), `drop-oldest` evicts the oldest ones not yet sent
@@ -232,9 +234,9 @@ pub struct ListenerConfig {
     pub spool_dir: Option<PathBuf>,
 
     /// Most bytes in the spool.
-    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES", help_heading = "Buffering",
+    #[arg(long, default_value_t = ByteSize(1 << 30), value_name = "SIZE", help_heading = "Buffering",
           requires = "spool_dir")]
-    pub spool_bytes: u64,
+    pub spool_bytes: ByteSize,
 
     /// Most records per gRPC batch (at least 1).
     #[arg(
@@ -306,14 +308,48 @@ pub struct ListenerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
 
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub operator: OperatorFlags,
+    /// Log lines as text, or as one JSON object per line (`timestamp`, `level`, `message` and
+    /// the event's fields), for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    pub log_format: LogFormat,
+
+    /// How often to log the accounting (captured, sent, dropped by reason, buffered, rate); 0
+    /// turns it off.
+    #[arg(long, default_value = "10s", value_name = "DURATION", help_heading = "Observability",
+          value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
         tapwire_shared::config::flag_defaults()
+    }
+}
+
+impl Configuration for ListenerConfig {
+    /// Where this listener runs and how it reaches the replayers; what it captures and how it
+    /// buffers belong to the file.
+    const DEPLOYMENT_FLAGS: &'static [DeploymentFlag] = &[
+        DeploymentFlag::same_key("interface"),
+        DeploymentFlag::same_key("user"),
+        DeploymentFlag {
+            id: "replayers",
+            key: "replayer",
+        },
+        DeploymentFlag::same_key("listener_id"),
+        DeploymentFlag::same_key("token_file"),
+        DeploymentFlag::same_key("tls_ca"),
+        DeploymentFlag::same_key("tls_cert"),
+        DeploymentFlag::same_key("tls_key"),
+        DeploymentFlag::same_key("spool_dir"),
+        DeploymentFlag::same_key("metrics_listen"),
+        DeploymentFlag::same_key("log_format"),
+        DeploymentFlag::same_key("stats_interval"),
+    ];
+
+    fn file_keys() -> Vec<String> {
+        struct_keys::<ListenerConfig>("")
     }
 }
 
@@ -344,8 +380,10 @@ impl FromStr for ReplayerUrl {
 }
 
 impl fmt::Display for ReplayerUrl {
+    /// As written, `http://host:port`: without the `/` path a URL parser adds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        let text = self.0.to_string();
+        f.write_str(text.strip_suffix('/').unwrap_or(&text))
     }
 }
 
@@ -400,6 +438,73 @@ mod tests {
         let printed: ListenerConfig =
             toml::from_str(&tapwire_shared::config::to_toml(&from_file)).unwrap();
         assert_eq!(printed, from_file);
+    }
+
+    #[test]
+    fn deployment_flags_are_flags_that_set_their_file_key() {
+        tapwire_shared::config::check_deployment_flags::<ListenerConfig>(
+            &[
+                ("interface", "eth0"),
+                ("user", "tapwire"),
+                ("replayers", "http://replayer:7070"),
+                ("listener_id", "web-1"),
+                ("token_file", "/etc/tapwire/token"),
+                ("tls_ca", "ca.pem"),
+                ("tls_cert", "cert.pem"),
+                ("tls_key", "key.pem"),
+                ("spool_dir", "/var/spool/tapwire"),
+                ("metrics_listen", "127.0.0.1:9090"),
+                ("log_format", "json"),
+                ("stats_interval", "5s"),
+            ],
+            &["--port", "80", "--output-null"],
+        );
+    }
+
+    #[test]
+    fn every_file_key_is_known() {
+        let keys = ListenerConfig::file_keys();
+        for key in ["interface", "port", "replayer", "metrics_listen", "user"] {
+            assert!(keys.iter().any(|known| known == key), "{key} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn every_size_takes_units_on_flags_and_in_the_file() {
+        let from_flags = from_flags(&[
+            "--port",
+            "80",
+            "--output-null",
+            "--pcap-buffer-bytes",
+            "32mb",
+            "--max-request-bytes",
+            "1MiB",
+            "--max-out-of-order-bytes",
+            "512k",
+            "--max-buffered-bytes",
+            "64MiB",
+            "--buffer-bytes",
+            "8mb",
+            "--spool-dir",
+            "/tmp",
+            "--spool-bytes",
+            "2GiB",
+        ]);
+        let file = r#"
+            port = [80]
+            output_null = true
+            pcap_buffer_bytes = "32MiB"
+            max_request_bytes = 1048576
+            max_out_of_order_bytes = "512KiB"
+            max_buffered_bytes = "64mb"
+            buffer_bytes = "8MiB"
+            spool_dir = "/tmp"
+            spool_bytes = "2gb"
+        "#;
+        let from_file: ListenerConfig = toml::from_str(file).unwrap();
+        assert_eq!(from_flags, from_file);
+        assert_eq!(from_file.max_out_of_order_bytes, ByteSize(512 << 10));
+        assert_eq!(from_file.spool_bytes, ByteSize(2 << 30));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tapwire_shared::config;
 async fn main() -> ExitCode {
     let loaded = config::load::<ListenerConfig, _, _>(std::env::args_os());
     let (plan, log_format) = match config::plan_or_exit(loaded, |config| {
-        Ok((ListenerPlan::compile(config)?, config.operator.log_format))
+        Ok((ListenerPlan::compile(config)?, config.log_format))
     }) {
         Ok(compiled) => compiled,
         Err(exit) => return exit,

@@ -90,6 +90,11 @@ fn at_least<T: PartialOrd + std::fmt::Display>(
     Ok(value)
 }
 
+/// `size` as the type a part takes it in (`usize`, or libpcap's `i32`).
+fn size_in<T: TryFrom<u64>>(field: &str, size: ByteSize) -> Result<T, ConfigError> {
+    T::try_from(size.get()).map_err(|_| ConfigError::new(field, format!("{size} is too large")))
+}
+
 fn read_pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|error| {
         ConfigError::new(field, format!("cannot read {}: {error}", path.display()))
@@ -103,7 +108,7 @@ impl ListenerPlan {
         if config.ports.is_empty() {
             return Err(ConfigError::new("port", "at least one port is required"));
         }
-        let max_request_bytes = at_least("max_request_bytes", config.max_request_bytes, 1)?;
+        let max_request_bytes = at_least("max_request_bytes", config.max_request_bytes.get(), 1)?;
         if max_request_bytes > MAX_REQUEST_BYTES_LIMIT {
             return Err(ConfigError::new(
                 "max_request_bytes",
@@ -120,21 +125,24 @@ impl ListenerPlan {
             snaplen: 262_144,
             buffer_bytes: at_least(
                 "pcap_buffer_bytes",
-                config.pcap_buffer_bytes,
+                size_in("pcap_buffer_bytes", config.pcap_buffer_bytes)?,
                 MIN_PCAP_BUFFER_BYTES,
             )?,
         };
         let reassembly = ReassemblyLimits {
             max_request_bytes: max_request_bytes as usize,
-            max_out_of_order_bytes: config.max_out_of_order_bytes,
+            max_out_of_order_bytes: size_in(
+                "max_out_of_order_bytes",
+                config.max_out_of_order_bytes,
+            )?,
             gap_timeout_ns: config.gap_timeout.as_nanos() as u64,
             flow_idle_timeout_ns: config.flow_idle_timeout.as_nanos() as u64,
-            max_buffered_bytes: config.max_buffered_bytes,
+            max_buffered_bytes: size_in("max_buffered_bytes", config.max_buffered_bytes)?,
             max_flows: at_least("max_flows", config.max_flows, 1)? as usize,
         };
         let buffer = BufferSettings {
             records: at_least("buffer_records", config.buffer_records, 1)? as usize,
-            bytes: config.buffer_bytes,
+            bytes: size_in("buffer_bytes", config.buffer_bytes)?,
             policy: config.buffer_policy,
         };
         let instance = rand::random();
@@ -188,7 +196,7 @@ impl ListenerPlan {
             buffer,
             spool: config.spool_dir.as_ref().map(|dir| SpoolSettings {
                 dir: dir.clone(),
-                bytes: config.spool_bytes,
+                bytes: config.spool_bytes.get(),
             }),
             link,
             file,
@@ -196,7 +204,7 @@ impl ListenerPlan {
             null: config.output_null,
             drain_timeout: config.drain_timeout,
             metrics_listen: config.metrics_listen,
-            stats_interval: config.operator.stats_every(),
+            stats_interval: tapwire_shared::config::stats_every(config.stats_interval),
             exit_after: config.exit_after,
         })
     }

@@ -1,7 +1,8 @@
 //! The replayer's configuration as data: structs whose fields are both the command-line flags and
 //! the keys of the `--config` TOML file, each setting declared once (its default on its flag).
-//! On the command line, per-target settings (`--rate`, `--sample`...) apply to every `--target`;
-//! in a file each `[[target]]` has its own, with its own filters and rewrites.
+//! On the command line, per-target settings (`--rate`, `--sample`...) apply to every `--target`,
+//! and a target's own follow its URL (`--target 'http://a:80;rate=10'`, the keys of a
+//! `[[target]]` table); in a file each `[[target]]` has its own, with its own filters and rewrites.
 //! [`EnginePlan::compile`](crate::plan::EnginePlan::compile) validates it into what runs.
 
 use std::net::SocketAddr;
@@ -13,8 +14,8 @@ use clap::{Args, Parser, ValueEnum};
 use http::Uri;
 use serde::{Deserialize, Serialize};
 use tapwire_shared::config::{
-    self as shared_config, ByteSize, ConfigError, ConfigFileFlags, Loaded, OperatorFlags,
-    flag_defaults,
+    self as shared_config, ByteSize, ConfigError, ConfigFileFlags, Configuration, DeploymentFlag,
+    Loaded, LogFormat, flag_defaults, struct_keys,
 };
 
 /// Receives captured HTTP requests from tapwire listeners over gRPC and replays them to staging
@@ -46,9 +47,18 @@ pub struct ReplayerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
 
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub operator: OperatorFlags,
+    /// Log lines as text, or as one JSON object per line (`timestamp`, `level`, `message` and
+    /// the event's fields), for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    pub log_format: LogFormat,
+
+    /// How often to log the accounting: totals, and one line per target (received, answered
+    /// by status class, dropped by reason, rate and p50/p99 latency over the interval); 0
+    /// turns it off.
+    #[arg(long, default_value = "10s", value_name = "DURATION", help_heading = "Observability",
+          value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
 
     /// Accept only listeners presenting the bearer token in this file (compared in constant
     /// time). Others are refused and counted.
@@ -211,7 +221,15 @@ pub struct ReplayerConfig {
     /// Staging target as http://host:port or https://host:port. Repeat to send every request
     /// to several targets. Requests only ever go to configured targets, never to a captured
     /// Host.
-    #[arg(long = "target", value_name = "URL", help_heading = "Targets")]
+    ///
+    /// The per-target flags below apply to every --target; a target's own settings follow its
+    /// URL as `;key=value`, with the keys of a `[[target]]` table in a file, e.g.
+    /// 'http://a:8080;rate=10;sample=5%;timeout=2s'.
+    #[arg(
+        long = "target",
+        value_name = "URL[;KEY=VALUE...]",
+        help_heading = "Targets"
+    )]
     #[serde(skip)]
     target_urls: Vec<String>,
 
@@ -235,19 +253,89 @@ impl ReplayerConfig {
         S: Into<std::ffi::OsString> + Clone,
     {
         let mut loaded = shared_config::load::<ReplayerConfig, _, _>(args)?;
-        loaded.config.expand_target_flags();
+        loaded.config.expand_target_flags()?;
         Ok(loaded)
     }
 
-    /// Each `--target` becomes a target with the per-target flags' settings.
-    fn expand_target_flags(&mut self) {
+    /// Each `--target` becomes a target with the per-target flags' settings, overridden by its
+    /// own `;key=value` settings.
+    fn expand_target_flags(&mut self) -> Result<(), ConfigError> {
         let every_target = std::mem::take(&mut self.every_target);
-        for url in std::mem::take(&mut self.target_urls) {
-            self.targets.push(TargetSettings {
-                url,
-                ..every_target.clone()
-            });
+        // `--target-ca` and `--target-insecure` are for the https:// targets among them: a
+        // command line may mix both kinds (given inline, on an http:// one, they are refused).
+        let plain_targets = TargetSettings {
+            target_ca: None,
+            target_insecure: false,
+            ..every_target.clone()
+        };
+        let is_https = |spec: &String| {
+            let scheme = spec.trim_start().get(..8);
+            scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        };
+        if every_target != plain_targets && !self.target_urls.iter().any(is_https) {
+            let flag = match every_target.target_insecure {
+                true => "--target-insecure",
+                false => "--target-ca",
+            };
+            return Err(ConfigError::new(
+                flag,
+                "only applies to https:// targets, and no --target is one",
+            ));
         }
+        for (index, spec) in std::mem::take(&mut self.target_urls).iter().enumerate() {
+            let base = match is_https(spec) {
+                true => &every_target,
+                false => &plain_targets,
+            };
+            let target = base
+                .with_inline_settings(spec)
+                .map_err(|problem| ConfigError::new(format!("--target[{index}]"), problem))?;
+            self.targets.push(target);
+        }
+        Ok(())
+    }
+}
+
+impl Configuration for ReplayerConfig {
+    /// Where this replayer listens and how listeners authenticate; what it replays, to which
+    /// targets and how, belongs to the file.
+    const DEPLOYMENT_FLAGS: &'static [DeploymentFlag] = &[
+        DeploymentFlag::same_key("grpc_listen"),
+        DeploymentFlag::same_key("metrics_listen"),
+        DeploymentFlag::same_key("token_file"),
+        DeploymentFlag {
+            id: "tls_cert",
+            key: "tls.cert",
+        },
+        DeploymentFlag {
+            id: "tls_key",
+            key: "tls.key",
+        },
+        DeploymentFlag {
+            id: "tls_ca",
+            key: "tls.client_ca",
+        },
+        DeploymentFlag::same_key("log_format"),
+        DeploymentFlag::same_key("stats_interval"),
+    ];
+
+    fn file_keys() -> Vec<String> {
+        let tables = ["tls", "filters", "rewrites", "target"];
+        let mut keys: Vec<String> = struct_keys::<ReplayerConfig>("")
+            .into_iter()
+            .filter(|key| !tables.contains(&key.as_str()))
+            .collect();
+        keys.extend(struct_keys::<TlsSettings>("tls."));
+        keys.extend(struct_keys::<FilterSettings>("filters."));
+        keys.extend(struct_keys::<RewriteSettings>("rewrites."));
+        keys.extend(
+            struct_keys::<TargetSettings>("target.")
+                .into_iter()
+                .filter(|key| !["target.filters", "target.rewrites"].contains(&key.as_str())),
+        );
+        keys.extend(struct_keys::<FilterSettings>("target.filters."));
+        keys.extend(struct_keys::<RewriteSettings>("target.rewrites."));
+        keys
     }
 }
 
@@ -293,8 +381,8 @@ pub struct TargetSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<u32>,
 
-    /// Requests allowed above the rate in a burst (default: 30 ms worth of the rate, at least 1;
-    /// records arrive in batches, so a smaller burst would admit less than the rate).
+    /// Requests allowed above the rate in a burst (records arrive in batches, so a smaller burst
+    /// would admit less than the rate) [default: 30 ms worth of the rate, at least 1].
     #[arg(long, value_name = "REQUESTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
@@ -367,6 +455,71 @@ pub struct TargetSettings {
 impl Default for TargetSettings {
     fn default() -> Self {
         flag_defaults()
+    }
+}
+
+impl TargetSettings {
+    /// The keys a `--target` may set inline: those with a flag, the scalar ones (a field added
+    /// with a flag is one of them, with no code here).
+    pub fn inline_keys() -> Vec<String> {
+        TargetSettings::augment_args(clap::Command::new("target"))
+            .get_arguments()
+            .map(|arg| arg.get_id().to_string())
+            .collect()
+    }
+
+    /// These settings for the target `spec` names: `URL;key=value;...`, each `key=value` as
+    /// that key would be in a `[[target]]` table (`rate=10`, `sample=5%`, `timeout=2s`).
+    fn with_inline_settings(&self, spec: &str) -> Result<TargetSettings, String> {
+        let mut parts = spec.split(';');
+        let url = parts.next().unwrap_or_default().trim().to_owned();
+        let mut target = TargetSettings {
+            url,
+            ..self.clone()
+        };
+        let inline_keys = TargetSettings::inline_keys();
+        for part in parts.map(str::trim).filter(|part| !part.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let key = key.trim();
+            if !inline_keys.iter().any(|known| known == key) {
+                return Err(format!(
+                    "unknown key {key:?}; a target's keys are {}",
+                    inline_keys.join(", ")
+                ));
+            }
+            target = target.with_setting(key, value.trim())?;
+        }
+        Ok(target)
+    }
+
+    /// These settings with `key` set to `value`, read as a TOML value when it is one (`10`,
+    /// `true`) and as a string otherwise (`5%`, `2s`); whichever the key's type takes.
+    fn with_setting(&self, key: &str, value: &str) -> Result<TargetSettings, String> {
+        let mut table = toml::Table::try_from(self).map_err(|error| format!("{key}: {error}"))?;
+        let as_toml = toml::from_str::<toml::Table>(&format!("value = {value}"))
+            .ok()
+            .filter(|parsed| parsed.len() == 1)
+            .and_then(|mut parsed| parsed.remove("value"));
+        let mut first_error = None;
+        for candidate in as_toml
+            .into_iter()
+            .chain([toml::Value::String(value.to_owned())])
+        {
+            table.insert(key.to_owned(), candidate);
+            match table.clone().try_into::<TargetSettings>() {
+                Ok(target) => return Ok(target),
+                Err(error) => {
+                    // Its first line: the rest only repeats the key.
+                    let message = error.to_string();
+                    let first_line = message.lines().next().unwrap_or_default().to_owned();
+                    first_error.get_or_insert(first_line);
+                }
+            }
+        }
+        let error = first_error.unwrap_or_default();
+        Err(format!("{key}: {}", error.trim_end()))
     }
 }
 
@@ -714,6 +867,78 @@ mod tests {
         // Printing and reading back is lossless.
         let printed: ReplayerConfig = toml::from_str(&shared_config::to_toml(&from_file)).unwrap();
         assert_eq!(printed, from_file);
+    }
+
+    #[test]
+    fn inline_target_settings_override_the_per_target_flags() {
+        let config = from_flags(&[
+            "--rate",
+            "50",
+            "--target",
+            "http://a:80;rate=10;sample=5%;timeout=2s;keep_host=true;queue=7",
+            "--target",
+            "http://b:80",
+        ]);
+        let [a, b] = &config.targets[..] else {
+            panic!("{:?}", config.targets)
+        };
+        assert_eq!(a.url, "http://a:80");
+        assert_eq!(a.rate, Some(10));
+        assert_eq!(a.sample.as_deref(), Some("5%"));
+        assert_eq!(a.timeout, Duration::from_secs(2));
+        assert!(a.keep_host);
+        assert_eq!(a.queue, 7);
+        assert_eq!((b.url.as_str(), b.rate), ("http://b:80", Some(50)));
+        assert_eq!(b.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn inline_target_keys_are_checked() {
+        let load =
+            |spec: &str| ReplayerConfig::load(["tapwire-replayer", "--target", spec]).map(|_| ());
+        let unknown = load("http://a:80;rat=10").unwrap_err();
+        assert_eq!(unknown.field, "--target[0]");
+        assert!(unknown.problem.contains("\"rat\""), "{unknown}");
+        assert!(unknown.problem.contains("rate, burst, sample"), "{unknown}");
+        let bad_value = load("http://a:80;rate=fast").unwrap_err();
+        assert!(bad_value.problem.starts_with("rate: "), "{bad_value}");
+        assert!(load("http://a:80;rate").is_err());
+        assert!(load("http://a:80;url=http://b:80").is_err());
+        assert!(load("http://a:80;filters=x").is_err());
+    }
+
+    #[test]
+    fn deployment_flags_are_flags_that_set_their_file_key() {
+        shared_config::check_deployment_flags::<ReplayerConfig>(
+            &[
+                ("grpc_listen", "127.0.0.1:7070"),
+                ("metrics_listen", "127.0.0.1:9090"),
+                ("token_file", "/etc/tapwire/token"),
+                ("tls_cert", "cert.pem"),
+                ("tls_key", "key.pem"),
+                ("tls_ca", "ca.pem"),
+                ("log_format", "json"),
+                ("stats_interval", "5s"),
+            ],
+            &[],
+        );
+    }
+
+    #[test]
+    fn every_file_key_is_known() {
+        let keys = ReplayerConfig::file_keys();
+        for key in [
+            "grpc_listen",
+            "tls.client_ca",
+            "target.rate",
+            "target.filters.allow_url",
+        ] {
+            assert!(keys.iter().any(|known| known == key), "{key} in {keys:?}");
+        }
+        assert!(
+            !keys.iter().any(|key| key == "target" || key == "tls"),
+            "{keys:?}"
+        );
     }
 
     #[test]

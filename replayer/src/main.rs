@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let loaded = ReplayerConfig::load(std::env::args_os());
     let (plan, log_format) = match config::plan_or_exit(loaded, |config| {
-        Ok((EnginePlan::compile(config)?, config.operator.log_format))
+        Ok((EnginePlan::compile(config)?, config.log_format))
     }) {
         Ok(compiled) => compiled,
         Err(exit) => return exit,

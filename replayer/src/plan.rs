@@ -313,7 +313,7 @@ impl EnginePlan {
             print: config.output_stdout.then_some(config.prettify),
             middleware,
             metrics_listen: config.metrics_listen,
-            stats_interval: config.operator.stats_every(),
+            stats_interval: tapwire_shared::config::stats_every(config.stats_interval),
             drain_timeout: config.drain_timeout,
             token,
             tls,

@@ -325,10 +325,28 @@ fn tls_settings_are_checked_at_start() {
     assert!(printed.contains("target_ca"), "{printed}");
     let (code, printed) = check_config(&["--target", "http://staging", "--target-ca", ca_file]);
     assert_eq!(code, 2, "{printed}");
-    assert!(printed.contains("target[0].target_ca"), "{printed}");
+    assert!(
+        printed.contains("--target-ca: only applies to https://"),
+        "{printed}"
+    );
     let (code, printed) = check_config(&["--target", "http://staging", "--target-insecure"]);
     assert_eq!(code, 2, "{printed}");
-    assert!(printed.contains("target[0].target_insecure"), "{printed}");
+    assert!(printed.contains("--target-insecure"), "{printed}");
+    let inline = format!("http://staging;target_ca={ca_file}");
+    let (code, printed) = check_config(&["--target", &inline]);
+    assert_eq!(code, 2, "{printed}");
+    assert!(printed.contains("target[0].target_ca"), "{printed}");
+    // The flags go to the https:// targets of a command line that mixes both kinds.
+    let (code, printed) = check_config(&[
+        "--target",
+        "https://staging",
+        "--target",
+        "http://plain",
+        "--target-ca",
+        ca_file,
+    ]);
+    assert_eq!(code, 0, "{printed}");
+    assert_eq!(printed.matches("target_ca = ").count(), 1, "{printed}");
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "nothing here\n").unwrap();
     let not_pem = not_pem.to_str().unwrap();
