@@ -1,18 +1,15 @@
 //! Opening a connection to a target, the one way requests and reachability probes both use:
 //! the DNS lookup, a TCP connect to each address in turn, and for an `https://` target the TLS
 //! handshake ([`crate::target_tls`]). A failure says which step failed, why, and for which
-//! name or address. What flows over the connection is the same either way ([`TargetStream`]).
+//! name or address. What flows over the connection is the same either way ([`MaybeTls`]).
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
+use crate::stream::MaybeTls;
 use crate::target_tls::{TargetTls, describe_handshake};
 
 /// How long one address may take to accept a connection before the next is tried: an
@@ -50,7 +47,7 @@ impl ConnectError {
 impl TargetAddress {
     /// Looks the host up, connects, and for TLS completes the handshake. No timeout here:
     /// callers run it under their own.
-    pub async fn connect(&self) -> Result<TargetStream, ConnectError> {
+    pub async fn connect(&self) -> Result<MaybeTls, ConnectError> {
         let lookup = |cause| ConnectError::Lookup {
             host: self
                 .authority
@@ -77,19 +74,15 @@ impl TargetAddress {
         }))
     }
 
-    async fn start(
-        &self,
-        stream: TcpStream,
-        addr: SocketAddr,
-    ) -> Result<TargetStream, ConnectError> {
+    async fn start(&self, stream: TcpStream, addr: SocketAddr) -> Result<MaybeTls, ConnectError> {
         // Requests are written whole; waiting for acknowledgements would only add latency.
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return Ok(TargetStream::Tcp(stream));
+            return Ok(MaybeTls::Plain(stream));
         };
         let handshake = tls.connector.connect(tls.server_name.clone(), stream);
         match within(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(stream) => Ok(TargetStream::Tls(Box::new(stream))),
+            Ok(stream) => Ok(MaybeTls::tls(stream)),
             Err(cause) => Err(ConnectError::Tls { addr, cause }),
         }
     }
@@ -113,52 +106,6 @@ fn describe_connect(cause: &io::Error) -> String {
         io::ErrorKind::HostUnreachable => "host unreachable".to_owned(),
         io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
         _ => cause.to_string(),
-    }
-}
-
-/// A connection to a target, over TCP or TLS.
-pub enum TargetStream {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for TargetStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TargetStream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for TargetStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TargetStream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TargetStream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TargetStream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
-            TargetStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 

@@ -13,8 +13,8 @@
 //! - [`target`]: a sink per staging target: its own filters, [`sample`]r and rate, bounded
 //!   queue, workers each with an [`upstream`] HTTP/1 connection (opened by [`connect`], over
 //!   TLS for `https://` targets: [`target_tls`]) that writes the captured request byte for
-//!   byte, preserved sessions; failures logged by [`target_failures`]. [`print`] is the sink that shows requests
-//!   instead.
+//!   byte, preserved sessions; failures logged by [`target_failures`]. [`print`] is the sink
+//!   that shows requests instead. Links and targets alike are a [`stream`], with TLS or not.
 //!
 //! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
 //! reason a request is not replayed, [`metrics`] the counters that account for every request
@@ -46,6 +46,7 @@ pub mod sample;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod stream;
 pub mod target;
 pub mod target_failures;
 pub mod target_tls;

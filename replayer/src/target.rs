@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::WhenLimited;
-use crate::connect::{TargetAddress, TargetStream};
+use crate::connect::TargetAddress;
 use crate::filter::Filters;
 use crate::metrics::{ReplayerMetrics, TargetMetrics};
 use crate::observe::Observers;
@@ -35,6 +35,7 @@ use crate::request::{HostRule, ReplayRequest};
 use crate::rewrite::Rewrites;
 use crate::sample::Sampler;
 use crate::sink::{Backpressure, ReplaySink, RoomWait};
+use crate::stream::MaybeTls;
 use crate::target_failures::TargetFailures;
 use crate::upstream::{ExchangeError, TargetResponse, Upstream};
 
@@ -330,7 +331,7 @@ struct RequestSender {
 }
 
 /// A worker's connection to the target, if it has one.
-type Connection = Option<Upstream<TargetStream>>;
+type Connection = Option<Upstream<MaybeTls>>;
 
 impl RequestSender {
     fn new(plan: &TargetPlan, metrics: TargetMetrics, observers: Observers) -> Self {
@@ -417,7 +418,7 @@ impl RequestSender {
             .await
     }
 
-    async fn connect(&self) -> Result<Upstream<TargetStream>, ExchangeError> {
+    async fn connect(&self) -> Result<Upstream<MaybeTls>, ExchangeError> {
         Ok(Upstream::new(self.address.connect().await?))
     }
 

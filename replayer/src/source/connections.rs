@@ -23,12 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::metrics::ReplayerMetrics;
 use crate::outcome::LinkRefusal;
+use crate::stream::MaybeTls;
 
 /// What every HTTP/2 connection opens with (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -183,15 +183,11 @@ async fn handshake(
         remote_addr: Some(peer),
     };
     let mut stream = match tls {
-        Some(acceptor) => {
-            LinkStream::Tls(Box::new(acceptor.accept(tcp).await.map_err(|error| {
-                Refusal {
-                    reason: LinkRefusal::TlsHandshake,
-                    detail: error.to_string(),
-                }
-            })?))
-        }
-        None => LinkStream::Plain(tcp),
+        Some(acceptor) => MaybeTls::tls(acceptor.accept(tcp).await.map_err(|error| Refusal {
+            reason: LinkRefusal::TlsHandshake,
+            detail: error.to_string(),
+        })?),
+        None => MaybeTls::Plain(tcp),
     };
     let mut preface = [0u8; PREFACE.len()];
     stream
@@ -231,14 +227,9 @@ impl Drop for ProofDeadline {
     }
 }
 
-enum LinkStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
 /// A listener connection that passed its handshake; holds its slot until closed.
 pub struct LinkConnection {
-    stream: LinkStream,
+    stream: MaybeTls,
     /// Bytes of the preface (already read) still to hand to the server.
     preface_left: usize,
     info: TcpConnectInfo,
@@ -315,63 +306,5 @@ impl AsyncWrite for LinkConnection {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-impl AsyncRead for LinkStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LinkStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            LinkStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for LinkStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            LinkStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
-            LinkStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            LinkStream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, data),
-            LinkStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, data),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            LinkStream::Plain(tcp) => tcp.is_write_vectored(),
-            LinkStream::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LinkStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            LinkStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LinkStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            LinkStream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
     }
 }
