@@ -85,7 +85,7 @@ pub struct ListenerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_pcap: Option<PathBuf>,
 
-    /// Stop capturing after this long, drain, and exit (non-zero when every request seen was
+    /// Stop this long after starting, drain, and exit (non-zero when every request seen was
     /// dropped: see README, Exit codes).
     #[arg(long, value_name = "DURATION", help_heading = "Capture",
           value_parser = humantime::parse_duration)]

@@ -44,6 +44,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tapwire_runtime::Shutdown;
 use tapwire_runtime::health::{Condition, Health, Hold};
+use tapwire_runtime::periodic::per_second;
 
 pub use config::ListenerConfig;
 use metrics::{DropReason, ListenerMetrics};
@@ -65,22 +66,7 @@ pub struct RunOutcome {
 /// fails; then drains what it can within the drain timeout and logs the final accounting.
 pub async fn run(plan: ListenerPlan, shutdown: Shutdown) -> anyhow::Result<RunOutcome> {
     let ends_by_itself = plan.input_pcap.is_some() || plan.exit_after.is_some();
-    let stop = Shutdown::new();
-    tokio::spawn({
-        let (stop, shutdown) = (stop.clone(), shutdown.clone());
-        async move {
-            shutdown.requested().await;
-            stop.request();
-        }
-    });
-    if let Some(after) = plan.exit_after {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            tracing::info!(?after, "--exit-after reached");
-            stop.request();
-        });
-    }
+    let stop = shutdown.or_after(plan.exit_after);
     let listener = Listener::start(plan).await?;
     let metrics = listener.metrics.clone();
     listener.run(stop).await?;
@@ -318,8 +304,7 @@ impl CaptureThread {
 /// captured per second over the interval.
 async fn report_accounting(metrics: ListenerMetrics, stats_interval: Option<Duration>) {
     let mut gauge_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut stats_tick = stats_interval
-        .map(|interval| tokio::time::interval_at(tokio::time::Instant::now() + interval, interval));
+    let mut stats_tick = stats_interval.map(tapwire_runtime::periodic::every);
     let (mut captured, mut since) = (0, std::time::Instant::now());
     loop {
         let stats_due = async {
@@ -335,8 +320,7 @@ async fn report_accounting(metrics: ListenerMetrics, stats_interval: Option<Dura
             _ = stats_due => {
                 metrics.records_buffered.set(metrics.buffered() as i64);
                 let now = metrics.requests_captured.get();
-                let seconds = since.elapsed().as_secs_f64().max(1e-3);
-                let rate = ((now.saturating_sub(captured)) as f64 / seconds * 10.0).round() / 10.0;
+                let rate = per_second(now.saturating_sub(captured), since.elapsed());
                 (captured, since) = (now, std::time::Instant::now());
                 tracing::info!(rate_per_s = rate, summary = %metrics.summary(), "accounting");
             }

@@ -14,7 +14,8 @@ use std::time::Duration;
 const PER_DOUBLING: f64 = 8.0;
 /// The lowest bucket's upper bound; faster responses count in it.
 const FLOOR_SECONDS: f64 = 10e-6;
-/// 10 µs × 2^(187/8) ≈ 110 s: longer than any sensible `--timeout`; slower ones count in the last.
+/// The last bucket's upper bound is 10 µs × 2^(186/8) ≈ 100 s: longer than any sensible
+/// `--timeout`; slower responses count in it.
 const BUCKETS: usize = 187;
 
 /// Response times counted in fixed buckets, shared by a target's workers.

@@ -126,22 +126,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
     };
     // Stops the sources: on the signal, after --exit-after, or when only files are replayed
     // and they are done.
-    let stop = Shutdown::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown.requested().await;
-            stop.request();
-        }
-    });
-    if let Some(after) = plan.exit_after {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            tracing::info!(?after, "--exit-after reached");
-            stop.request();
-        });
-    }
+    let stop = shutdown.or_after(plan.exit_after);
 
     let mut outputs: Vec<OutputDone> = Vec::new();
     let mut observers: Vec<Arc<dyn ReplayObserver>> = Vec::new();
@@ -286,10 +271,13 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         accounting.abort();
     }
     tracing::info!(summary = %metrics.summary(), "replayer stopped");
-    let mut answered = 0;
+    // Only requests a target tried to send (or dropped before sending) count: a run whose
+    // requests were all filtered or sampled out did what it was asked.
+    let (mut answered, mut offered) = (0, 0);
     for name in &target_names {
         let target = metrics.target(name);
         answered += target.answered();
+        offered += target.sent.get() + target.dropped_total();
         tracing::info!(target = %name, summary = %target.summary(), "target totals");
     }
     Ok(RunOutcome {
@@ -297,7 +285,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         nothing_answered: ends_by_itself
             && !signalled.is_requested()
             && !target_names.is_empty()
-            && metrics.records_received.get() > 0
+            && offered > 0
             && answered == 0,
     })
 }

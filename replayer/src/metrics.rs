@@ -428,14 +428,7 @@ impl TargetMetrics {
         let filtered: u64 = self.filtered.iter().map(Counter::get).sum();
         let unsent: u64 = TargetDropReason::ALL
             .into_iter()
-            .filter(|reason| {
-                matches!(
-                    reason,
-                    TargetDropReason::RateLimited
-                        | TargetDropReason::TargetQueueFull
-                        | TargetDropReason::ShedSlowTarget
-                )
-            })
+            .filter(|reason| reason.is_before_sending())
             .map(|reason| self.dropped(reason).get())
             .sum();
         self.sent.get() + filtered + unsent

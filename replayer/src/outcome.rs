@@ -29,6 +29,17 @@ pub enum TargetDropReason {
 }
 
 impl TargetDropReason {
+    /// Whether a request dropped for this reason never left the replayer (over its rate, its
+    /// queue full or shed): it was not sent, so no response can be expected.
+    pub fn is_before_sending(self) -> bool {
+        matches!(
+            self,
+            TargetDropReason::RateLimited
+                | TargetDropReason::TargetQueueFull
+                | TargetDropReason::ShedSlowTarget
+        )
+    }
+
     pub const ALL: [TargetDropReason; 8] = [
         TargetDropReason::RateLimited,
         TargetDropReason::TargetQueueFull,

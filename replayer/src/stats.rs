@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use tapwire_runtime::periodic::per_second;
 use tokio::task::JoinHandle;
 
 use crate::latency::Snapshot;
@@ -47,13 +48,13 @@ impl Accounting {
 
     /// Logs the lines for the interval since the previous call (or since the start).
     pub fn log_interval(&mut self) {
-        let seconds = self.since.elapsed().as_secs_f64().max(1e-3);
+        let elapsed = self.since.elapsed();
         self.since = Instant::now();
         let received = self.metrics.records_received.get();
         let answered: u64 = self.targets.iter().map(|t| t.metrics.answered()).sum();
         let dropped: u64 = self.targets.iter().map(|t| t.metrics.dropped_total()).sum();
         tracing::info!(
-            rate_per_s = per_second(received.saturating_sub(self.received), seconds),
+            rate_per_s = per_second(received.saturating_sub(self.received), elapsed),
             answered,
             dropped,
             summary = %self.metrics.summary(),
@@ -62,7 +63,7 @@ impl Accounting {
         self.received = received;
         for target in &mut self.targets {
             let received = target.metrics.received();
-            let rate = per_second(received.saturating_sub(target.received), seconds);
+            let rate = per_second(received.saturating_sub(target.received), elapsed);
             target.received = received;
             let latency = target.metrics.latency.buckets.snapshot();
             match latency.quantiles_since(&target.latency) {
@@ -89,17 +90,12 @@ impl Accounting {
 /// Logs `accounting` every `interval` until aborted.
 pub fn every(interval: Duration, mut accounting: Accounting) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut tick = tapwire_runtime::periodic::every(interval);
         loop {
             tick.tick().await;
             accounting.log_interval();
         }
     })
-}
-
-/// Rounded to a tenth: the line is for reading.
-fn per_second(count: u64, seconds: f64) -> f64 {
-    (count as f64 / seconds * 10.0).round() / 10.0
 }
 
 /// Rounded to a microsecond.

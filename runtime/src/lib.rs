@@ -5,12 +5,14 @@
 //!   know), served by the metrics endpoint.
 //! - [`logging`]: log set-up (stderr, `RUST_LOG`, text or JSON).
 //! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`, and `/healthz`, `/readyz`.
+//! - [`periodic`]: the tick and the rate of the accounting lines logged every `--stats-interval`.
 //! - [`shutdown`]: the one stop request every task and thread obeys, and the signals that ask it.
 
 pub mod gor_output;
 pub mod health;
 pub mod logging;
 pub mod metrics_endpoint;
+pub mod periodic;
 pub mod shutdown;
 
 pub use health::Health;

@@ -1,7 +1,7 @@
 //! Stopping: a [`Shutdown`] is one stop request shared by every task and thread that must obey
 //! it. Whoever holds a clone can ask (`request`) or wait (`requested`, or `is_requested` from
 //! a thread that polls). [`Shutdown::on_signals`] is the process's own, asked by SIGTERM or
-//! SIGINT.
+//! SIGINT; [`Shutdown::or_after`] a run's own stop, asked by it or once `--exit-after` passed.
 
 use std::sync::Arc;
 
@@ -41,6 +41,30 @@ impl Shutdown {
         let mut asked = self.asked.subscribe();
         // The sender lives as long as `self`: this cannot fail.
         let _ = asked.wait_for(|asked| *asked).await;
+    }
+
+    /// A new stop request, asked when this one is, and by itself once `after` has passed
+    /// (`--exit-after`), if given; it can also be asked on its own (the input is done). Must be
+    /// called inside a Tokio runtime.
+    pub fn or_after(&self, after: Option<std::time::Duration>) -> Shutdown {
+        let stop = Shutdown::new();
+        let (outer, asked) = (self.clone(), stop.clone());
+        tokio::spawn(async move {
+            let expired = async {
+                match after {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = outer.requested() => {}
+                () = expired => tracing::info!(?after, "--exit-after reached"),
+                // Asked directly: nothing left to forward.
+                () = asked.requested() => return,
+            }
+            asked.request();
+        });
+        stop
     }
 
     /// A shutdown asked by SIGTERM or SIGINT (Ctrl-C), whichever comes first. The handlers are
@@ -90,5 +114,20 @@ mod tests {
         // Asked once, asked for good: a late waiter returns at once.
         shutdown.clone().requested().await;
         assert!(shutdown.is_requested());
+    }
+
+    #[tokio::test]
+    async fn a_run_stops_when_its_outer_shutdown_does_or_once_its_time_is_up() {
+        let outer = Shutdown::new();
+        let run = outer.or_after(None);
+        assert!(!run.is_requested());
+        outer.request();
+        tokio::time::timeout(std::time::Duration::from_secs(5), run.requested())
+            .await
+            .unwrap();
+        let timed = Shutdown::new().or_after(Some(std::time::Duration::from_millis(10)));
+        tokio::time::timeout(std::time::Duration::from_secs(5), timed.requested())
+            .await
+            .unwrap();
     }
 }

@@ -446,6 +446,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_zero_stats_interval_turns_the_lines_off() {
+        assert_eq!(stats_every(std::time::Duration::ZERO), None);
+        let interval = std::time::Duration::from_millis(250);
+        assert_eq!(stats_every(interval), Some(interval));
+    }
+
+    #[test]
     fn sizes_take_goreplay_and_binary_units_and_print_back() {
         for (text, bytes) in [
             ("1048576", 1 << 20),

@@ -227,8 +227,8 @@ fn invalid_flags_are_refused_with_exit_code_2_and_a_clear_message() {
         ),
         (
             "tapwire-replayer",
-            &["--target", "https://staging:443"],
-            "https targets are not supported",
+            &["--target", "ftp://staging:21"],
+            "expected http://host:port or https://host:port",
         ),
         (
             "tapwire-replayer",

@@ -68,7 +68,7 @@ async fn replayer_logs_totals_and_each_targets_accounting_every_interval() {
     let dead = closed_url().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("requests.gor");
-    // 20 requests 50 ms apart, looped: about 20 per second, for 1.5 s.
+    // 20 requests 50 ms apart, looped: about 20 per second, for 2 s.
     write_requests(&file, 20, 50);
     let (code, replayer) = run_to_exit(
         "tapwire-replayer",
@@ -77,7 +77,7 @@ async fn replayer_logs_totals_and_each_targets_accounting_every_interval() {
             file.to_str().unwrap(),
             "--input-file-loop",
             "--exit-after",
-            "1500ms",
+            "2s",
             "--stats-interval",
             "300ms",
             "--target",
@@ -91,7 +91,8 @@ async fn replayer_logs_totals_and_each_targets_accounting_every_interval() {
     assert_eq!(code, 0, "a target answered: {log}");
 
     let totals = lines_with(&log, " accounting rate_per_s=");
-    assert!(totals.len() >= 3, "a line every 300 ms: {log}");
+    // About six in 2 s; at least two even on a machine busy enough to delay start-up.
+    assert!(totals.len() >= 2, "a line every 300 ms: {log}");
     for field in [" answered=", " dropped=", " summary=received="] {
         assert!(
             totals.iter().all(|line| line.contains(field)),
@@ -102,7 +103,7 @@ async fn replayer_logs_totals_and_each_targets_accounting_every_interval() {
         .into_iter()
         .filter(|line| line.contains(&format!("target={} ", staging.url())))
         .collect();
-    assert!(live.len() >= 3, "{log}");
+    assert!(live.len() >= 2, "{log}");
     for field in [
         "rate_per_s=",
         "p50_ms=",
@@ -131,18 +132,26 @@ async fn stats_interval_zero_logs_no_accounting_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("requests.gor");
     write_requests(&file, 20, 50);
+    // The file asks for a line every 100 ms; the flag (a deployment flag, so it may come with
+    // --config, and wins) turns them off: ignoring 0 would leave the file's interval.
+    let config = dir.path().join("replayer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "input_file = [{:?}]\ninput_file_loop = true\nexit_after = \"1s\"\n\
+             stats_interval = \"100ms\"\n[[target]]\nurl = {:?}\n",
+            file.to_str().unwrap(),
+            staging.url()
+        ),
+    )
+    .unwrap();
     let (code, replayer) = run_to_exit(
         "tapwire-replayer",
         &strings(&[
-            "--input-file",
-            file.to_str().unwrap(),
-            "--input-file-loop",
-            "--exit-after",
-            "1s",
+            "--config",
+            config.to_str().unwrap(),
             "--stats-interval",
             "0",
-            "--target",
-            &staging.url(),
         ]),
     )
     .await;
@@ -176,7 +185,7 @@ async fn listener_logs_its_accounting_every_interval_and_none_with_zero() {
         assert!(log.contains("listener stopped"), "{log}");
         let lines = lines_with(&log, " accounting rate_per_s=");
         if expect_lines {
-            assert!(lines.len() >= 3, "{log}");
+            assert!(lines.len() >= 2, "a line every 200 ms for 1 s: {log}");
             assert!(lines[0].contains(" summary=captured=0"), "{log}");
         } else {
             assert!(lines_with(&log, "accounting").is_empty(), "{log}");
@@ -204,6 +213,11 @@ async fn json_log_lines_are_objects_with_level_and_message() {
     .await;
     let log = replayer.log();
     assert_eq!(code, 0, "{log}");
+    // A field named like the message would give the object two `message` keys, which log
+    // stores refuse (serde_json keeps the last): an escaped quote cannot fake the key.
+    for line in log.lines() {
+        assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+    }
     let events: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))

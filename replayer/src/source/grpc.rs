@@ -353,7 +353,7 @@ impl StreamSession {
                 }
                 Turn::Received(Err(status)) => {
                     tracing::warn!(peer = ?self.peer, listener = %self.listener_id(),
-                        code = ?status.code(), message = %status.message().escape_debug(),
+                        code = ?status.code(), status_message = %status.message().escape_debug(),
                         "listener stream failed");
                     // Ending with OK would tell the listener its stream closed cleanly.
                     let _ = self.reply(Err(status)).await;
