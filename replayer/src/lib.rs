@@ -16,12 +16,14 @@
 //!   byte, preserved sessions; failures logged by [`target_failures`]. [`print`] is the sink
 //!   that shows requests instead. Links and targets alike are a [`stream`], with TLS or not.
 //!
-//! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
+//! [`compare`] compares how targets answered (JSON field paths, endpoints). [`config`] holds
+//! the flags and file keys, [`plan`] their compiled form, [`outcome`] every
 //! reason a request is not replayed, [`metrics`] the counters that account for every request
 //! (with [`latency`], each target's response times), [`stats`] the accounting logged every
 //! `--stats-interval`, [`progress`] the bar a file replay shows on a terminal,
 //! [`reachability`] which targets can be reached (checked at start-up, and for readiness).
 
+pub mod compare;
 pub mod config;
 pub mod connect;
 pub mod dedup;
