@@ -1,6 +1,10 @@
 //! Comparing how targets answered the same request (issue 14's comparison, built up in parts):
-//! [`json`] finds the differences between two JSON bodies by field path, [`endpoint`] groups
-//! requests by method and normalised path so that differences are counted per endpoint.
+//! [`json`] finds the differences between two JSON bodies by field path, [`headers`] between
+//! two responses' headers (volatile ones ignored), [`endpoint`] groups requests by method and
+//! normalised path so that differences are counted per endpoint, and [`noise`] decides from
+//! those counts which differences are the candidate's and which any two builds show.
 
 pub mod endpoint;
+pub mod headers;
 pub mod json;
+pub mod noise;
