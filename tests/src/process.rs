@@ -37,6 +37,21 @@ pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// Runs `binary --check-config ARGS` to its end: its exit code and what it printed (stdout,
+/// then stderr).
+pub fn check_config(binary: &str, args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(binary_path(binary).unwrap())
+        .arg("--check-config")
+        .args(args)
+        .output()
+        .unwrap();
+    let printed = [output.stdout, output.stderr].concat();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&printed).into_owned(),
+    )
+}
+
 /// The `addr=IP:PORT` field of a log line.
 pub fn addr_in(line: &str) -> Option<SocketAddr> {
     line.split_whitespace()

@@ -215,17 +215,7 @@ async fn header_rewrites_change_only_the_values_they_match() {
 
 /// `--check-config` with `--target url`: its exit code and what it printed.
 fn check_target(url: &str) -> (i32, String) {
-    let output = std::process::Command::new(
-        tapwire_testkit::process::binary_path("tapwire-replayer").unwrap(),
-    )
-    .args(["--check-config", "--target", url])
-    .output()
-    .unwrap();
-    let printed = [output.stdout, output.stderr].concat();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&printed).into_owned(),
-    )
+    tapwire_testkit::process::check_config("tapwire-replayer", &["--target", url])
 }
 
 #[test]

@@ -301,18 +301,7 @@ async fn an_unreachable_target_is_named_at_start_up_and_the_replayer_runs_on() {
 
 /// `--check-config` with `args`: its exit code and what it printed.
 fn check_config(args: &[&str]) -> (i32, String) {
-    let output = std::process::Command::new(
-        tapwire_testkit::process::binary_path("tapwire-replayer").unwrap(),
-    )
-    .arg("--check-config")
-    .args(args)
-    .output()
-    .unwrap();
-    let printed = [output.stdout, output.stderr].concat();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&printed).into_owned(),
-    )
+    tapwire_testkit::process::check_config("tapwire-replayer", args)
 }
 
 #[test]
