@@ -78,8 +78,8 @@ pub async fn probe_target(
     stop: Shutdown,
     reachable_at_start: bool,
 ) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The start-up check just probed: the first probe here comes one interval later.
+    let mut tick = tapwire_runtime::periodic::every(PROBE_INTERVAL);
     let mut held: Option<Hold> = reachable_at_start.then(|| reachable.hold());
     loop {
         tokio::select! {

@@ -5,7 +5,8 @@
 //!   know), served by the metrics endpoint.
 //! - [`logging`]: log set-up (stderr, `RUST_LOG`, text or JSON).
 //! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`, and `/healthz`, `/readyz`.
-//! - [`periodic`]: the tick and the rate of the accounting lines logged every `--stats-interval`.
+//! - [`periodic`]: the tick of the periodic loops (accounting lines, probes) and how a rate is
+//!   written.
 //! - [`shutdown`]: the one stop request every task and thread obeys, and the signals that ask it.
 
 pub mod gor_output;

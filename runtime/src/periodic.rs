@@ -1,10 +1,12 @@
-//! What both binaries' periodic accounting shares: when its lines come (every
-//! `--stats-interval`, never in a burst after a stall) and how a rate is written.
+//! What both binaries' periodic loops share (the accounting lines every `--stats-interval`,
+//! the replayer's target probes): when they tick (one interval from now, never in a burst
+//! after a stall) and how a rate is written.
 
 use std::time::Duration;
 
 /// Ticks every `interval`, the first one interval from now. A tick missed while the runtime was
-/// busy is not made up in a burst: lines with near-zero intervals would show absurd rates.
+/// busy is not made up in a burst: lines with near-zero intervals would show absurd rates,
+/// and probes would pile up.
 pub fn every(interval: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
