@@ -2,9 +2,11 @@
 //! [`json`] finds the differences between two JSON bodies by field path, [`headers`] between
 //! two responses' headers (volatile ones ignored), [`endpoint`] groups requests by method and
 //! normalised path so that differences are counted per endpoint, and [`noise`] decides from
-//! those counts which differences are the candidate's and which any two builds show.
+//! those counts which differences are the candidate's and which any two builds show;
+//! [`summary`] is what a comparison found, as the report shows it.
 
 pub mod endpoint;
 pub mod headers;
 pub mod json;
 pub mod noise;
+pub mod summary;
