@@ -120,7 +120,8 @@ impl Listener {
         let capture_open = health.condition("capture is not open");
         let output_ready = health.condition("no replayer link is up and no file output is open");
         if let Some(addr) = plan.metrics_listen {
-            tapwire_runtime::serve_metrics(addr, Arc::new(registry), health.clone()).await?;
+            tapwire_runtime::serve_metrics(addr, Arc::new(registry), health.clone(), Vec::new())
+                .await?;
         }
         let spool = plan
             .spool

@@ -237,6 +237,28 @@ pub struct ReplayerConfig {
     #[command(flatten)]
     #[serde(skip)]
     every_target: TargetSettings,
+
+    /// The build under test: a target (written as --target's, keys included) whose responses
+    /// are compared with the baseline's, or with production's when there is no baseline (the
+    /// listeners' --track-responses, or type 2 records in files).
+    #[arg(long, value_name = "URL[;KEY=VALUE...]", help_heading = "Comparison")]
+    #[serde(skip)]
+    candidate: Option<String>,
+
+    /// The current build: the target the candidate's responses are compared with.
+    #[arg(long, value_name = "URL[;KEY=VALUE...]", help_heading = "Comparison")]
+    #[serde(skip)]
+    baseline: Option<String>,
+
+    /// A second instance of the current build: where it differs from the baseline is noise
+    /// (timestamps, generated ids), not reported against the candidate.
+    #[arg(long, value_name = "URL[;KEY=VALUE...]", help_heading = "Comparison")]
+    #[serde(skip)]
+    baseline2: Option<String>,
+
+    /// How responses are compared (in a file: the `[compare]` table).
+    #[command(flatten)]
+    pub compare: CompareSettings,
 }
 
 impl Default for ReplayerConfig {
@@ -272,7 +294,16 @@ impl ReplayerConfig {
             let scheme = spec.trim_start().get(..8);
             scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
         };
-        if every_target != plain_targets && !self.target_urls.iter().any(is_https) {
+        let role_urls = [
+            (Role::Candidate, self.candidate.take()),
+            (Role::Baseline, self.baseline.take()),
+            (Role::Baseline2, self.baseline2.take()),
+        ];
+        let any_https = self.target_urls.iter().any(is_https)
+            || role_urls
+                .iter()
+                .any(|(_, url)| url.as_ref().is_some_and(is_https));
+        if every_target != plain_targets && !any_https {
             let flag = match every_target.target_insecure {
                 true => "--target-insecure",
                 false => "--target-ca",
@@ -290,6 +321,18 @@ impl ReplayerConfig {
             let target = base
                 .with_inline_settings(spec)
                 .map_err(|problem| ConfigError::new(format!("--target[{index}]"), problem))?;
+            self.targets.push(target);
+        }
+        for (role, spec) in role_urls {
+            let Some(spec) = spec else { continue };
+            let base = match is_https(&spec) {
+                true => &every_target,
+                false => &plain_targets,
+            };
+            let mut target = base
+                .with_inline_settings(&spec)
+                .map_err(|problem| ConfigError::new(format!("--{}", role.as_str()), problem))?;
+            target.role = Some(role);
             self.targets.push(target);
         }
         Ok(())
@@ -320,12 +363,13 @@ impl Configuration for ReplayerConfig {
     ];
 
     fn file_keys() -> Vec<String> {
-        let tables = ["tls", "filters", "rewrites", "target"];
+        let tables = ["tls", "filters", "rewrites", "target", "compare"];
         let mut keys: Vec<String> = struct_keys::<ReplayerConfig>("")
             .into_iter()
             .filter(|key| !tables.contains(&key.as_str()))
             .collect();
         keys.extend(struct_keys::<TlsSettings>("tls."));
+        keys.extend(struct_keys::<CompareSettings>("compare."));
         keys.extend(struct_keys::<FilterSettings>("filters."));
         keys.extend(struct_keys::<RewriteSettings>("rewrites."));
         keys.extend(
@@ -364,6 +408,123 @@ pub struct TlsSettings {
 impl TlsSettings {
     pub fn is_empty(&self) -> bool {
         self == &TlsSettings::default()
+    }
+}
+
+/// How the responses of targets with roles are compared (`[compare]` in a file).
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Comparison")]
+#[serde(default, deny_unknown_fields)]
+pub struct CompareSettings {
+    /// A response header not compared (repeat for more), besides those never compared: Date,
+    /// Server, X-Request-Id, X-Trace-Id, Age, Expires, Last-Modified, ETag, and the framing
+    /// (Content-Length, Transfer-Encoding, Connection). Set-Cookie is compared by cookie names.
+    #[arg(
+        long = "compare-ignore-header",
+        id = "compare_ignore_header",
+        value_name = "NAME"
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignore_headers: Vec<String>,
+
+    /// A body field path not compared (repeat for more): `$.meta.generated_at`, `*` for any
+    /// one key or index (`$.items[*].id`), `..` for any depth (`$..request_id`).
+    #[arg(
+        long = "compare-ignore-path",
+        id = "compare_ignore_path",
+        value_name = "PATTERN"
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignore_paths: Vec<String>,
+
+    /// Endpoints are named by method and path with numeric and UUID segments collapsed
+    /// (`GET /users/{n}`); a segment matching REGEX (whole) becomes PLACEHOLDER too, e.g.
+    /// '{sku}=[A-Z]+-[0-9]+' (repeat for more).
+    #[arg(
+        long = "endpoint-pattern",
+        id = "endpoint_pattern",
+        value_name = "PLACEHOLDER=REGEX"
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_patterns: Vec<String>,
+
+    /// A field path's differences are the candidate's only if they exceed the noise's by this
+    /// share of the candidate's own count (Diffy's relative threshold).
+    #[arg(
+        long = "noise-relative",
+        id = "noise_relative",
+        default_value = "20%",
+        value_name = "PERCENT"
+    )]
+    pub noise_relative: String,
+
+    /// ... and by this share of the requests compared at the endpoint (Diffy's absolute
+    /// threshold).
+    #[arg(
+        long = "noise-absolute",
+        id = "noise_absolute",
+        default_value = "0.03%",
+        value_name = "PERCENT"
+    )]
+    pub noise_absolute: String,
+
+    /// Write a JSON Lines diff log: a `difference` line per request where the candidate
+    /// differed, and a `summary` line (what the report shows) every --stats-interval and at
+    /// the end. `tapwire-replayer report PATH` turns it into the HTML report.
+    #[arg(long = "diff-log", id = "diff_log", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_log: Option<PathBuf>,
+
+    /// The diff log is rotated at this size: PATH becomes PATH.1 (replacing the older one).
+    #[arg(long = "diff-log-size", id = "diff_log_size", default_value_t = ByteSize(64 << 20),
+          value_name = "SIZE")]
+    pub diff_log_size: ByteSize,
+
+    /// Requests whose responses wait to be compared at most; beyond, they are counted as not
+    /// compared (`queue_full`): comparing never slows replay.
+    #[arg(
+        long = "compare-queue",
+        id = "compare_queue",
+        default_value_t = 10_000,
+        value_name = "REQUESTS"
+    )]
+    pub queue: u64,
+
+    /// Largest decoded body compared; a larger response is counted as not compared
+    /// (`too_large`).
+    #[arg(long = "compare-body-limit", id = "compare_body_limit",
+          default_value_t = ByteSize(4 << 20), value_name = "SIZE")]
+    pub body_limit: ByteSize,
+}
+
+impl Default for CompareSettings {
+    fn default() -> Self {
+        flag_defaults()
+    }
+}
+
+/// What a target's responses are compared as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The build under test.
+    Candidate,
+    /// The current build: the candidate's reference.
+    Baseline,
+    /// Another instance of the current build: its differences from the baseline are noise.
+    Baseline2,
+    /// Production's own responses (the listeners' --track-responses; never a target).
+    Production,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Candidate => "candidate",
+            Role::Baseline => "baseline",
+            Role::Baseline2 => "baseline2",
+            Role::Production => "production",
+        }
     }
 }
 
@@ -440,6 +601,12 @@ pub struct TargetSettings {
     /// a warning naming the target is logged at start.
     #[arg(long)]
     pub target_insecure: bool,
+
+    /// Compare this target's responses as the `candidate`, the `baseline` or the `baseline2`
+    /// (file only; on the command line --candidate, --baseline, --baseline2).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 
     /// This target's own filters, after the global ones (file only).
     #[arg(skip)]

@@ -13,11 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use governor::DefaultDirectRateLimiter;
+use std::time::Duration;
 use tapwire_runtime::Shutdown;
-use tapwire_shared::gor::GorMessage;
+
+use tapwire_shared::gor::{GorMessage, message_id};
 use tapwire_shared::{RequestRecord, ResponseRecord, proto};
 use tokio::sync::oneshot;
 
+use crate::compare::stage::CompareStage;
 use crate::dedup::Deduplicator;
 use crate::metrics::ReplayerMetrics;
 use crate::observe::Observers;
@@ -48,6 +51,7 @@ pub struct Intake {
     /// Shared by all streams: room in the targets' queues, one record at a time.
     room: Arc<Room>,
     observers: Observers,
+    compare: Option<Arc<CompareStage>>,
     metrics: ReplayerMetrics,
 }
 
@@ -57,6 +61,7 @@ impl Intake {
         global_rate: Option<Arc<DefaultDirectRateLimiter>>,
         room: Room,
         observers: Observers,
+        compare: Option<Arc<CompareStage>>,
         metrics: ReplayerMetrics,
     ) -> Self {
         Intake {
@@ -65,6 +70,7 @@ impl Intake {
             global_rate,
             room: Arc::new(room),
             observers,
+            compare: compare.filter(|stage| stage.wants_production()),
             metrics,
         }
     }
@@ -78,6 +84,7 @@ impl Intake {
             pacer: Pacer::new(pacing, self.global_rate.clone()),
             room: Arc::clone(&self.room),
             observers: self.observers.clone(),
+            compare: self.compare.clone(),
             metrics: self.metrics.clone(),
         })
     }
@@ -90,6 +97,8 @@ pub struct StreamIntake {
     pacer: Pacer,
     room: Arc<Room>,
     observers: Observers,
+    /// Set when production's responses are compared.
+    compare: Option<Arc<CompareStage>>,
     metrics: ReplayerMetrics,
 }
 
@@ -115,6 +124,15 @@ impl StreamIntake {
         // The recorder sees each request as it arrives and goes on, then production's answer
         // to it: the middleware (which gets the request itself downstream) sees a request
         // before its response, as GoReplay's middleware expects.
+        if let Some(stage) = &self.compare {
+            for response in &responses {
+                stage.production_answered(
+                    message_id(origin.instance, response.request_id),
+                    response.response.clone(),
+                    Duration::from_nanos(response.latency_ns),
+                );
+            }
+        }
         let mut answers: HashMap<u64, Vec<ResponseRecord>> = HashMap::new();
         if !self.observers.is_empty() {
             for response in responses {

@@ -79,6 +79,28 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The `q`-th quantile (0.0 to 1.0) of everything recorded; `None` if nothing was.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.0.iter().sum();
+        (total > 0).then(|| quantile(&self.0[..], total, q))
+    }
+
+    /// `(upper bound in seconds, count)` of every non-empty bucket, ascending.
+    pub fn histogram(&self) -> Vec<(f64, u64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .map(|(index, count)| (upper_bound(index), *count))
+            .collect()
+    }
+}
+
+fn upper_bound(index: usize) -> f64 {
+    FLOOR_SECONDS * (index as f64 / PER_DOUBLING).exp2()
+}
+
 fn bucket_of(seconds: f64) -> usize {
     if seconds.is_nan() || seconds <= FLOOR_SECONDS {
         return 0;
@@ -98,7 +120,7 @@ fn quantile(counts: &[u64], total: u64, q: f64) -> Duration {
             seen >= rank
         })
         .unwrap_or(BUCKETS - 1);
-    let upper = FLOOR_SECONDS * (index as f64 / PER_DOUBLING).exp2();
+    let upper = upper_bound(index);
     let middle = upper * (-0.5 / PER_DOUBLING).exp2();
     Duration::from_secs_f64(if index == 0 { upper } else { middle })
 }

@@ -16,7 +16,9 @@
 //!   byte, preserved sessions; failures logged by [`target_failures`]. [`print`] is the sink
 //!   that shows requests instead. Links and targets alike are a [`stream`], with TLS or not.
 //!
-//! [`compare`] compares how targets answered (JSON field paths, endpoints). [`config`] holds
+//! [`compare`] compares how targets with roles answered (the candidate against the baseline
+//! or production, the two baselines' differences as noise), off the send path, into a diff
+//! log and an HTML report (`tapwire-replayer report`, and `/report` on the metrics port). [`config`] holds
 //! the flags and file keys, [`plan`] their compiled form, [`outcome`] every
 //! reason a request is not replayed, [`metrics`] the counters that account for every request
 //! (with [`latency`], each target's response times), [`stats`] the accounting logged every
@@ -109,8 +111,26 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         .map(|_| health.condition("not serving the gRPC port"));
     let target_reachable =
         (!plan.targets.is_empty()).then(|| health.condition("no target is reachable"));
+    let compare_metrics = compare::comparer::CompareMetrics::register(&mut registry);
+    let comparison = plan
+        .compare
+        .map(|compare| {
+            compare::stage::CompareStage::start(compare, compare_metrics, plan.stats_interval)
+        })
+        .transpose()?;
+    let stage = comparison.as_ref().map(|(stage, _)| Arc::clone(stage));
     if let Some(addr) = plan.metrics_listen {
-        tapwire_runtime::serve_metrics(addr, Arc::new(registry), health).await?;
+        let pages = stage
+            .iter()
+            .map(|stage| {
+                let stage = Arc::clone(stage);
+                tapwire_runtime::metrics_endpoint::Page {
+                    path: "/report",
+                    render: Arc::new(move || compare::report::render(&stage.summary())),
+                }
+            })
+            .collect();
+        tapwire_runtime::serve_metrics(addr, Arc::new(registry), health, pages).await?;
     }
     let grpc = match plan.grpc_listen {
         Some(addr) => Some(
@@ -171,6 +191,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
             &metrics,
             plan.preserve_connections,
             observers.clone(),
+            stage.clone(),
         );
         backpressure.push(target.backpressure());
         sinks.push(Box::new(target));
@@ -202,6 +223,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         global.pacing,
         sink::Room::new(backpressure),
         observers,
+        stage,
         metrics.clone(),
     );
 
@@ -269,6 +291,9 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         }
     })
     .await;
+    if let Some((_, done)) = comparison {
+        let _ = tokio::task::spawn_blocking(move || done.finish()).await;
+    }
     if let Some(accounting) = accounting {
         accounting.abort();
     }

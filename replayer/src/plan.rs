@@ -11,7 +11,12 @@ use http::Uri;
 use tapwire_shared::config::ConfigError;
 use tapwire_shared::link::read_token;
 
-use crate::config::{ReplayerConfig, TargetSettings, Timing, WhenLimited, parse_target_url};
+use crate::compare::comparer::Rules;
+use crate::compare::stage::ComparePlan;
+use crate::compare::tally::Roles;
+use crate::config::{
+    CompareSettings, ReplayerConfig, Role, TargetSettings, Timing, WhenLimited, parse_target_url,
+};
 use crate::connect::TargetAddress;
 use crate::filter::Filters;
 use crate::middleware::MiddlewareSettings;
@@ -25,6 +30,10 @@ use crate::target_tls::{TargetTls, TargetTlsError};
 /// Where listeners connect when no address is given (and no file is replayed).
 const DEFAULT_GRPC_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7070);
+
+/// How long a request's responses wait for the last one beyond the slowest compared target's
+/// timeout (production's response may come after the targets').
+const PENDING_GRACE: Duration = Duration::from_secs(2);
 
 /// Requests of a file replay in the targets' hands at most.
 const FILE_IN_FLIGHT: usize = 8192;
@@ -59,6 +68,8 @@ pub struct EnginePlan {
     pub global: GlobalPlan,
     pub targets: Vec<TargetPlan>,
     pub preserve_connections: bool,
+    /// How targets' responses are compared, when targets have roles.
+    pub compare: Option<ComparePlan>,
 }
 
 /// What applies to every record before it is offered to targets.
@@ -90,6 +101,8 @@ pub struct TargetPlan {
     /// How long the queue may stay full, holding sources back, before the target sheds.
     pub shed_after: Duration,
     pub keep_host: bool,
+    /// What its responses are compared as, if they are.
+    pub role: Option<Role>,
 }
 
 /// TLS for an `https://` target (`None` for `http://`), its settings checked: a CA file that
@@ -268,6 +281,7 @@ impl EnginePlan {
                     queue: target.queue as usize,
                     shed_after: target.shed_after,
                     keep_host: target.keep_host,
+                    role: target.role,
                     url,
                 })
             })
@@ -280,6 +294,7 @@ impl EnginePlan {
                 format!("{} is configured twice", pair[0]),
             ));
         }
+        let compare = compare_plan(&config.compare, &targets)?;
         let token = config
             .token_file
             .as_deref()
@@ -320,6 +335,93 @@ impl EnginePlan {
             global,
             targets,
             preserve_connections: config.preserve_connections,
+            compare,
         })
     }
+}
+
+/// The comparison of targets with roles: the candidate against the baseline (or production's
+/// own responses, without one), the two baselines' differences as noise.
+fn compare_plan(
+    settings: &CompareSettings,
+    targets: &[TargetPlan],
+) -> Result<Option<ComparePlan>, ConfigError> {
+    let with_role = |role: Role| targets.iter().filter(move |t| t.role == Some(role));
+    for role in [Role::Candidate, Role::Baseline, Role::Baseline2] {
+        if with_role(role).count() > 1 {
+            return Err(ConfigError::new(
+                "target.role",
+                format!("more than one target is the {}", role.as_str()),
+            ));
+        }
+    }
+    if with_role(Role::Production).next().is_some() {
+        return Err(ConfigError::new(
+            "target.role",
+            "production is not a target: its responses come from the listeners' \
+             --track-responses (or a file's type 2 records); roles are candidate, baseline and \
+             baseline2",
+        ));
+    }
+    let name = |role: Role| with_role(role).next().map(|t| t.name.clone());
+    let Some(candidate) = name(Role::Candidate) else {
+        if name(Role::Baseline).is_some() || name(Role::Baseline2).is_some() {
+            return Err(ConfigError::new(
+                "target.role",
+                "a baseline is compared with a candidate: give one (--candidate URL)",
+            ));
+        }
+        if settings != &CompareSettings::default() {
+            return Err(ConfigError::new(
+                "compare",
+                "comparison settings need a candidate (--candidate URL)",
+            ));
+        }
+        return Ok(None);
+    };
+    let baseline = name(Role::Baseline);
+    let baseline2 = name(Role::Baseline2);
+    if baseline2.is_some() && baseline.is_none() {
+        return Err(ConfigError::new(
+            "target.role",
+            "a second baseline needs a baseline (--baseline URL)",
+        ));
+    }
+    let mut roles = vec![(Role::Candidate, candidate)];
+    let reference = match baseline {
+        Some(baseline) => {
+            roles.push((Role::Baseline, baseline));
+            Role::Baseline
+        }
+        None => {
+            roles.push((Role::Production, "production".to_owned()));
+            Role::Production
+        }
+    };
+    let noise_pair = baseline2.map(|baseline2| {
+        roles.push((Role::Baseline2, baseline2));
+        (Role::Baseline, Role::Baseline2)
+    });
+    let expiry = targets
+        .iter()
+        .filter(|t| t.role.is_some())
+        .map(|t| t.timeout)
+        .max()
+        .unwrap_or_default()
+        + PENDING_GRACE;
+    Ok(Some(ComparePlan {
+        rules: Rules::compile(settings)?,
+        roles: Roles {
+            targets: roles,
+            reference,
+            noise_pair,
+        },
+        thresholds: Rules::thresholds(settings)?,
+        diff_log: settings
+            .diff_log
+            .clone()
+            .map(|path| (path, settings.diff_log_size.get())),
+        queue: settings.queue as usize,
+        expiry,
+    }))
 }

@@ -23,7 +23,8 @@ use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::config::WhenLimited;
+use crate::compare::stage::CompareStage;
+use crate::config::{Role, WhenLimited};
 use crate::connect::TargetAddress;
 use crate::filter::Filters;
 use crate::metrics::{ReplayerMetrics, TargetMetrics};
@@ -65,6 +66,7 @@ impl Target {
         metrics: &ReplayerMetrics,
         preserve_connections: bool,
         observers: Observers,
+        compare: Option<Arc<CompareStage>>,
     ) -> (Target, JoinHandle<()>) {
         let metrics = metrics.target(&plan.name);
         if plan.address.tls.as_ref().is_some_and(|tls| tls.insecure) {
@@ -73,7 +75,13 @@ impl Target {
         }
         let (queue, requests) = mpsc::channel(plan.queue);
         let queue = Arc::new(TargetQueue::new(queue, plan.shed_after, &plan.name));
-        let sender = Arc::new(RequestSender::new(&plan, metrics.clone(), observers));
+        let compare = plan.role.zip(compare);
+        let sender = Arc::new(RequestSender::new(
+            &plan,
+            metrics.clone(),
+            observers,
+            compare,
+        ));
         let (admission, pacing) = match plan.rate {
             None => (None, None),
             // Admitted requests are still paced, so catching up never bursts past the rate.
@@ -328,13 +336,20 @@ struct RequestSender {
     metrics: TargetMetrics,
     failures: TargetFailures,
     observers: Observers,
+    /// Where its responses go to be compared, as what, when they are.
+    compare: Option<(Role, Arc<CompareStage>)>,
 }
 
 /// A worker's connection to the target, if it has one.
 type Connection = Option<Upstream<MaybeTls>>;
 
 impl RequestSender {
-    fn new(plan: &TargetPlan, metrics: TargetMetrics, observers: Observers) -> Self {
+    fn new(
+        plan: &TargetPlan,
+        metrics: TargetMetrics,
+        observers: Observers,
+        compare: Option<(Role, Arc<CompareStage>)>,
+    ) -> Self {
         RequestSender {
             name: plan.name.clone(),
             address: plan.address.clone(),
@@ -344,6 +359,7 @@ impl RequestSender {
             timeout: plan.timeout,
             metrics,
             observers,
+            compare,
         }
     }
 
@@ -351,7 +367,7 @@ impl RequestSender {
     /// outcome. A failed exchange, or one after which either side closes, drops the connection;
     /// the next request reconnects.
     async fn exchange(&self, connection: &mut Connection, replay: &ReplayRequest) {
-        let observed = self.observers.wants_replayed_responses();
+        let observed = self.observers.wants_replayed_responses() || self.compare.is_some();
         let sent_at_ns = observed.then(wall_clock_ns);
         let exchange = async {
             let response = match self.send(connection, replay, observed).await {
@@ -376,7 +392,14 @@ impl RequestSender {
             }
             response
         };
-        let Some((latency, response)) = self.account(exchange).await else {
+        let answered = self.account(exchange).await;
+        if let Some((role, stage)) = &self.compare {
+            let answer = answered
+                .as_ref()
+                .map(|(latency, response)| (response.raw.clone(), *latency));
+            stage.target_answered(*role, replay, answer);
+        }
+        let Some((latency, response)) = answered else {
             *connection = None;
             return;
         };

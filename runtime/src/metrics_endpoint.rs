@@ -1,6 +1,7 @@
 //! The HTTP endpoint of `--metrics-listen`: a Prometheus registry at `/metrics`, liveness at
-//! `/healthz` and readiness at `/readyz` (as [`crate::health`] decides them). Which metrics,
-//! loops and conditions exist is each side's business, not this module's.
+//! `/healthz` and readiness at `/readyz` (as [`crate::health`] decides them), and any HTML
+//! [`Page`] a side adds (the replayer's live comparison report). Which metrics, loops,
+//! conditions and pages exist is each side's business, not this module's.
 //!
 //! The output is stable: families come in the order each side registers them (fixed in code),
 //! and the series of a family in the order of their label values, the same on every scrape and
@@ -25,14 +26,23 @@ use crate::health::Health;
 /// [`crate::health::STALL_LIMIT`] makes `/healthz` fail.
 const RUNTIME_BEAT: Duration = Duration::from_secs(1);
 
-/// Serves `registry` as Prometheus text at `http://ADDR/metrics`, and `health` at `/healthz`
-/// and `/readyz`, until the process exits; registers the runtime's own heartbeat with
-/// `health`. Returns the bound address, so `127.0.0.1:0` picks a free port.
+/// An HTML page served at `path`, rendered on each request.
+#[derive(Clone)]
+pub struct Page {
+    pub path: &'static str,
+    pub render: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+/// Serves `registry` as Prometheus text at `http://ADDR/metrics`, `health` at `/healthz`
+/// and `/readyz`, and `pages`, until the process exits; registers the runtime's own heartbeat
+/// with `health`. Returns the bound address, so `127.0.0.1:0` picks a free port.
 pub async fn serve_metrics(
     addr: SocketAddr,
     registry: Arc<Registry>,
     health: Health,
+    pages: Vec<Page>,
 ) -> anyhow::Result<SocketAddr> {
+    let pages = Arc::new(pages);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -52,9 +62,10 @@ pub async fn serve_metrics(
                 continue;
             };
             let (registry, health) = (Arc::clone(&registry), health.clone());
+            let pages = Arc::clone(&pages);
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    let response = respond(&request, &registry, &health);
+                    let response = respond(&request, &registry, &health, &pages);
                     async move { Ok::<_, std::convert::Infallible>(response) }
                 });
                 // A scraper hanging up mid-response is its business, not an error of ours.
@@ -71,15 +82,28 @@ fn respond(
     request: &Request<Incoming>,
     registry: &Registry,
     health: &Health,
+    pages: &[Page],
 ) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => metrics(registry),
         "/healthz" => verdict(health.liveness(), "ok\n"),
         "/readyz" => verdict(health.readiness(), "ready\n"),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "try /metrics, /healthz or /readyz\n".into(),
-        ),
+        path => match pages.iter().find(|page| page.path == path) {
+            Some(page) => Response::builder()
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .body(Full::new(Bytes::from((page.render)())))
+                .expect("static headers are valid"),
+            None => text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "try /metrics, /healthz or /readyz{}\n",
+                    pages
+                        .iter()
+                        .map(|page| format!(" or {}", page.path))
+                        .collect::<String>()
+                ),
+            ),
+        },
     }
 }
 

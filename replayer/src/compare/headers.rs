@@ -76,15 +76,21 @@ impl HeaderRules {
         found
     }
 
+    /// Whether header `name` (any case) is compared.
+    pub fn is_compared(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        !self.ignored.contains(&name) && !FRAMING.contains(&name.as_str())
+    }
+
     /// The compared headers by lower-case name, each with its values in order (cookie names
     /// only, sorted, for `Set-Cookie`).
     fn compared<'a>(&self, headers: &[(&'a str, &'a [u8])]) -> BTreeMap<String, Vec<Vec<u8>>> {
         let mut by_name: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for (name, value) in headers {
-            let name = name.to_ascii_lowercase();
-            if self.ignored.contains(&name) || FRAMING.contains(&name.as_str()) {
+            if !self.is_compared(name) {
                 continue;
             }
+            let name = name.to_ascii_lowercase();
             let value = match name.as_str() {
                 "set-cookie" => cookie_name(value).to_vec(),
                 _ => value.trim_ascii().to_vec(),

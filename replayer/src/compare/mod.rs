@@ -5,8 +5,17 @@
 //! those counts which differences are the candidate's and which any two builds show;
 //! [`summary`] is what a comparison found, as the report shows it.
 
+pub mod body;
+pub mod comparer;
+pub mod decode;
+pub mod diff_log;
 pub mod endpoint;
 pub mod headers;
 pub mod json;
 pub mod noise;
+pub mod offline;
+pub mod pending;
+pub mod report;
+pub mod stage;
 pub mod summary;
+pub mod tally;

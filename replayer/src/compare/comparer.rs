@@ -1,0 +1,380 @@
+//! Compares one request's responses ([`Comparer::compare`]): each decoded ([`super::decode`]),
+//! the candidate against its reference and the noise pair against each other (status, headers
+//! by [`HeaderRules`], bodies by [`super::body`]), then counted in the [`Tally`], the metrics and
+//! the diff log. Used by the live stage's thread and by the offline `.gor` report alike.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::body::{self, Body, IgnoredPaths};
+use super::decode::{self, DecodedResponse};
+use super::diff_log::{DiffLog, DifferenceLine, PathLine};
+use super::endpoint::EndpointNames;
+use super::headers::{DEFAULT_IGNORED, HeaderRules};
+use super::json::{Difference, DifferenceKind};
+use super::noise::Thresholds;
+use super::pending::{Exchange, RequestLine};
+use super::summary::{Example, ExampleSide};
+use super::tally::Tally;
+use crate::config::{CompareSettings, Role, parse_percent};
+use tapwire_shared::config::ConfigError;
+
+/// Differences found between two responses at most (a response that differs everywhere costs a
+/// bounded amount).
+const DIFFERENCES_PER_PAIR: usize = 100;
+/// Characters of a body kept in an example.
+const EXAMPLE_BODY_CHARS: usize = 4_000;
+
+/// How responses are compared.
+pub struct Rules {
+    pub endpoints: EndpointNames,
+    pub headers: HeaderRules,
+    pub ignored_paths: IgnoredPaths,
+    /// Largest decoded body compared.
+    pub body_limit: usize,
+}
+
+impl Rules {
+    /// The rules `settings` describe, checked.
+    pub fn compile(settings: &CompareSettings) -> Result<Rules, ConfigError> {
+        let patterns = settings
+            .endpoint_patterns
+            .iter()
+            .map(|spec| {
+                spec.split_once('=')
+                    .map(|(placeholder, regex)| (regex.to_owned(), placeholder.to_owned()))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "compare.endpoint_patterns",
+                            format!(
+                                "{spec:?} is not PLACEHOLDER=REGEX, e.g. '{{sku}}=[A-Z]+-[0-9]+'"
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = EndpointNames::new(&patterns)
+            .map_err(|error| ConfigError::new("compare.endpoint_patterns", error.to_string()))?;
+        let ignored_headers = DEFAULT_IGNORED
+            .iter()
+            .copied()
+            .chain(settings.ignore_headers.iter().map(String::as_str));
+        let ignored_paths = IgnoredPaths::new(&settings.ignore_paths)
+            .map_err(|error| ConfigError::new("compare.ignore_paths", error.to_string()))?;
+        Ok(Rules {
+            endpoints,
+            headers: HeaderRules::new(ignored_headers),
+            ignored_paths,
+            body_limit: settings.body_limit.get() as usize,
+        })
+    }
+
+    /// The noise thresholds `settings` give.
+    pub fn thresholds(settings: &CompareSettings) -> Result<Thresholds, ConfigError> {
+        let fraction = |text: &str, field: &str| {
+            parse_percent(text)
+                .map(|percent| percent / 100.0)
+                .map_err(|problem| ConfigError::new(field, problem))
+        };
+        Ok(Thresholds {
+            relative: fraction(&settings.noise_relative, "compare.noise_relative")?,
+            absolute: fraction(&settings.noise_absolute, "compare.noise_absolute")?,
+        })
+    }
+}
+
+/// The comparison's metrics (`tapwire_replayer_compared_total`...), registered whether or not
+/// targets have roles, so that dashboards find them.
+#[derive(Clone, Default)]
+pub struct CompareMetrics {
+    pub compared: Counter,
+    pub not_compared: Family<ReasonLabel, Counter>,
+    /// Requests where the candidate differed beyond the noise, by what differed.
+    pub diffs: Family<KindLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+impl CompareMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = CompareMetrics::default();
+        let registry = registry.sub_registry_with_prefix("tapwire_replayer");
+        registry.register(
+            "compared",
+            "Requests whose responses (candidate, reference, second baseline) were compared",
+            metrics.compared.clone(),
+        );
+        registry.register(
+            "not_compared",
+            "Requests whose responses were not compared, by reason",
+            metrics.not_compared.clone(),
+        );
+        registry.register(
+            "diffs",
+            "Compared requests where the candidate differed beyond the noise, by what differed \
+             (status, header, body)",
+            metrics.diffs.clone(),
+        );
+        metrics
+    }
+}
+
+/// Compares requests' responses and counts what it finds.
+pub struct Comparer {
+    rules: Rules,
+    tally: Arc<Mutex<Tally>>,
+    log: Option<DiffLog>,
+    metrics: CompareMetrics,
+}
+
+/// One role's response, decoded.
+struct Side {
+    role: Role,
+    response: DecodedResponse,
+    body: Body,
+    latency_ms: f64,
+}
+
+impl Comparer {
+    pub fn new(
+        rules: Rules,
+        tally: Arc<Mutex<Tally>>,
+        log: Option<DiffLog>,
+        metrics: CompareMetrics,
+    ) -> Self {
+        Comparer {
+            rules,
+            tally,
+            log,
+            metrics,
+        }
+    }
+
+    pub fn tally(&self) -> &Arc<Mutex<Tally>> {
+        &self.tally
+    }
+
+    /// Counts a request that could not be compared.
+    pub fn not_compared(&self, reason: &str) {
+        self.metrics
+            .not_compared
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        lock(&self.tally).not_compared(reason);
+    }
+
+    /// Compares one request's responses (every compared role's is there).
+    pub fn compare(&mut self, exchange: &Exchange) {
+        let Some(request) = &exchange.request else {
+            return self.not_compared("no_request");
+        };
+        let roles = lock(&self.tally).roles().clone();
+        let mut sides = Vec::with_capacity(roles.targets.len());
+        for (role, _) in &roles.targets {
+            match self.decode(*role, exchange, request) {
+                Ok(side) => sides.push(side),
+                Err(reason) => return self.not_compared(reason),
+            }
+        }
+        let side = |role: Role| sides.iter().find(|side| side.role == role);
+        let (Some(candidate), Some(reference)) = (side(Role::Candidate), side(roles.reference))
+        else {
+            return self.not_compared("missing_response");
+        };
+        let candidate_differences = self.differences(reference, candidate);
+        let noise_differences = match roles.noise_pair.and_then(|(a, b)| side(a).zip(side(b))) {
+            Some((a, b)) => self.differences(a, b),
+            None => Vec::new(),
+        };
+        let endpoint = self
+            .rules
+            .endpoints
+            .name(&request.method, &request.path_and_query);
+        let signal = {
+            let mut tally = lock(&self.tally);
+            for side in &sides {
+                let latency = (side.latency_ms >= 0.0)
+                    .then(|| std::time::Duration::from_secs_f64(side.latency_ms / 1000.0));
+                tally.response(side.role, side.response.status, latency);
+            }
+            let signal = tally.compared(&endpoint, &candidate_differences, &noise_differences);
+            if signal.contains(&true) && tally.wants_example(&endpoint) {
+                let example = self.example(
+                    exchange,
+                    request,
+                    reference,
+                    candidate,
+                    &candidate_differences,
+                );
+                tally.add_example(&endpoint, example);
+            }
+            signal
+        };
+        self.metrics.compared.inc();
+        let mut kinds: Vec<&'static str> = candidate_differences
+            .iter()
+            .zip(&signal)
+            .filter(|(_, signal)| **signal)
+            .map(|(difference, _)| difference_kind(&difference.path))
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for kind in kinds {
+            self.metrics.diffs.get_or_create(&KindLabel { kind }).inc();
+        }
+        if candidate_differences.is_empty() {
+            return;
+        }
+        if let Some(log) = &mut self.log {
+            let line = DifferenceLine {
+                id: &exchange.id,
+                endpoint: &endpoint,
+                request: format!("{} {}", request.method, request.path_and_query),
+                reference: roles.reference.as_str(),
+                candidate_status: candidate.response.status,
+                reference_status: reference.response.status,
+                differences: candidate_differences
+                    .iter()
+                    .zip(&signal)
+                    .map(|(difference, signal)| PathLine {
+                        path: &difference.path,
+                        kind: difference.kind.as_str(),
+                        signal: *signal,
+                    })
+                    .collect(),
+            };
+            if let Err(error) = log.difference(&line) {
+                tracing::warn!(%error, "cannot write the diff log; it stops here");
+                self.log = None;
+            }
+        }
+    }
+
+    /// Writes a summary line to the diff log (if any).
+    pub fn log_summary(&mut self, source: &str) {
+        let Some(log) = &mut self.log else { return };
+        let summary = lock(&self.tally).summary(source);
+        if let Err(error) = log.summary(&summary) {
+            tracing::warn!(%error, "cannot write the diff log; it stops here");
+            self.log = None;
+        }
+    }
+
+    fn decode(
+        &self,
+        role: Role,
+        exchange: &Exchange,
+        request: &RequestLine,
+    ) -> Result<Side, &'static str> {
+        let answer = exchange.response(role).ok_or("missing_response")?;
+        let raw = answer.raw.as_ref().ok_or("too_large")?;
+        let response = decode::decode(raw, request.method == "HEAD", self.rules.body_limit)
+            .map_err(|error| error.reason())?;
+        let body = body::classify(&response);
+        Ok(Side {
+            role,
+            response,
+            body,
+            latency_ms: answer
+                .latency
+                .map_or(-1.0, |latency| latency.as_secs_f64() * 1000.0),
+        })
+    }
+
+    /// How `actual` differs from `expected`: status, compared headers, body.
+    fn differences<'a>(&self, expected: &'a Side, actual: &'a Side) -> Vec<Difference> {
+        let mut found = Vec::new();
+        if expected.response.status != actual.response.status {
+            found.push(Difference {
+                path: "status".to_owned(),
+                kind: DifferenceKind::ValueChanged,
+            });
+        }
+        let as_refs = |side: &'a Side| -> Vec<(&'a str, &'a [u8])> {
+            side.response
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_slice()))
+                .collect()
+        };
+        let (expected_refs, actual_refs) = (as_refs(expected), as_refs(actual));
+        found.extend(self.rules.headers.differences(&expected_refs, &actual_refs));
+        let room = DIFFERENCES_PER_PAIR.saturating_sub(found.len());
+        found.extend(body::differences(
+            &expected.body,
+            &actual.body,
+            &self.rules.ignored_paths,
+            room,
+        ));
+        found.retain(|difference| !self.rules.ignored_paths.matches(&difference.path));
+        found
+    }
+
+    fn example(
+        &self,
+        exchange: &Exchange,
+        request: &RequestLine,
+        reference: &Side,
+        candidate: &Side,
+        differences: &[Difference],
+    ) -> Example {
+        Example {
+            id: exchange.id.clone(),
+            request_line: format!("{} {}", request.method, request.path_and_query),
+            differences: differences
+                .iter()
+                .map(|difference| format!("{} {}", difference.path, difference.kind.as_str()))
+                .collect(),
+            reference: self.example_side(reference),
+            candidate: self.example_side(candidate),
+        }
+    }
+
+    fn example_side(&self, side: &Side) -> ExampleSide {
+        let (body, truncated) = body::render(&side.body, EXAMPLE_BODY_CHARS);
+        ExampleSide {
+            role: side.role.as_str().to_owned(),
+            status: side.response.status,
+            headers: side
+                .response
+                .headers
+                .iter()
+                .filter(|(name, _)| self.rules.headers.is_compared(name))
+                .map(|(name, value)| (name.clone(), String::from_utf8_lossy(value).into_owned()))
+                .collect(),
+            body,
+            truncated,
+            latency_ms: side.latency_ms.max(0.0),
+        }
+    }
+}
+
+/// What a difference's path is about, for `tapwire_replayer_diffs_total{kind}`.
+fn difference_kind(path: &str) -> &'static str {
+    if path == "status" {
+        "status"
+    } else if path.starts_with("headers.") {
+        "header"
+    } else {
+        "body"
+    }
+}
+
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,257 @@
+//! The live comparison, off the send path. Target workers (and the intake, for production's
+//! responses) hand each response to the [`CompareStage`] and go on: it is added to its
+//! request's [`PendingSet`] under a short lock, and a complete set is queued for the comparing
+//! thread. Nothing waits: a full queue counts the request as not compared (`queue_full`).
+//! The thread compares ([`Comparer`]), expires sets that will not complete, writes the diff
+//! log's summary every interval, and the final one when the replay ends ([`CompareDone`]).
+
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::comparer::{CompareMetrics, Comparer, Rules};
+use super::diff_log::DiffLog;
+use super::pending::{Gathered, PendingSet, RequestLine, Response};
+use super::summary::Summary;
+use super::tally::{Roles, Tally};
+use crate::config::Role;
+use crate::request::ReplayRequest;
+
+/// How often the comparing thread looks for sets that will not complete.
+const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// The summary's `source` for a live replay.
+pub const LIVE_SOURCE: &str = "live replay";
+
+/// What the comparison needs, compiled.
+pub struct ComparePlan {
+    pub rules: Rules,
+    pub roles: Roles,
+    pub thresholds: super::noise::Thresholds,
+    pub diff_log: Option<(std::path::PathBuf, u64)>,
+    /// Complete sets waiting for the comparing thread at most.
+    pub queue: usize,
+    /// How long a set may wait for its last response.
+    pub expiry: Duration,
+}
+
+impl ComparePlan {
+    /// The roles whose responses every set needs.
+    pub fn expected_roles(&self) -> Vec<Role> {
+        let mut roles = vec![Role::Candidate, self.roles.reference];
+        if let Some((a, b)) = self.roles.noise_pair {
+            roles.extend([a, b]);
+        }
+        roles.sort_unstable();
+        roles.dedup();
+        roles
+    }
+}
+
+enum Work {
+    Compare(super::pending::Exchange),
+    Finish,
+}
+
+/// Where responses go to be compared.
+pub struct CompareStage {
+    pending: Mutex<PendingSet>,
+    queue: SyncSender<Work>,
+    tally: Arc<Mutex<Tally>>,
+    metrics: CompareMetrics,
+    production_compared: bool,
+}
+
+/// Ends the comparison: see [`CompareDone::finish`].
+pub struct CompareDone {
+    stage: Arc<CompareStage>,
+    thread: JoinHandle<()>,
+}
+
+impl CompareStage {
+    /// Starts the comparing thread; `summary_every` is how often the diff log gets a summary.
+    pub fn start(
+        plan: ComparePlan,
+        metrics: CompareMetrics,
+        summary_every: Option<Duration>,
+    ) -> anyhow::Result<(Arc<CompareStage>, CompareDone)> {
+        let log = match &plan.diff_log {
+            Some((path, size)) => Some(DiffLog::create(path, *size).map_err(|error| {
+                anyhow::anyhow!("cannot create the diff log {}: {error}", path.display())
+            })?),
+            None => None,
+        };
+        let expected = plan.expected_roles();
+        let tally = Arc::new(Mutex::new(Tally::new(plan.roles, plan.thresholds)));
+        let comparer = Comparer::new(plan.rules, Arc::clone(&tally), log, metrics.clone());
+        let (queue, work) = mpsc::sync_channel(plan.queue.max(1));
+        let stage = Arc::new(CompareStage {
+            pending: Mutex::new(PendingSet::new(&expected, plan.expiry)),
+            queue,
+            tally,
+            metrics,
+            production_compared: expected.contains(&Role::Production),
+        });
+        let thread = std::thread::Builder::new().name("compare".into()).spawn({
+            let stage = Arc::clone(&stage);
+            move || stage.run(comparer, work, summary_every)
+        })?;
+        let done = CompareDone {
+            stage: Arc::clone(&stage),
+            thread,
+        };
+        Ok((stage, done))
+    }
+
+    /// Whether production's responses are compared (they are the candidate's reference).
+    pub fn wants_production(&self) -> bool {
+        self.production_compared
+    }
+
+    /// A target's answer to `replay` (`None`: the exchange failed; `raw` `None`: too large).
+    pub fn target_answered(
+        &self,
+        role: Role,
+        replay: &ReplayRequest,
+        answer: Option<(Option<Bytes>, Duration)>,
+    ) {
+        let request = RequestLine {
+            method: replay.method.as_str().to_owned(),
+            path_and_query: replay.path_and_query.as_str().to_owned(),
+        };
+        let response = answer.map(|(raw, latency)| Response {
+            raw,
+            latency: Some(latency),
+        });
+        self.add(role, replay.message_id(), Some(request), response);
+    }
+
+    /// Production's response to the request `id`.
+    pub fn production_answered(&self, id: String, raw: Bytes, latency: Duration) {
+        if !self.production_compared {
+            return;
+        }
+        let response = Response {
+            raw: Some(raw),
+            latency: Some(latency),
+        };
+        self.add(Role::Production, id, None, Some(response));
+    }
+
+    /// What the comparison found so far.
+    pub fn summary(&self) -> Summary {
+        lock(&self.tally).summary(LIVE_SOURCE)
+    }
+
+    fn add(
+        &self,
+        role: Role,
+        id: String,
+        request: Option<RequestLine>,
+        response: Option<Response>,
+    ) {
+        let gathered = lock(&self.pending).add(role, id, request, response, Instant::now());
+        match gathered {
+            Gathered::Waiting => {}
+            Gathered::NotCompared(reason) => self.not_compared(reason.as_str()),
+            Gathered::Complete(exchange) => match self.queue.try_send(Work::Compare(exchange)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => self.not_compared("queue_full"),
+                // The thread has finished: the replay is over.
+                Err(TrySendError::Disconnected(_)) => self.not_compared("shutting_down"),
+            },
+        }
+    }
+
+    fn not_compared(&self, reason: &str) {
+        self.metrics
+            .not_compared
+            .get_or_create(&super::comparer::ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        lock(&self.tally).not_compared(reason);
+    }
+
+    fn expire(&self, everything: bool) {
+        let expired = lock(&self.pending).expire(Instant::now(), everything);
+        for reason in expired {
+            self.not_compared(reason.as_str());
+        }
+    }
+
+    /// The comparing thread.
+    fn run(
+        &self,
+        mut comparer: Comparer,
+        work: mpsc::Receiver<Work>,
+        summary_every: Option<Duration>,
+    ) {
+        let mut next_expiry = Instant::now() + EXPIRY_CHECK;
+        let mut next_summary = summary_every.map(|every| Instant::now() + every);
+        loop {
+            let wake = next_summary.map_or(next_expiry, |at| at.min(next_expiry));
+            match work.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Work::Compare(exchange)) => comparer.compare(&exchange),
+                Ok(Work::Finish) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= next_expiry {
+                self.expire(false);
+                next_expiry = now + EXPIRY_CHECK;
+            }
+            if let (Some(at), Some(every)) = (next_summary, summary_every)
+                && now >= at
+            {
+                comparer.log_summary(LIVE_SOURCE);
+                next_summary = Some(now + every);
+            }
+        }
+        // What is still queued was complete: compare it; then what never completed.
+        while let Ok(Work::Compare(exchange)) = work.try_recv() {
+            comparer.compare(&exchange);
+        }
+        self.expire(true);
+        comparer.log_summary(LIVE_SOURCE);
+    }
+}
+
+impl CompareDone {
+    /// Once the targets are done: compares what is queued, counts what never completed, writes
+    /// the final summary to the diff log, and logs what was found.
+    pub fn finish(self) {
+        // Blocking is fine here: replay is over, and the thread is draining.
+        let _ = self.stage.queue.send(Work::Finish);
+        if self.thread.join().is_err() {
+            tracing::error!("the comparing thread panicked");
+        }
+        let summary = self.stage.summary();
+        let signal: Vec<String> = summary
+            .endpoints
+            .iter()
+            .filter(|endpoint| endpoint.difference_rate > 0.0)
+            .map(|endpoint| format!("{} {:.2}%", endpoint.name, endpoint.difference_rate * 100.0))
+            .collect();
+        let not_compared: u64 = summary.not_compared.values().sum();
+        tracing::info!(
+            compared = summary.compared,
+            not_compared,
+            differing_endpoints = signal.len(),
+            "comparison: {}",
+            if signal.is_empty() {
+                "no differences beyond the noise".to_owned()
+            } else {
+                signal.join(", ")
+            }
+        );
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
