@@ -17,7 +17,7 @@ use super::headers::{DEFAULT_IGNORED, HeaderRules};
 use super::json::{Difference, DifferenceKind};
 use super::noise::Thresholds;
 use super::pending::{Exchange, RequestLine};
-use super::summary::{Example, ExampleSide};
+use super::summary::{Example, ExampleSide, Summary};
 use super::tally::Tally;
 use crate::config::{CompareSettings, Role, parse_percent};
 use tapwire_shared::config::ConfigError;
@@ -263,11 +263,10 @@ impl Comparer {
         }
     }
 
-    /// Writes a summary line to the diff log (if any).
-    pub fn log_summary(&mut self, source: &str) {
+    /// Writes `summary` to the diff log (if any).
+    pub fn log_summary(&mut self, summary: &Summary) {
         let Some(log) = &mut self.log else { return };
-        let summary = lock(&self.tally).summary(source);
-        if let Err(error) = log.summary(&summary) {
+        if let Err(error) = log.summary(summary) {
             tracing::warn!(%error, "cannot write the diff log; it stops here");
             self.log = None;
         }

@@ -22,6 +22,8 @@ use crate::request::ReplayRequest;
 
 /// How often the comparing thread looks for sets that will not complete.
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// Differing endpoints a progress line names at most.
+const LOGGED_ENDPOINTS: usize = 10;
 /// The summary's `source` for a live replay.
 pub const LIVE_SOURCE: &str = "live replay";
 
@@ -206,7 +208,9 @@ impl CompareStage {
             if let (Some(at), Some(every)) = (next_summary, summary_every)
                 && now >= at
             {
-                comparer.log_summary(LIVE_SOURCE);
+                let summary = self.summary();
+                comparer.log_summary(&summary);
+                log_progress(&summary, "comparison so far");
                 next_summary = Some(now + every);
             }
         }
@@ -215,7 +219,7 @@ impl CompareStage {
             comparer.compare(&exchange);
         }
         self.expire(true);
-        comparer.log_summary(LIVE_SOURCE);
+        comparer.log_summary(&self.summary());
     }
 }
 
@@ -228,26 +232,40 @@ impl CompareDone {
         if self.thread.join().is_err() {
             tracing::error!("the comparing thread panicked");
         }
-        let summary = self.stage.summary();
-        let signal: Vec<String> = summary
-            .endpoints
-            .iter()
-            .filter(|endpoint| endpoint.difference_rate > 0.0)
-            .map(|endpoint| format!("{} {:.2}%", endpoint.name, endpoint.difference_rate * 100.0))
-            .collect();
-        let not_compared: u64 = summary.not_compared.values().sum();
-        tracing::info!(
-            compared = summary.compared,
-            not_compared,
-            differing_endpoints = signal.len(),
-            "comparison: {}",
-            if signal.is_empty() {
-                "no differences beyond the noise".to_owned()
-            } else {
-                signal.join(", ")
-            }
-        );
+        log_progress(&self.stage.summary(), "comparison");
     }
+}
+
+/// One line: how many requests were compared and not, and the endpoints that differ.
+fn log_progress(summary: &Summary, message: &str) {
+    // Ranked most differing first: the first few say the most.
+    let differing: Vec<String> = summary
+        .endpoints
+        .iter()
+        .filter(|endpoint| endpoint.difference_rate > 0.0)
+        .map(|endpoint| format!("{} {:.2}%", endpoint.name, endpoint.difference_rate * 100.0))
+        .collect();
+    let mut listed = differing
+        .iter()
+        .take(LOGGED_ENDPOINTS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if differing.len() > LOGGED_ENDPOINTS {
+        listed.push_str(&format!(" and {} more", differing.len() - LOGGED_ENDPOINTS));
+    }
+    let not_compared: u64 = summary.not_compared.values().sum();
+    tracing::info!(
+        compared = summary.compared,
+        not_compared,
+        differing_endpoints = differing.len(),
+        "{message}: {}",
+        if differing.is_empty() {
+            "no differences beyond the noise"
+        } else {
+            &listed
+        }
+    );
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
