@@ -67,7 +67,7 @@ h1{font-size:22px;margin:8px 0 4px}h2{font-size:18px;margin:28px 0 8px}\
 h3{font-size:15px;margin:16px 0 6px}h4{font-size:14px;margin:10px 0 4px}\
 section,header{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px 16px 14px;\
 margin-top:14px}\
-header h1{margin-top:0}\
+section>h2:first-child,header h1{margin-top:0}\
 .facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:2px 24px;margin:6px 0}\
 .facts div{overflow-wrap:anywhere}.facts b{font-weight:600;color:#57606a;margin-right:6px}\
 .verdict{font-size:16px;font-weight:600;margin:10px 0 2px;padding:6px 10px;border-radius:4px}\
@@ -77,6 +77,7 @@ th,td{padding:4px 8px;border-bottom:1px solid #d8dee4;text-align:left;vertical-a
 overflow-wrap:anywhere}\
 th{font-weight:600;color:#57606a;background:#f6f8fa}\
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
+code{overflow-wrap:anywhere}\
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,'DejaVu Sans Mono',monospace;\
 font-size:12.5px}\
 pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0;padding:6px 8px;background:#f6f8fa;\
@@ -84,7 +85,7 @@ border:1px solid #d8dee4;border-radius:4px;max-height:28em;overflow-y:auto}\
 .muted{color:#57606a}.empty{color:#57606a;font-style:italic}\
 .bar{display:block;width:100%;height:12px}\
 .mix{font-size:12px;color:#57606a}\
-.chart{display:block;width:100%;max-width:900px;height:auto}\
+.chart{display:block;width:100%;max-width:860px;height:auto}\
 .legend{display:flex;flex-wrap:wrap;gap:4px 18px;font-size:13px;margin:4px 0}\
 .swatch{display:inline-block;width:22px;height:4px;vertical-align:middle;margin-right:6px}\
 details.endpoint{border:1px solid #d8dee4;border-radius:4px;margin:8px 0;padding:4px 10px}\
@@ -290,7 +291,7 @@ fn role_stroke(role: &str) -> (&'static str, &'static str) {
 
 // The chart's frame, in SVG units (the SVG scales to the column's width).
 const CHART_WIDTH: f64 = 760.0;
-const CHART_HEIGHT: f64 = 270.0;
+const CHART_HEIGHT: f64 = 230.0;
 const PLOT_LEFT: f64 = 48.0;
 const PLOT_RIGHT: f64 = 16.0;
 const PLOT_TOP: f64 = 12.0;
@@ -328,8 +329,8 @@ fn latency_chart(page: &mut String, targets: &[TargetSummary]) {
          aria-label=\"Cumulative distribution of response times per target\" \
          font-family=\"system-ui, sans-serif\" font-size=\"12\">"
     );
-    // Horizontal grid at the shares percentiles are read at.
-    for share in [0.0, 0.5, 0.9, 0.99, 1.0] {
+    // Horizontal grid, with the 90th percentile's share among the quarters.
+    for share in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
         let _ = writeln!(
             page,
             "<line x1=\"{PLOT_LEFT}\" x2=\"{right:.1}\" y1=\"{at:.1}\" y2=\"{at:.1}\" \
@@ -502,7 +503,7 @@ fn endpoint_details(page: &mut String, rank: usize, endpoint: &EndpointSummary) 
     let signals = signal_paths(endpoint).count();
     let _ = writeln!(
         page,
-        "<details class=\"endpoint\" id=\"endpoint-{rank}\" data-endpoint=\"{0}\">\
+        "<details class=\"endpoint\" id=\"endpoint-{rank}\" data-endpoint=\"{0}\"{5}>\
          <summary>{rank}. <code>{0}</code> <span class=\"muted\">{1} of {2} compared; {signals} \
          path{3} beyond the noise, {4} judged noise</span></summary>",
         escape(&endpoint.name),
@@ -510,6 +511,12 @@ fn endpoint_details(page: &mut String, rank: usize, endpoint: &EndpointSummary) 
         grouped(endpoint.compared),
         if signals == 1 { "" } else { "s" },
         endpoint.paths.len() - signals,
+        // The most differing endpoint opens by itself: it is what the reader came for.
+        if rank == 1 && signals > 0 {
+            " open"
+        } else {
+            ""
+        },
     );
     if endpoint.paths.is_empty() {
         page.push_str("<p class=\"empty\">No differences at this endpoint.</p>\n");
@@ -885,7 +892,7 @@ mod tests {
             "<polyline data-role=\"candidate\"",
             "<polyline data-role=\"baseline2\"",
             "<section id=\"endpoints\">",
-            "<details class=\"endpoint\" id=\"endpoint-1\" data-endpoint=\"GET /users/{n}\">",
+            "<details class=\"endpoint\" id=\"endpoint-1\" data-endpoint=\"GET /users/{n}\" open>",
             "<pre class=\"body\">{&quot;price&quot;: 12}</pre>",
             "<pre class=\"headers\">content-type: application/json\n</pre>",
             "<li><code>$.items[1].price changed_value</code></li>",
