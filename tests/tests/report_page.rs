@@ -82,7 +82,7 @@ fn summary() -> Value {
                 }]
             },
             {
-                "name": "POST /orders/<img src=x onerror=alert(1)>",
+                "name": "POST /orders/<img src=x onerror=this.id=1>",
                 "compared": 300,
                 "difference_rate": 0.1,
                 "paths": [
@@ -257,7 +257,7 @@ async fn the_report_page_shows_the_counts_and_fits_a_laptop_screen() {
         ranked,
         [
             format!("GET /users/{{n}}/{}", "profile".repeat(30)).as_str(),
-            "POST /orders/&lt;img src=x onerror=alert(1)&gt;",
+            "POST /orders/&lt;img src=x onerror=this.id=1&gt;",
             "GET /health",
         ],
         "endpoints most differing first"
