@@ -421,7 +421,10 @@ fn latency_chart(page: &mut String, targets: &[TargetSummary]) {
         );
     }
     page.push_str("</svg>\n<div class=\"legend\">");
-    for target in targets {
+    for target in targets
+        .iter()
+        .filter(|target| target.latency.histogram.iter().any(|(_, count)| *count > 0))
+    {
         let (colour, _) = role_stroke(&target.role);
         let _ = write!(
             page,
@@ -702,10 +705,13 @@ fn percent(fraction: f64) -> String {
     format!("{text}%")
 }
 
-/// A response time for people: `0.42 ms`, `37 ms`, `1.25 s`.
+/// A response time for people: `40 µs`, `0.42 ms`, `37 ms`, `1.25 s`.
 fn milliseconds(ms: f64) -> String {
     if !ms.is_finite() {
         return "n/a".to_owned();
+    }
+    if ms > 0.0 && ms < 0.1 {
+        return format!("{:.0} µs", ms * 1000.0);
     }
     if ms >= 1000.0 {
         let seconds = ms / 1000.0;
@@ -995,6 +1001,8 @@ mod tests {
         assert_eq!(percent(1.0), "100%");
         assert_eq!(percent(0.123_45), "12.3%");
         assert_eq!(percent(0.012_345), "1.23%");
+        assert_eq!(milliseconds(0.0), "0 ms");
+        assert_eq!(milliseconds(0.01), "10 µs");
         assert_eq!(milliseconds(0.42), "0.42 ms");
         assert_eq!(milliseconds(4.25), "4.2 ms");
         assert_eq!(milliseconds(37.4), "37 ms");
