@@ -12,8 +12,9 @@ if ! command -v pkg-config >/dev/null; then
   missing+=(pkg-config)
 fi
 # The end-to-end tests build network namespaces (ip), turn off segmentation offloads so segments
-# really are MTU-sized (ethtool), and upload with a real client (curl).
-for tool in ip:iproute2 ethtool:ethtool curl:curl; do
+# really are MTU-sized (ethtool), upload with a real client (curl), and render the comparison
+# report in headless Chromium (chromium).
+for tool in ip:iproute2 ethtool:ethtool curl:curl chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

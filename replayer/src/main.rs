@@ -1,7 +1,9 @@
-//! The `tapwire-replayer` binary: read the flags (or the --config file), validate, set up
-//! logging, run until SIGTERM or Ctrl-C (or the files are done); the exit code says how the run
-//! ended (README, "Exit codes").
+//! The `tapwire-replayer` binary: `tapwire-replayer report` writes the comparison report
+//! ([`tapwire_replayer::compare::report_command`]); otherwise read the flags (or the --config
+//! file), validate, set up logging, run until SIGTERM or Ctrl-C (or the files are done); the
+//! exit code says how the run ended (README, "Exit codes").
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use tapwire_replayer::{EnginePlan, ReplayerConfig};
@@ -13,9 +15,18 @@ use tapwire_shared::config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // `report` writes the comparison report and replays nothing: no runtime, no replay flags.
+    if args.get(1).is_some_and(|first| first == "report") {
+        return tapwire_replayer::compare::report_command::main(args);
+    }
+    replay(args)
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
-    let loaded = ReplayerConfig::load(std::env::args_os());
+async fn replay(args: Vec<OsString>) -> ExitCode {
+    let loaded = ReplayerConfig::load(args);
     let (plan, log_format) = match config::plan_or_exit(loaded, |config| {
         Ok((EnginePlan::compile(config)?, config.log_format))
     }) {

@@ -18,7 +18,7 @@ use super::json::{Difference, DifferenceKind};
 use super::noise::Thresholds;
 use super::pending::{Exchange, RequestLine};
 use super::summary::{Example, ExampleSide, Summary};
-use super::tally::Tally;
+use super::tally::{Roles, Tally};
 use crate::config::{CompareSettings, Role, parse_percent};
 use tapwire_shared::config::ConfigError;
 
@@ -133,6 +133,8 @@ impl CompareMetrics {
 /// Compares requests' responses and counts what it finds.
 pub struct Comparer {
     rules: Rules,
+    /// The tally's roles, read once.
+    roles: Roles,
     tally: Arc<Mutex<Tally>>,
     log: Option<DiffLog>,
     metrics: CompareMetrics,
@@ -153,8 +155,10 @@ impl Comparer {
         log: Option<DiffLog>,
         metrics: CompareMetrics,
     ) -> Self {
+        let roles = lock(&tally).roles().clone();
         Comparer {
             rules,
+            roles,
             tally,
             log,
             metrics,
@@ -181,7 +185,7 @@ impl Comparer {
         let Some(request) = &exchange.request else {
             return self.not_compared("no_request");
         };
-        let roles = lock(&self.tally).roles().clone();
+        let roles = &self.roles;
         let mut sides = Vec::with_capacity(roles.targets.len());
         for (role, _) in &roles.targets {
             match self.decode(*role, exchange, request) {

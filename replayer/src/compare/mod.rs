@@ -3,7 +3,9 @@
 //! two responses' headers (volatile ones ignored), [`endpoint`] groups requests by method and
 //! normalised path so that differences are counted per endpoint, and [`noise`] decides from
 //! those counts which differences are the candidate's and which any two builds show;
-//! [`summary`] is what a comparison found, as the report shows it.
+//! [`summary`] is what a comparison found, as the report shows it; [`report`] renders it as
+//! a self-contained HTML page, and [`report_command`] is `tapwire-replayer report`, which
+//! writes that page from a diff log or from `.gor` files ([`offline`]).
 
 pub mod body;
 pub mod comparer;
@@ -16,6 +18,7 @@ pub mod noise;
 pub mod offline;
 pub mod pending;
 pub mod report;
+pub mod report_command;
 pub mod stage;
 pub mod summary;
 pub mod tally;
