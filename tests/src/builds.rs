@@ -30,8 +30,6 @@
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
@@ -123,7 +121,8 @@ pub const CANDIDATE_DELAY: Duration = Duration::from_millis(50);
 pub struct BuildServer {
     addr: SocketAddr,
     build: Build,
-    served: Arc<AtomicU64>,
+    /// Requests answered so far.
+    served: watch::Sender<u64>,
     /// Dropped with the server: every task serving it sees the channel close and ends.
     _stop: watch::Sender<()>,
 }
@@ -134,10 +133,9 @@ impl BuildServer {
     pub async fn start(build: Build) -> anyhow::Result<BuildServer> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        let served = Arc::new(AtomicU64::new(0));
+        let served = watch::Sender::new(0);
         let (stop, stopped) = watch::channel(());
-        let counter = Arc::clone(&served);
-        tokio::spawn(accept(listener, build, counter, stopped));
+        tokio::spawn(accept(listener, build, served.clone(), stopped));
         Ok(BuildServer {
             addr,
             build,
@@ -160,14 +158,22 @@ impl BuildServer {
 
     /// Requests answered so far.
     pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+        *self.served.borrow()
+    }
+
+    /// Waits until at least `count` requests were answered, or `timeout` passes; returns the
+    /// count reached.
+    pub async fn wait_for_served(&self, count: u64, timeout: Duration) -> u64 {
+        let mut served = self.served.subscribe();
+        let _ = tokio::time::timeout(timeout, served.wait_for(|&n| n >= count)).await;
+        self.served()
     }
 }
 
 async fn accept(
     listener: TcpListener,
     build: Build,
-    served: Arc<AtomicU64>,
+    served: watch::Sender<u64>,
     mut stopped: watch::Receiver<()>,
 ) {
     loop {
@@ -179,14 +185,14 @@ async fn accept(
                 Err(_) => continue,
             },
         };
-        let served = Arc::clone(&served);
+        let served = served.clone();
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let served = Arc::clone(&served);
+                let served = served.clone();
                 async move {
                     let response = answer(build, request).await;
-                    served.fetch_add(1, Ordering::Relaxed);
+                    served.send_modify(|n| *n += 1);
                     Ok::<_, Infallible>(response)
                 }
             });

@@ -331,6 +331,12 @@ async fn main() -> anyhow::Result<()> {
         binary.display()
     );
     let missing = missing_comparison_flags(&binary)?;
+    ensure!(
+        missing.is_empty() || args.memory_run.is_none(),
+        "{} has no {} (its --help lists none): the memory run needs the comparison",
+        binary.display(),
+        missing.join(", ")
+    );
     if !missing.is_empty() {
         println!(
             "NOTE: {} has no {} (its --help lists none): the compare runs will fail; the plain \
@@ -510,13 +516,6 @@ async fn memory_run(
         "memory: compare runs for {duration:?} at {}/s, looping a file of {requests} GETs over {} \
          distinct endpoints (+ /orders, /catalog); replayer RSS sampled every second",
         args.memory_rate, args.memory_endpoints
-    );
-    let missing = missing_comparison_flags(binary)?;
-    ensure!(
-        missing.is_empty(),
-        "{} has no {}: the memory run needs the comparison",
-        binary.display(),
-        missing.join(", ")
     );
     let mut flags = replay_flags(&file, Some(args.memory_rate), args.concurrency);
     flags.extend(targets.flags(Mode::Compare));
