@@ -59,6 +59,9 @@ struct Args {
     /// The memory run's rate, per second.
     #[arg(long, default_value_t = 5_000)]
     memory_rate: u32,
+    /// The memory run without comparison (`--target` x3), for reference.
+    #[arg(long)]
+    memory_plain: bool,
 }
 
 /// `90s`, `10m` or plain seconds.
@@ -332,12 +335,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let missing = missing_comparison_flags(&binary)?;
     ensure!(
-        missing.is_empty() || args.memory_run.is_none(),
+        missing.is_empty() || args.memory_run.is_none() || args.memory_plain,
         "{} has no {} (its --help lists none): the memory run needs the comparison",
         binary.display(),
         missing.join(", ")
     );
-    if !missing.is_empty() {
+    if !missing.is_empty() && args.memory_run.is_none() {
         println!(
             "NOTE: {} has no {} (its --help lists none): the compare runs will fail; the plain \
              runs are measured anyway.",
@@ -512,16 +515,27 @@ async fn memory_run(
     let requests = (u64::from(args.memory_rate) * 10).max(args.memory_endpoints * 10 / 8 + 10);
     let file = dir.join("memory.gor");
     write_file(&file, requests, args.memory_endpoints)?;
+    let mode = if args.memory_plain {
+        Mode::Plain
+    } else {
+        Mode::Compare
+    };
     println!(
-        "memory: compare runs for {duration:?} at {}/s, looping a file of {requests} GETs over {} \
+        "memory: {} run for {duration:?} at {}/s, looping a file of {requests} GETs over {} \
          distinct endpoints (+ /orders, /catalog); replayer RSS sampled every second",
-        args.memory_rate, args.memory_endpoints
+        mode.name(),
+        args.memory_rate,
+        args.memory_endpoints
     );
     let mut flags = replay_flags(&file, Some(args.memory_rate), args.concurrency);
-    flags.extend(targets.flags(Mode::Compare));
+    flags.extend(targets.flags(mode));
+    if mode == Mode::Compare {
+        flags.extend([
+            "--diff-log".into(),
+            dir.join("memory-diff.jsonl").display().to_string(),
+        ]);
+    }
     flags.extend([
-        "--diff-log".into(),
-        dir.join("memory-diff.jsonl").display().to_string(),
         "--input-file-loop".into(),
         "--exit-after".into(),
         format!("{}s", duration.as_secs()),
@@ -533,6 +547,8 @@ async fn memory_run(
         tokio::spawn(async move {
             let started = Instant::now();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // The first tick is at once: the process has only just started.
+            tick.tick().await;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
