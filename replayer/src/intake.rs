@@ -70,7 +70,7 @@ impl Intake {
             global_rate,
             room: Arc::new(room),
             observers,
-            compare: compare.filter(|stage| stage.wants_production()),
+            compare,
             metrics,
         }
     }
@@ -97,7 +97,7 @@ pub struct StreamIntake {
     pacer: Pacer,
     room: Arc<Room>,
     observers: Observers,
-    /// Set when production's responses are compared.
+    /// Set when responses are compared: production's go there too.
     compare: Option<Arc<CompareStage>>,
     metrics: ReplayerMetrics,
 }

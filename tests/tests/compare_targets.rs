@@ -320,42 +320,42 @@ fn report(input: &Path, output: &Path) -> String {
     std::fs::read_to_string(output).unwrap()
 }
 
-/// The page's visible text, tags dropped and whitespace collapsed.
-fn visible_text(html: &str) -> String {
-    let mut text = String::new();
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                text.push(' ');
-            }
-            _ if !in_tag => text.push(c),
-            _ => {}
-        }
-    }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// What a report page says about the comparison, in page order: the start tags carrying its
+/// counts (`data-count`, the ranked `data-endpoint` rows with `data-rate`, each endpoint's
+/// `data-path` rows with their signal verdict and counts, the noise section's rows). Latency
+/// and the time it was generated are left out: they differ between two reports of one run.
+fn report_facts(html: &str) -> Vec<String> {
+    html.split('<')
+        .filter_map(|tag| tag.split_once('>').map(|(tag, _)| tag))
+        .filter(|tag| {
+            ["data-count=", "data-endpoint=", "data-path=", "data-noise-path="]
+                .iter()
+                .any(|hook| tag.contains(hook))
+        })
+        .filter(|tag| !tag.contains("data-latency") && !tag.contains("data-role"))
+        .map(str::to_owned)
+        .collect()
 }
 
-/// The first whole number after each endpoint's name in the page's text: its count as the
-/// page shows it. (DRAFT: tighten to the report's DOM once it is fixed.)
-fn endpoint_counts(text: &str) -> BTreeMap<&'static str, String> {
-    ENDPOINTS
-        .into_iter()
-        .map(|endpoint| {
-            let after = text
-                .split_once(endpoint)
-                .unwrap_or_else(|| panic!("{endpoint} is not in the page"))
-                .1;
-            let number = after
-                .split(|c: char| !c.is_ascii_digit())
-                .find(|part| !part.is_empty())
-                .unwrap_or_default()
-                .to_owned();
-            (endpoint, number)
-        })
-        .collect()
+/// Each endpoint's compared count, from the ranking rows' `data-count="compared"` cells.
+fn endpoint_counts(facts: &[String]) -> BTreeMap<String, u64> {
+    let attribute = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(tag[start..].split('"').next()?.to_owned())
+    };
+    let mut counts = BTreeMap::new();
+    let mut endpoint = None;
+    for tag in facts {
+        if tag.starts_with("tr data-endpoint=") {
+            endpoint = attribute(tag, "data-endpoint");
+        } else if tag.contains("data-count=\"compared\"")
+            && let Some(endpoint) = endpoint.take()
+        {
+            let value = attribute(tag, "data-value").unwrap();
+            counts.insert(endpoint, value.parse().unwrap());
+        }
+    }
+    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,15 +404,17 @@ async fn a_recording_of_the_run_gives_the_same_report_offline_as_the_diff_log() 
     assert_eq!(live["compared"], REQUESTS);
     assert_eq!(live["reference"], "production");
 
-    let offline = visible_text(&report(recording, &dir.path().join("offline.html")));
-    let logged = visible_text(&report(&diff_log, &dir.path().join("logged.html")));
+    let offline = report_facts(&report(recording, &dir.path().join("offline.html")));
+    let logged = report_facts(&report(&diff_log, &dir.path().join("logged.html")));
+    assert_eq!(offline, logged, "the two reports' counts differ");
     let counts = endpoint_counts(&logged);
-    assert_eq!(endpoint_counts(&offline), counts);
-    for endpoint in ENDPOINTS {
-        assert_eq!(
-            counts[endpoint],
-            PER_ENDPOINT.to_string(),
-            "{endpoint}: {logged}"
-        );
-    }
+    let expected: BTreeMap<String, u64> = ENDPOINTS
+        .iter()
+        .map(|endpoint| (endpoint.to_string(), PER_ENDPOINT))
+        .collect();
+    assert_eq!(counts, expected);
+    assert!(
+        logged.iter().any(|tag| tag.contains("data-path=\"$.items[1].price\" data-signal=\"true\"")),
+        "{logged:#?}"
+    );
 }

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tapwire_shared::http1::parse_response_head;
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
 use super::diff_log::DiffLog;
@@ -107,11 +108,6 @@ impl CompareStage {
         Ok((stage, done))
     }
 
-    /// Whether production's responses are compared (they are the candidate's reference).
-    pub fn wants_production(&self) -> bool {
-        self.production_compared
-    }
-
     /// A target's answer to `replay` (`None`: the exchange failed; `raw` `None`: too large).
     pub fn target_answered(
         &self,
@@ -130,9 +126,13 @@ impl CompareStage {
         self.add(role, replay.message_id(), Some(request), response);
     }
 
-    /// Production's response to the request `id`.
+    /// Production's response to the request `id`: compared when it is the candidate's
+    /// reference, else only counted (its status mix and latency are shown beside the targets').
     pub fn production_answered(&self, id: String, raw: Bytes, latency: Duration) {
         if !self.production_compared {
+            if let Ok(Some(head)) = parse_response_head(&raw, false) {
+                lock(&self.tally).response(Role::Production, head.status, Some(latency));
+            }
             return;
         }
         let response = Response {

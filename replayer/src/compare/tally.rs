@@ -200,15 +200,26 @@ impl Tally {
             absolute_threshold: self.thresholds.absolute,
             compared: self.compared,
             not_compared: self.not_compared.clone(),
-            targets: self
-                .roles
-                .targets
-                .iter()
-                .map(|(role, name)| target_summary(*role, name, &self.stats[*role as usize]))
-                .collect(),
+            targets: self.targets_shown(),
             endpoints,
             endpoints_folded: self.folded || left_out,
         }
+    }
+
+    /// The compared roles, and production when its responses were counted without being
+    /// compared (tracked while the baselines are the reference).
+    fn targets_shown(&self) -> Vec<TargetSummary> {
+        let mut shown: Vec<TargetSummary> = self
+            .roles
+            .targets
+            .iter()
+            .map(|(role, name)| target_summary(*role, name, &self.stats[*role as usize]))
+            .collect();
+        let production = &self.stats[Role::Production as usize];
+        if production.responses > 0 && !shown.iter().any(|t| t.role == "production") {
+            shown.push(target_summary(Role::Production, "production", production));
+        }
+        shown
     }
 
     fn endpoint(&mut self, name: &str) -> &mut EndpointTally {
