@@ -1375,7 +1375,8 @@ mod tests {
 
     #[test]
     fn header_fields_are_listed_as_received_in_order() {
-        let response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody";
+        let response =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody";
         assert_eq!(
             header_fields(response).unwrap(),
             [

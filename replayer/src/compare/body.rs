@@ -386,9 +386,7 @@ fn matches_any(patterns: &[Vec<PatternStep>], path: &str) -> bool {
             Err(_) => return false,
         }
     }
-    patterns
-        .iter()
-        .any(|pattern| matches_from(pattern, &steps))
+    patterns.iter().any(|pattern| matches_from(pattern, &steps))
 }
 
 /// `pattern` matches the start of `path` (so everything under a match matches too).
@@ -397,13 +395,12 @@ fn matches_from(pattern: &[PatternStep], path: &[Step<'_>]) -> bool {
         return true;
     };
     if first.at_any_depth {
-        path.iter().enumerate().any(|(at, step)| {
-            first.matcher.accepts(step) && matches_from(rest, &path[at + 1..])
-        })
+        path.iter()
+            .enumerate()
+            .any(|(at, step)| first.matcher.accepts(step) && matches_from(rest, &path[at + 1..]))
     } else {
-        path.split_first().is_some_and(|(step, below)| {
-            first.matcher.accepts(step) && matches_from(rest, below)
-        })
+        path.split_first()
+            .is_some_and(|(step, below)| first.matcher.accepts(step) && matches_from(rest, below))
     }
 }
 

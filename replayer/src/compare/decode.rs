@@ -7,8 +7,9 @@
 //! A target's answer is hostile input: every body, decoded, is at most `max_body` bytes, and
 //! decompression streams into a buffer that never grows past `max_body + 1` bytes, so a
 //! decompression bomb costs what its first `max_body` bytes cost and is refused
-//! ([`DecodeError::TooLarge`]). Brotli's own window adds at most 16 MiB (the format's largest)
-//! while a `br` body is decoded.
+//! ([`DecodeError::TooLarge`]): a 10 MiB gzip bomb peaks under 2 MiB with a 1 MiB limit
+//! (`tests/decode_bomb.rs`). Brotli's decoder also holds a ring buffer as large as the stream's
+//! window asks, 16 MiB at most: a `br` bomb with the largest window peaks at 20 MB.
 
 use std::io::Read;
 
@@ -157,7 +158,11 @@ fn codings(headers: &[(String, Vec<u8>)]) -> Result<Vec<Coding>, DecodeError> {
         .map(|(_, value)| value);
     for value in values {
         let value = String::from_utf8_lossy(value);
-        for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        for name in value
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
             if let Some(coding) = Coding::parse(name)? {
                 if codings.len() == MAX_CODINGS {
                     return Err(DecodeError::TooManyCodings);
@@ -272,4 +277,297 @@ fn read_bounded(
     }
     out.truncate(filled);
     Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    /// A 200 response with `headers` (each ending in CRLF), a Content-Length, and `body`.
+    fn response(headers: &str, body: &[u8]) -> Bytes {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        [head.as_bytes(), body].concat().into()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut encoder = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+        encoder.write_all(data).unwrap();
+        encoder.into_inner()
+    }
+
+    /// `body` in the chunked coding, `size` bytes a chunk, each chunk with an extension, and a
+    /// trailer field.
+    fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in body.chunks(size) {
+            out.extend_from_slice(format!("{:x};name=value\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\nX-Checksum: abc\r\n\r\n");
+        out
+    }
+
+    const TEXT: &[u8] = b"{\"items\":[{\"id\":1,\"name\":\"caf\xc3\xa9\"}],\"note\":\"repeated repeated repeated\"}";
+
+    fn body_of(raw: &Bytes) -> Bytes {
+        decode(raw, false, MIB).unwrap().body
+    }
+
+    #[test]
+    fn a_plain_body_is_a_slice_of_the_raw_response_not_a_copy() {
+        let raw = response("Content-Type: Application/JSON; charset=UTF-8\r\n", TEXT);
+        let decoded = decode(&raw, false, MIB).unwrap();
+        assert_eq!(decoded.status, 200);
+        assert_eq!(decoded.body, TEXT);
+        assert_eq!(decoded.content_type.as_deref(), Some("application/json"));
+        let raw_range = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
+        assert!(raw_range.contains(&(decoded.body.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn headers_are_kept_as_received_in_order_framing_included() {
+        let raw = response("X-B: 2\r\nx-a: 1\r\n", b"ok");
+        let decoded = decode(&raw, false, MIB).unwrap();
+        assert_eq!(
+            decoded.headers,
+            [
+                ("X-B".to_owned(), b"2".to_vec()),
+                ("x-a".to_owned(), b"1".to_vec()),
+                ("Content-Length".to_owned(), b"2".to_vec()),
+            ]
+        );
+        assert_eq!(decoded.content_type, None);
+        assert_eq!(decoded.header_pairs()[1], ("x-a", b"1".as_slice()));
+    }
+
+    #[test]
+    fn interim_responses_before_the_final_one_are_skipped() {
+        let raw: Bytes = [
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                .as_slice(),
+            &response("", b"final"),
+        ]
+        .concat()
+        .into();
+        let decoded = decode(&raw, false, MIB).unwrap();
+        assert_eq!(
+            (decoded.status, decoded.body.as_ref()),
+            (200, b"final".as_slice())
+        );
+        assert!(decoded.headers.iter().all(|(name, _)| name != "Link"));
+    }
+
+    #[test]
+    fn each_content_coding_is_undone() {
+        for (coding, encoded) in [
+            ("gzip", gzip(TEXT)),
+            ("x-gzip", gzip(TEXT)),
+            ("GZIP", gzip(TEXT)),
+            ("deflate", zlib(TEXT)),
+            ("deflate", raw_deflate(TEXT)),
+            ("br", brotli(TEXT)),
+            ("identity", TEXT.to_vec()),
+        ] {
+            if coding != "identity" {
+                assert_ne!(encoded.as_slice(), TEXT, "{coding} encodes nothing");
+            }
+            let raw = response(&format!("Content-Encoding: {coding}\r\n"), &encoded);
+            assert_eq!(body_of(&raw), TEXT, "{coding}");
+        }
+    }
+
+    #[test]
+    fn stacked_codings_are_undone_last_applied_first() {
+        let twice = brotli(&gzip(TEXT));
+        let raw = response("Content-Encoding: gzip, br\r\n", &twice);
+        assert_eq!(body_of(&raw), TEXT);
+        // The same list given as two fields.
+        let raw = response("Content-Encoding: gzip\r\nContent-Encoding: br\r\n", &twice);
+        assert_eq!(body_of(&raw), TEXT);
+        // In the wrong order, brotli's decoder is handed gzip.
+        let raw = response("Content-Encoding: br, gzip\r\n", &twice);
+        assert_eq!(
+            decode(&raw, false, MIB).unwrap_err().reason(),
+            "bad_encoding"
+        );
+    }
+
+    #[test]
+    fn a_chunked_gzip_body_with_extensions_and_trailers_is_decoded() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n";
+        let raw: Bytes = [head.as_slice(), &chunked(&gzip(TEXT), 7)].concat().into();
+        assert_eq!(body_of(&raw), TEXT);
+    }
+
+    #[test]
+    fn a_body_delimited_by_the_close_is_everything_after_the_head() {
+        let raw =
+            Bytes::from_static(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end");
+        assert_eq!(body_of(&raw), b"to the end".as_slice());
+    }
+
+    #[test]
+    fn an_answer_to_head_has_no_body_whatever_its_coding_says() {
+        let raw = Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Encoding: gzip\r\n\r\n",
+        );
+        assert!(decode(&raw, true, MIB).unwrap().body.is_empty());
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_once_past_the_limit() {
+        let bomb = gzip(&vec![0; 10 * MIB]);
+        assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+        let raw = response("Content-Encoding: gzip\r\n", &bomb);
+        let error = decode(&raw, false, MIB).unwrap_err();
+        assert!(
+            matches!(error, DecodeError::TooLarge { limit: MIB }),
+            "{error}"
+        );
+        assert_eq!(error.reason(), "too_large");
+    }
+
+    #[test]
+    fn a_brotli_bomb_is_refused_once_past_the_limit() {
+        let raw = response("Content-Encoding: br\r\n", &brotli(&vec![0; 10 * MIB]));
+        assert_eq!(decode(&raw, false, MIB).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn a_body_of_exactly_the_limit_passes_and_one_byte_more_does_not() {
+        let body = vec![b'a'; 100_000];
+        let raw = response("Content-Encoding: deflate\r\n", &zlib(&body));
+        assert_eq!(
+            decode(&raw, false, body.len()).unwrap().body.len(),
+            body.len()
+        );
+        assert_eq!(
+            decode(&raw, false, body.len() - 1).unwrap_err().reason(),
+            "too_large"
+        );
+        // Not encoded at all, the limit holds as well.
+        let raw = response("", &body);
+        assert_eq!(
+            decode(&raw, false, body.len() - 1).unwrap_err().reason(),
+            "too_large"
+        );
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_is_malformed() {
+        let raw = Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX0\r\n\r\n",
+        );
+        let error = decode(&raw, false, MIB).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DecodeError::Malformed(HttpError::MalformedChunkedBody)
+            ),
+            "{error}"
+        );
+        assert_eq!(error.reason(), "malformed");
+    }
+
+    #[test]
+    fn a_truncated_or_headless_response_is_malformed() {
+        for raw in [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".as_slice(),
+            b"HTTP/1.1 200 OK\r\nContent-Le",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"not http at all\r\n\r\n",
+            b"",
+        ] {
+            let error = decode(&Bytes::copy_from_slice(raw), false, MIB).unwrap_err();
+            assert_eq!(
+                error.reason(),
+                "malformed",
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_coding_is_named() {
+        let raw = response("Content-Encoding: gzip, ZSTD\r\n", b"whatever");
+        let error = decode(&raw, false, MIB).unwrap_err();
+        assert!(
+            matches!(&error, DecodeError::UnknownEncoding(name) if name == "zstd"),
+            "{error}"
+        );
+        assert_eq!(error.reason(), "unknown_encoding");
+        let long = format!("Content-Encoding: {}\r\n", "x".repeat(1000));
+        match decode(&response(&long, b"a"), false, MIB) {
+            Err(DecodeError::UnknownEncoding(name)) => assert_eq!(name.len(), MAX_CODING_NAME),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_that_does_not_decode_is_a_bad_encoding() {
+        let mut truncated = gzip(TEXT);
+        truncated.truncate(truncated.len() - 4);
+        for (coding, body) in [
+            ("gzip", b"not gzip".to_vec()),
+            ("gzip", truncated),
+            ("br", b"\xff\xff\xff\xff not brotli".to_vec()),
+        ] {
+            let raw = response(&format!("Content-Encoding: {coding}\r\n"), &body);
+            let error = decode(&raw, false, MIB).unwrap_err();
+            assert!(
+                matches!(&error, DecodeError::BadEncoding { coding: name, .. } if *name == coding),
+                "{coding}: {error}"
+            );
+            assert_eq!(error.reason(), "bad_encoding");
+        }
+    }
+
+    #[test]
+    fn more_codings_than_the_limit_are_refused_before_any_work() {
+        let raw = response("Content-Encoding: gzip, gzip, gzip, gzip, gzip\r\n", b"x");
+        let error = decode(&raw, false, MIB).unwrap_err();
+        assert!(matches!(error, DecodeError::TooManyCodings), "{error}");
+        assert_eq!(error.reason(), "bad_encoding");
+        let raw = response(
+            "Content-Encoding: identity, gzip, identity\r\n",
+            &gzip(TEXT),
+        );
+        assert_eq!(body_of(&raw), TEXT);
+    }
+
+    #[test]
+    fn an_empty_body_with_a_coding_is_empty() {
+        let raw = Bytes::from_static(b"HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\n\r\n");
+        let decoded = decode(&raw, false, MIB).unwrap();
+        assert_eq!((decoded.status, decoded.body.len()), (204, 0));
+    }
 }
