@@ -44,12 +44,11 @@ pub enum Body {
 pub fn classify(response: &DecodedResponse) -> Body {
     let body = &response.body;
     let declared_json = response.content_type.as_deref().is_some_and(is_json);
-    if declared_json || opens_container(body) {
-        if let Ok(value) = serde_json::from_slice::<Value>(body) {
-            if declared_json || value.is_object() || value.is_array() {
-                return Body::Json(value);
-            }
-        }
+    if (declared_json || opens_container(body))
+        && let Ok(value) = serde_json::from_slice::<Value>(body)
+        && (declared_json || value.is_object() || value.is_array())
+    {
+        return Body::Json(value);
     }
     match std::str::from_utf8(body) {
         Ok(text) => Body::Text(text.to_owned()),
@@ -513,4 +512,353 @@ fn glob_matches(glob: &str, name: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::*;
+
+    fn response(content_type: Option<&str>, body: &[u8]) -> DecodedResponse {
+        DecodedResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::copy_from_slice(body),
+            content_type: content_type.map(str::to_owned),
+        }
+    }
+
+    fn ignoring(patterns: &[&str]) -> IgnoredPaths {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        IgnoredPaths::new(&patterns).unwrap()
+    }
+
+    fn found(differences: Vec<Difference>) -> Vec<(String, &'static str)> {
+        differences
+            .into_iter()
+            .map(|difference| (difference.path, difference.kind.as_str()))
+            .collect()
+    }
+
+    fn diff(expected: &Body, actual: &Body, patterns: &[&str]) -> Vec<(String, &'static str)> {
+        found(differences(expected, actual, &ignoring(patterns), 100))
+    }
+
+    fn text(text: &str) -> Body {
+        Body::Text(text.to_owned())
+    }
+
+    fn owned(pairs: &[(&str, &'static str)]) -> Vec<(String, &'static str)> {
+        pairs
+            .iter()
+            .map(|&(path, kind)| (path.to_owned(), kind))
+            .collect()
+    }
+
+    #[test]
+    fn bodies_are_classified_by_media_type_and_content() {
+        let json_body = br#"{"a": [1, 2]}"#;
+        let cases: [(Option<&str>, &[u8], Body); 9] = [
+            (
+                Some("application/json"),
+                json_body,
+                Body::Json(json!({"a": [1, 2]})),
+            ),
+            (
+                Some("application/problem+json"),
+                b"\"ok\"",
+                Body::Json(json!("ok")),
+            ),
+            (Some("text/plain"), b" \n[1]", Body::Json(json!([1]))),
+            (None, b"42", text("42")),
+            (Some("application/json"), b"{\"cut\": ", text("{\"cut\": ")),
+            (Some("application/json"), b"", text("")),
+            (
+                Some("text/html"),
+                "<p>caf\u{e9}</p>".as_bytes(),
+                text("<p>caf\u{e9}</p>"),
+            ),
+            (
+                Some("image/png"),
+                b"\x89PNG\xff",
+                Body::Binary {
+                    len: 5,
+                    hash: xxhash_rust::xxh3::xxh3_64(b"\x89PNG\xff"),
+                },
+            ),
+            (Some("text/plain"), b"latin-1 caf\xe9", {
+                let hash = xxhash_rust::xxh3::xxh3_64(b"latin-1 caf\xe9");
+                Body::Binary { len: 12, hash }
+            }),
+        ];
+        for (content_type, body, expected) in cases {
+            assert_eq!(
+                classify(&response(content_type, body)),
+                expected,
+                "{content_type:?} {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn json_nested_past_the_recursion_limit_is_text() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(
+            classify(&response(Some("application/json"), deep.as_bytes())),
+            Body::Text(_)
+        ));
+    }
+
+    #[test]
+    fn json_differences_leave_out_ignored_paths() {
+        let expected = Body::Json(json!({
+            "meta": {"generated_at": "10:00", "took": 3},
+            "items": [{"id": "a1", "price": 1, "tags": {"request_id": "r1"}}, {"id": "b2", "price": 2}],
+            "request_id": "r2",
+            "a.b": 1
+        }));
+        let actual = Body::Json(json!({
+            "meta": {"generated_at": "10:01", "took": 4},
+            "items": [{"id": "c3", "price": 1, "tags": {"request_id": "r3"}}, {"id": "d4", "price": 3}],
+            "request_id": "r4",
+            "a.b": 2
+        }));
+        assert_eq!(
+            diff(&expected, &actual, &[]),
+            owned(&[
+                (r#"$["a.b"]"#, "changed_value"),
+                ("$.items[0].id", "changed_value"),
+                ("$.items[0].tags.request_id", "changed_value"),
+                ("$.items[1].id", "changed_value"),
+                ("$.items[1].price", "changed_value"),
+                ("$.meta.generated_at", "changed_value"),
+                ("$.meta.took", "changed_value"),
+                ("$.request_id", "changed_value"),
+            ])
+        );
+        assert_eq!(
+            diff(
+                &expected,
+                &actual,
+                &[
+                    "$.meta.generated_at",
+                    "$.items[*].id",
+                    "$..request_id",
+                    r#"$["a.b"]"#
+                ]
+            ),
+            owned(&[
+                ("$.items[1].price", "changed_value"),
+                ("$.meta.took", "changed_value"),
+            ])
+        );
+        // `$.a.b` is the field b in the field a, not the key "a.b".
+        assert_eq!(diff(&expected, &actual, &["$.a.b"]).len(), 8);
+        // An ignored object hides all under it; a quoted key matches its plain spelling.
+        assert_eq!(
+            diff(
+                &expected,
+                &actual,
+                &["$.meta", "$.items", r#"$["request_id"]"#]
+            ),
+            owned(&[(r#"$["a.b"]"#, "changed_value")])
+        );
+        assert!(diff(&expected, &actual, &["$"]).is_empty());
+    }
+
+    #[test]
+    fn the_limit_counts_only_the_differences_kept() {
+        let expected = Body::Json(json!({"noise": (0..50).collect::<Vec<_>>(), "x": 1, "y": 1}));
+        let actual = Body::Json(json!({"noise": (1..51).collect::<Vec<_>>(), "x": 2, "y": 2}));
+        let ignored = ignoring(&["$.noise[*]"]);
+        assert_eq!(
+            found(differences(&expected, &actual, &ignored, 2)),
+            owned(&[("$.x", "changed_value"), ("$.y", "changed_value")])
+        );
+    }
+
+    #[test]
+    fn an_ignored_object_is_not_walked() {
+        let expected = json!({"big": {"a": {"b": 1}, "same": 1}, "c": 1});
+        let actual = json!({"big": {"a": {"b": 2}, "same": 1}, "c": 2});
+        let asked = std::cell::RefCell::new(Vec::new());
+        let kept = json::differences_except(&expected, &actual, 10, &|path| {
+            asked.borrow_mut().push(path.to_owned());
+            path == "$.big"
+        });
+        assert_eq!(found(kept), owned(&[("$.c", "changed_value")]));
+        // Asked of the root, of fields holding fields, and of differing leaves only.
+        assert_eq!(asked.into_inner(), ["$", "$.big", "$.c"]);
+    }
+
+    #[test]
+    fn patterns_match_paths_and_what_lies_under_them() {
+        let ignored = ignoring(&[
+            "$.a[*].b",
+            "$..id",
+            "$.m.*",
+            r#"$["x.y"][2]"#,
+            "$..[0].z",
+            "headers.x-*",
+            "headers.set-cookie",
+            "lines[3]",
+            "status",
+        ]);
+        for path in [
+            "$.a[0].b",
+            "$.a[7].b.c",
+            "$.id",
+            "$.deep[3].er.id",
+            "$.m.k",
+            "$.m[4]",
+            r#"$["x.y"][2]"#,
+            r#"$["x.y"][2].q"#,
+            "$.q[0].z",
+            "headers.x-request-id",
+            "headers.set-cookie",
+            "lines[3]",
+            "status",
+        ] {
+            assert!(ignored.matches(path), "{path} should be ignored");
+        }
+        for path in [
+            "$",
+            "$.a",
+            "$.a[0].c",
+            "$.ids",
+            "$.m",
+            r#"$["x.y"][1]"#,
+            "$.q[1].z",
+            "headers.y-x",
+            "headers.set-cookie2",
+            "lines[30]",
+            "lines[2]",
+            "body",
+            "$.a[0",
+        ] {
+            assert!(!ignored.matches(path), "{path} should not be ignored");
+        }
+        assert!(!IgnoredPaths::default().matches("$.a"));
+        assert!(IgnoredPaths::default().is_empty());
+        assert!(!ignored.is_empty());
+    }
+
+    #[test]
+    fn a_pattern_that_does_not_parse_is_refused_with_its_reason() {
+        for pattern in [
+            "meta.x", "$.a[", "$..", "$...a", "$.a[x]", r#"$["a]"#, "headers.", "$a",
+        ] {
+            let error = IgnoredPaths::new(&[pattern.to_owned()]).unwrap_err();
+            assert_eq!(error.pattern, pattern);
+            assert!(error.to_string().starts_with("ignore pattern"), "{error}");
+        }
+    }
+
+    #[test]
+    fn text_differences_are_named_by_the_expected_line() {
+        let expected = text("a\nb\nc\nd\ne\n");
+        // b changed, d removed, x added after e, y added before a.
+        let actual = text("y\na\nB\nc\ne\nx\n");
+        assert_eq!(
+            diff(&expected, &actual, &[]),
+            owned(&[
+                ("lines[0]", "added"),
+                ("lines[2]", "changed_value"),
+                ("lines[4]", "removed"),
+                ("lines[5]", "added"),
+            ])
+        );
+        assert_eq!(
+            diff(&expected, &actual, &["lines[2]", "lines[0]"]),
+            owned(&[("lines[4]", "removed"), ("lines[5]", "added")])
+        );
+        assert!(diff(&expected, &actual, &["lines"]).is_empty());
+    }
+
+    #[test]
+    fn texts_that_differ_only_in_line_endings_differ_as_a_whole() {
+        assert_eq!(
+            diff(&text("a\nb\n"), &text("a\r\nb"), &[]),
+            owned(&[("body", "changed_value")])
+        );
+        assert!(diff(&text("a\nb\n"), &text("a\nb\n"), &[]).is_empty());
+    }
+
+    #[test]
+    fn text_differences_stop_at_the_limit() {
+        let expected = text(&(0..1000).map(|i| format!("{i}\n")).collect::<String>());
+        let actual = text(&(0..1000).map(|i| format!("{i}!\n")).collect::<String>());
+        let differences = differences(&expected, &actual, &IgnoredPaths::default(), 10);
+        assert_eq!(differences.len(), 10);
+        assert_eq!(differences[9].path, "lines[10]");
+    }
+
+    #[test]
+    fn binary_bodies_differ_by_length_or_hash() {
+        let body = |len, hash| Body::Binary { len, hash };
+        assert!(diff(&body(3, 7), &body(3, 7), &[]).is_empty());
+        assert_eq!(
+            diff(&body(3, 7), &body(3, 8), &[]),
+            owned(&[("body", "changed_value")])
+        );
+        assert_eq!(
+            diff(&body(3, 7), &body(4, 7), &[]),
+            owned(&[("body", "changed_value")])
+        );
+        assert!(diff(&body(3, 7), &body(4, 7), &["body"]).is_empty());
+    }
+
+    #[test]
+    fn bodies_of_different_kinds_differ_once_in_type() {
+        let kinds = [
+            Body::Json(json!({"a": 1})),
+            text("{\"a\": 1"),
+            Body::Binary { len: 1, hash: 1 },
+        ];
+        for (i, expected) in kinds.iter().enumerate() {
+            for (j, actual) in kinds.iter().enumerate() {
+                let expect = if i == j {
+                    vec![]
+                } else {
+                    owned(&[("body", "changed_type")])
+                };
+                assert_eq!(
+                    diff(expected, actual, &[]),
+                    expect,
+                    "{expected:?} vs {actual:?}"
+                );
+            }
+        }
+        assert!(differences(&kinds[0], &kinds[1], &IgnoredPaths::default(), 0).is_empty());
+    }
+
+    #[test]
+    fn render_shows_each_kind_and_cuts_on_a_character_boundary() {
+        assert_eq!(
+            render(&Body::Json(json!({"a": [1]})), 100),
+            ("{\n  \"a\": [\n    1\n  ]\n}".to_owned(), false)
+        );
+        assert_eq!(render(&text("héllo"), 5), ("héllo".to_owned(), false));
+        assert_eq!(render(&text("héllo"), 2), ("hé".to_owned(), true));
+        assert_eq!(render(&text("€€€"), 0), (String::new(), true));
+        assert_eq!(
+            render(
+                &Body::Binary {
+                    len: 12,
+                    hash: 0xab
+                },
+                100
+            ),
+            ("12 bytes, xxh3 00000000000000ab".to_owned(), false)
+        );
+        // Multi-byte characters in a long JSON string, cut inside the writer's bound.
+        let long = Body::Json(json!({"k": "é€😀".repeat(10_000)}));
+        let (shown, cut) = render(&long, 20);
+        assert!(cut);
+        assert_eq!(shown.chars().count(), 20);
+        assert!(shown.starts_with("{\n  \"k\": \"é€😀"), "{shown}");
+    }
 }
