@@ -774,6 +774,18 @@ pub fn decode_body(rest: &Bytes, framing: BodyFraming) -> Result<DecodedBody, Ht
     }
 }
 
+/// The header fields of the head at the start of `message` (a request or a response), names
+/// as received and in order: what comparing two responses' headers reads.
+pub fn header_fields(message: &[u8]) -> Result<Vec<(String, Vec<u8>)>, HttpError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = MessageHead::parse(message, &mut slots)?;
+    Ok(head
+        .headers
+        .iter()
+        .map(|header| (header.name.to_owned(), header.value.to_vec()))
+        .collect())
+}
+
 /// A complete captured request located in its own bytes, so that it can be sent again byte for
 /// byte: every range indexes the captured message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1359,5 +1371,23 @@ mod tests {
     fn a_request_with_a_short_body_is_truncated() {
         let raw = b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc";
         assert_eq!(request_layout(raw), Err(HttpError::Truncated));
+    }
+
+    #[test]
+    fn header_fields_are_listed_as_received_in_order() {
+        let response =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody";
+        assert_eq!(
+            header_fields(response).unwrap(),
+            [
+                ("Content-Type".to_owned(), b"text/plain".to_vec()),
+                ("X-A".to_owned(), b"1".to_vec()),
+                ("x-a".to_owned(), b"2".to_vec()),
+            ]
+        );
+        assert_eq!(
+            header_fields(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n"),
+            Err(HttpError::Truncated)
+        );
     }
 }

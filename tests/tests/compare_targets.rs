@@ -328,9 +328,14 @@ fn report_facts(html: &str) -> Vec<String> {
     html.split('<')
         .filter_map(|tag| tag.split_once('>').map(|(tag, _)| tag))
         .filter(|tag| {
-            ["data-count=", "data-endpoint=", "data-path=", "data-noise-path="]
-                .iter()
-                .any(|hook| tag.contains(hook))
+            [
+                "data-count=",
+                "data-endpoint=",
+                "data-path=",
+                "data-noise-path=",
+            ]
+            .iter()
+            .any(|hook| tag.contains(hook))
         })
         .filter(|tag| !tag.contains("data-latency") && !tag.contains("data-role"))
         .map(str::to_owned)
@@ -414,7 +419,9 @@ async fn a_recording_of_the_run_gives_the_same_report_offline_as_the_diff_log() 
         .collect();
     assert_eq!(counts, expected);
     assert!(
-        logged.iter().any(|tag| tag.contains("data-path=\"$.items[1].price\" data-signal=\"true\"")),
+        logged
+            .iter()
+            .any(|tag| tag.contains("data-path=\"$.items[1].price\" data-signal=\"true\"")),
         "{logged:#?}"
     );
 }

@@ -140,12 +140,19 @@ pub struct Comparer {
     metrics: CompareMetrics,
 }
 
-/// One role's response, decoded.
+/// One role's response, decoded; its body classified (JSON parsed...) only when it is needed:
+/// most bodies are byte for byte those of the other roles.
 struct Side {
     role: Role,
     response: DecodedResponse,
-    body: Body,
+    body: std::cell::OnceCell<Body>,
     latency_ms: f64,
+}
+
+impl Side {
+    fn body(&self) -> &Body {
+        self.body.get_or_init(|| body::classify(&self.response))
+    }
 }
 
 impl Comparer {
@@ -286,11 +293,10 @@ impl Comparer {
         let raw = answer.raw.as_ref().ok_or("too_large")?;
         let response = decode::decode(raw, request.method == "HEAD", self.rules.body_limit)
             .map_err(|error| error.reason())?;
-        let body = body::classify(&response);
         Ok(Side {
             role,
             response,
-            body,
+            body: std::cell::OnceCell::new(),
             latency_ms: answer
                 .latency
                 .map_or(-1.0, |latency| latency.as_secs_f64() * 1000.0),
@@ -298,7 +304,7 @@ impl Comparer {
     }
 
     /// How `actual` differs from `expected`: status, compared headers, body.
-    fn differences<'a>(&self, expected: &'a Side, actual: &'a Side) -> Vec<Difference> {
+    fn differences(&self, expected: &Side, actual: &Side) -> Vec<Difference> {
         let mut found = Vec::new();
         if expected.response.status != actual.response.status {
             found.push(Difference {
@@ -306,22 +312,19 @@ impl Comparer {
                 kind: DifferenceKind::ValueChanged,
             });
         }
-        let as_refs = |side: &'a Side| -> Vec<(&'a str, &'a [u8])> {
-            side.response
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_slice()))
-                .collect()
-        };
-        let (expected_refs, actual_refs) = (as_refs(expected), as_refs(actual));
-        found.extend(self.rules.headers.differences(&expected_refs, &actual_refs));
-        let room = DIFFERENCES_PER_PAIR.saturating_sub(found.len());
-        found.extend(body::differences(
-            &expected.body,
-            &actual.body,
-            &self.rules.ignored_paths,
-            room,
+        found.extend(self.rules.headers.differences(
+            &expected.response.header_pairs(),
+            &actual.response.header_pairs(),
         ));
+        if expected.response.body != actual.response.body {
+            let room = DIFFERENCES_PER_PAIR.saturating_sub(found.len());
+            found.extend(body::differences(
+                expected.body(),
+                actual.body(),
+                &self.rules.ignored_paths,
+                room,
+            ));
+        }
         found.retain(|difference| !self.rules.ignored_paths.matches(&difference.path));
         found
     }
@@ -347,7 +350,7 @@ impl Comparer {
     }
 
     fn example_side(&self, side: &Side) -> ExampleSide {
-        let (body, truncated) = body::render(&side.body, EXAMPLE_BODY_CHARS);
+        let (body, truncated) = body::render(side.body(), EXAMPLE_BODY_CHARS);
         ExampleSide {
             role: side.role.as_str().to_owned(),
             status: side.response.status,

@@ -41,76 +41,113 @@ pub struct Difference {
 /// The differences from `expected` to `actual`, in document order, at most `limit` of them (a
 /// response that differs everywhere must not cost without bound).
 pub fn differences(expected: &Value, actual: &Value, limit: usize) -> Vec<Difference> {
+    differences_except(expected, actual, limit, &|_| false)
+}
+
+/// [`differences`] without the fields whose path `ignored` accepts, nor anything under them
+/// (an ignored field is not walked); `limit` counts only the differences kept.
+pub fn differences_except(
+    expected: &Value,
+    actual: &Value,
+    limit: usize,
+    ignored: &dyn Fn(&str) -> bool,
+) -> Vec<Difference> {
     let mut found = Vec::new();
-    let mut path = String::from("$");
-    walk(expected, actual, &mut path, &mut found, limit);
+    let path = String::from("$");
+    if !ignored(&path) {
+        let mut walk = Walk {
+            path,
+            found: &mut found,
+            limit,
+            ignored,
+        };
+        walk.walk(expected, actual);
+    }
     found
 }
 
-fn walk(
-    expected: &Value,
-    actual: &Value,
-    path: &mut String,
-    found: &mut Vec<Difference>,
+/// One walk of two documents: where it is, and what it found so far.
+struct Walk<'a> {
+    path: String,
+    found: &'a mut Vec<Difference>,
     limit: usize,
-) {
-    if found.len() >= limit {
-        return;
-    }
-    match (expected, actual) {
-        (Value::Object(expected), Value::Object(actual)) => {
-            for (key, expected_value) in expected {
-                if found.len() >= limit {
-                    return;
-                }
-                let len = path.len();
-                push_key(path, key);
-                match actual.get(key) {
-                    Some(actual_value) => walk(expected_value, actual_value, path, found, limit),
-                    None => note(found, path, DifferenceKind::Removed),
-                }
-                path.truncate(len);
-            }
-            for key in actual.keys().filter(|key| !expected.contains_key(*key)) {
-                if found.len() >= limit {
-                    break;
-                }
-                let len = path.len();
-                push_key(path, key);
-                note(found, path, DifferenceKind::Added);
-                path.truncate(len);
-            }
-        }
-        (Value::Array(expected), Value::Array(actual)) => {
-            for index in 0..expected.len().max(actual.len()) {
-                if found.len() >= limit {
-                    break;
-                }
-                let len = path.len();
-                let _ = write!(path, "[{index}]");
-                match (expected.get(index), actual.get(index)) {
-                    (Some(expected), Some(actual)) => walk(expected, actual, path, found, limit),
-                    (Some(_), None) => note(found, path, DifferenceKind::Removed),
-                    (None, Some(_)) => note(found, path, DifferenceKind::Added),
-                    (None, None) => {}
-                }
-                path.truncate(len);
-            }
-        }
-        (expected, actual) if same_type(expected, actual) => {
-            if expected != actual {
-                note(found, path, DifferenceKind::ValueChanged);
-            }
-        }
-        _ => note(found, path, DifferenceKind::TypeChanged),
-    }
+    ignored: &'a dyn Fn(&str) -> bool,
 }
 
-fn note(found: &mut Vec<Difference>, path: &str, kind: DifferenceKind) {
-    found.push(Difference {
-        path: path.to_owned(),
-        kind,
-    });
+impl Walk<'_> {
+    fn walk(&mut self, expected: &Value, actual: &Value) {
+        if self.found.len() >= self.limit {
+            return;
+        }
+        match (expected, actual) {
+            (Value::Object(expected), Value::Object(actual)) => {
+                for (key, expected_value) in expected {
+                    if self.found.len() >= self.limit {
+                        return;
+                    }
+                    let len = self.path.len();
+                    push_key(&mut self.path, key);
+                    match actual.get(key) {
+                        Some(actual_value) => self.descend(expected_value, actual_value),
+                        None => self.note(DifferenceKind::Removed),
+                    }
+                    self.path.truncate(len);
+                }
+                for key in actual.keys().filter(|key| !expected.contains_key(*key)) {
+                    if self.found.len() >= self.limit {
+                        break;
+                    }
+                    let len = self.path.len();
+                    push_key(&mut self.path, key);
+                    self.note(DifferenceKind::Added);
+                    self.path.truncate(len);
+                }
+            }
+            (Value::Array(expected), Value::Array(actual)) => {
+                for index in 0..expected.len().max(actual.len()) {
+                    if self.found.len() >= self.limit {
+                        break;
+                    }
+                    let len = self.path.len();
+                    let _ = write!(self.path, "[{index}]");
+                    match (expected.get(index), actual.get(index)) {
+                        (Some(expected), Some(actual)) => self.descend(expected, actual),
+                        (Some(_), None) => self.note(DifferenceKind::Removed),
+                        (None, Some(_)) => self.note(DifferenceKind::Added),
+                        (None, None) => {}
+                    }
+                    self.path.truncate(len);
+                }
+            }
+            (expected, actual) if same_type(expected, actual) => {
+                if expected != actual {
+                    self.note(DifferenceKind::ValueChanged);
+                }
+            }
+            _ => self.note(DifferenceKind::TypeChanged),
+        }
+    }
+
+    /// Walks into a field unless it is ignored. Asked only of fields that hold more fields:
+    /// a leaf is asked only when it differs ([`Self::note`]), so equal leaves cost nothing.
+    fn descend(&mut self, expected: &Value, actual: &Value) {
+        let containers = matches!(
+            (expected, actual),
+            (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_))
+        );
+        if !(containers && (self.ignored)(&self.path)) {
+            self.walk(expected, actual);
+        }
+    }
+
+    fn note(&mut self, kind: DifferenceKind) {
+        if !(self.ignored)(&self.path) {
+            self.found.push(Difference {
+                path: self.path.clone(),
+                kind,
+            });
+        }
+    }
 }
 
 /// Whether two values are of the same JSON type (1 and 1.5 are both numbers).

@@ -1,11 +1,18 @@
-//! Comparing how targets answered the same request (issue 14's comparison, built up in parts):
-//! [`json`] finds the differences between two JSON bodies by field path, [`headers`] between
-//! two responses' headers (volatile ones ignored), [`endpoint`] groups requests by method and
-//! normalised path so that differences are counted per endpoint, and [`noise`] decides from
-//! those counts which differences are the candidate's and which any two builds show;
-//! [`summary`] is what a comparison found, as the report shows it; [`report`] renders it as
-//! a self-contained HTML page, and [`report_command`] is `tapwire-replayer report`, which
-//! writes that page from a diff log or from `.gor` files ([`offline`]).
+//! Comparing how targets with roles answered the same request, Diffy-style, and reporting it.
+//!
+//! - [`stage`]: the live comparison, off the send path: target workers and the intake hand
+//!   responses over, [`pending`] gathers each request's until every compared role has
+//!   answered, and a thread of its own compares them ([`comparer`]).
+//! - [`comparer`]: one request's responses [`decode`]d (framing and content codings undone),
+//!   the candidate against its reference and the two baselines against each other: status,
+//!   [`headers`] (volatile ones ignored), bodies by [`body`] (JSON by field path with
+//!   [`json`], text by lines, binary by hash).
+//! - [`tally`]: the counts per role, per [`endpoint`] and field path, with [`noise`] deciding
+//!   which differences are the candidate's; a few examples; bounded. [`summary`] is what it
+//!   found, as one serialisable value.
+//! - [`diff_log`]: `--diff-log`, JSON Lines; [`report`] renders a summary as one HTML page,
+//!   served live at `/report` and written by [`report_command`] (`tapwire-replayer report`)
+//!   from a diff log or from `.gor` files ([`offline`]).
 
 pub mod body;
 pub mod comparer;
