@@ -99,7 +99,7 @@ pub enum Gathered {
     /// Still waiting for other roles.
     Waiting,
     /// Every role answered: compare these.
-    Complete(Exchange),
+    Complete(Box<Exchange>),
     /// Every role is accounted for but the set cannot be compared.
     NotCompared(Incomplete),
 }
@@ -217,7 +217,7 @@ impl PendingSet {
         self.held_bytes -= done.exchange.held_bytes();
         match done.incomplete {
             Some(reason) => Gathered::NotCompared(reason),
-            None => Gathered::Complete(done.exchange),
+            None => Gathered::Complete(Box::new(done.exchange)),
         }
     }
 

@@ -54,7 +54,7 @@ impl ComparePlan {
 }
 
 enum Work {
-    Compare(super::pending::Exchange),
+    Compare(Box<super::pending::Exchange>),
     Finish,
 }
 
