@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tapwire_shared::gor::{GorMessage, PayloadType};
+use tapwire_shared::gor::{GorMessage, GorReader, PayloadType};
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
 use super::pending::{Gathered, PendingSet, RequestLine, Response};
+use super::report_command::open;
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::{CompareSettings, Role};
@@ -37,9 +38,9 @@ pub fn summarise_gor_with(
         reference: Role::Production,
         noise_pair: None,
     };
-    let tally = Arc::new(Mutex::new(Tally::new(roles, Rules::thresholds(settings)?)));
+    let tally = Arc::new(Mutex::new(Tally::new(roles, Rules::thresholds(&settings)?)));
     let mut comparer = Comparer::new(
-        Rules::compile(settings)?,
+        Rules::compile(&settings)?,
         Arc::clone(&tally),
         None,
         CompareMetrics::default(),
@@ -47,48 +48,33 @@ pub fn summarise_gor_with(
     let mut pending = PendingSet::new(&[Role::Candidate, Role::Production], EXPIRY);
     let started = Instant::now();
     let mut first_ns = None;
-    let malformed = crate::source::file::read_messages(paths, |message: GorMessage| {
-        let first = *first_ns.get_or_insert(message.header.timestamp_ns);
-        let now = started + Duration::from_nanos(message.header.timestamp_ns.saturating_sub(first));
-        let id = message.header.id.clone();
-        let latency = message.header.latency_ns.map(Duration::from_nanos);
-        let gathered = match message.header.payload_type {
-            PayloadType::Request => {
-                if let Some(request) = request_line(&message.payload) {
-                    pending.request(id, request, now);
+    let mut malformed = 0;
+    for path in paths {
+        let mut reader = GorReader::new(open(path)?, path.display().to_string());
+        while let Some(read) = reader.next_message() {
+            let message = match read {
+                Ok(message) => message,
+                Err(error) if error.is_fatal() => {
+                    anyhow::bail!("{} cannot be read to its end: {error}", path.display())
                 }
-                Gathered::Waiting
+                Err(_) => {
+                    malformed += 1;
+                    continue;
+                }
+            };
+            let first = *first_ns.get_or_insert(message.header.timestamp_ns);
+            let now =
+                started + Duration::from_nanos(message.header.timestamp_ns.saturating_sub(first));
+            for reason in pending.expire(now, false) {
+                comparer.not_compared(reason.as_str());
             }
-            PayloadType::Response => pending.add(
-                Role::Production,
-                id,
-                None,
-                Some(Response {
-                    raw: Some(message.payload),
-                    latency,
-                }),
-                now,
-            ),
-            PayloadType::ReplayedResponse => pending.add(
-                Role::Candidate,
-                id,
-                None,
-                Some(Response {
-                    raw: Some(message.payload),
-                    latency,
-                }),
-                now,
-            ),
-        };
-        match gathered {
-            Gathered::Waiting => {}
-            Gathered::Complete(exchange) => comparer.compare(&exchange),
-            Gathered::NotCompared(reason) => comparer.not_compared(reason.as_str()),
+            match gather(&mut pending, message, now) {
+                Gathered::Waiting => {}
+                Gathered::Complete(exchange) => comparer.compare(&exchange),
+                Gathered::NotCompared(reason) => comparer.not_compared(reason.as_str()),
+            }
         }
-        for reason in pending.expire(now, false) {
-            comparer.not_compared(reason.as_str());
-        }
-    })?;
+    }
     for reason in pending.expire(Instant::now(), true) {
         comparer.not_compared(reason.as_str());
     }
@@ -105,6 +91,28 @@ pub fn summarise_gor_with(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .summary(&source);
     Ok(summary)
+}
+
+/// Adds one message to its request's set: a request's line, production's response, or the
+/// first replayed one (the candidate).
+fn gather(pending: &mut PendingSet, message: GorMessage, now: Instant) -> Gathered {
+    let id = message.header.id;
+    let response = Response {
+        latency: message.header.latency_ns.map(Duration::from_nanos),
+        raw: Some(message.payload),
+    };
+    match message.header.payload_type {
+        PayloadType::Request => {
+            if let Some(request) = response.raw.as_deref().and_then(request_line) {
+                pending.request(id, request, now);
+            }
+            Gathered::Waiting
+        }
+        PayloadType::Response => pending.add(Role::Production, id, None, Some(response), now),
+        PayloadType::ReplayedResponse => {
+            pending.add(Role::Candidate, id, None, Some(response), now)
+        }
+    }
 }
 
 /// The method and target of a request's first line.

@@ -134,7 +134,7 @@ fn write_stdout(page: &str) -> Result<(), Failure> {
 }
 
 /// `path` for reading, through gzip when it starts like gzip.
-fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+pub(crate) fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut reader = BufReader::new(file);
     let gzipped = reader

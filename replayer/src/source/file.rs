@@ -606,26 +606,6 @@ pub fn dry_run(files: &[PathBuf], pacing: StreamPacing) -> (DryRun, bool) {
     (result, report.cut_short.load(Ordering::Relaxed))
 }
 
-/// Every message of the files, in timestamp order, to `each`; malformed ones are skipped and
-/// counted. Fails if a file cannot be opened or read to its end.
-pub fn read_messages(files: &[PathBuf], mut each: impl FnMut(GorMessage)) -> anyhow::Result<u64> {
-    let report = ReadReport::default();
-    let mut malformed = 0;
-    for read in Merged::open(files, &report) {
-        match read {
-            Ok(message) => each(message),
-            Err(error) => {
-                tracing::debug!(%error, "skipped a malformed message");
-                malformed += 1;
-            }
-        }
-    }
-    if report.cut_short.load(Ordering::Relaxed) {
-        anyhow::bail!("a file could not be read to its end (see above)");
-    }
-    Ok(malformed)
-}
-
 /// Requests in the files, for the progress bar: counted by reading them once.
 pub fn count_requests(files: &[PathBuf]) -> u64 {
     let report = ReadReport::default();
