@@ -20,16 +20,10 @@ use crate::config::{CompareSettings, Role};
 /// How long (in the file's time) a request's responses are waited for.
 const EXPIRY: Duration = Duration::from_secs(60);
 
-/// What comparing the files' replayed responses with production's finds.
+/// What comparing the files' replayed responses with production's finds (with the default
+/// comparison settings), the files read one after the other.
 pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
-    summarise_gor_with(paths, &CompareSettings::default())
-}
-
-/// [`summarise_gor`] with these comparison settings.
-pub fn summarise_gor_with(
-    paths: &[PathBuf],
-    settings: &CompareSettings,
-) -> anyhow::Result<Summary> {
+    let settings = CompareSettings::default();
     let roles = Roles {
         targets: vec![
             (Role::Candidate, "replayed (type 3)".to_owned()),
