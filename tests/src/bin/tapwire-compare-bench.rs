@@ -323,6 +323,30 @@ struct Figures {
     peak_rss_bytes: u64,
 }
 
+/// The share of `requests` the diff log's last summary says were compared, and the reasons
+/// the rest were not.
+fn compared_share(diff_log: &Path, requests: u64) -> String {
+    let summary = std::fs::read_to_string(diff_log)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|line| line["type"] == "summary")
+        })
+        .map(|line| line["summary"].clone());
+    let Some(summary) = summary else {
+        return "no log".to_owned();
+    };
+    let compared = summary["compared"].as_u64().unwrap_or_default();
+    let mut share = format!("{:.1}%", 100.0 * compared as f64 / requests.max(1) as f64);
+    if let Some(reasons) = summary["not_compared"].as_object().filter(|r| !r.is_empty()) {
+        let reasons: Vec<String> = reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        share.push_str(&format!(" ({})", reasons.join(" ")));
+    }
+    share
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -378,8 +402,8 @@ async fn rounds(
         args.requests, args.endpoints, args.concurrency
     );
     println!(
-        "  {:>5} {:>6} {:>8} {:>17} {:>8} {:>11} {:>10}",
-        "round", "rate", "mode", "req/s per target", "cpu s", "cpu µs/req", "peak RSS"
+        "  {:>5} {:>6} {:>8} {:>17} {:>8} {:>11} {:>10} {:>9}",
+        "round", "rate", "mode", "req/s per target", "cpu s", "cpu µs/req", "peak RSS", "compared"
     );
     let mut figures: BTreeMap<(String, &str), Vec<Figures>> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -395,13 +419,9 @@ async fn rounds(
             for mode in [Mode::Plain, Mode::Compare] {
                 let mut flags = replay_flags(&file, rate, args.concurrency);
                 flags.extend(targets.flags(mode));
+                let diff_log = dir.join(format!("diff-{round}-{rate_name}.jsonl"));
                 if mode == Mode::Compare {
-                    flags.extend([
-                        "--diff-log".into(),
-                        dir.join(format!("diff-{round}-{rate_name}.jsonl"))
-                            .display()
-                            .to_string(),
-                    ]);
+                    flags.extend(["--diff-log".into(), diff_log.display().to_string()]);
                 }
                 let before = targets.served();
                 let run = run_replayer(binary, &flags, no_sampling).await?;
@@ -437,15 +457,20 @@ async fn rounds(
                     cpu_seconds: run.cpu_seconds,
                     peak_rss_bytes: run.peak_rss_bytes,
                 };
+                let compared = match mode {
+                    Mode::Plain => "-".to_owned(),
+                    Mode::Compare => compared_share(&diff_log, args.requests),
+                };
                 println!(
-                    "  {:>5} {:>6} {:>8} {:>17.0} {:>8.2} {:>11.1} {:>6.1} MiB",
+                    "  {:>5} {:>6} {:>8} {:>17.0} {:>8.2} {:>11.1} {:>6.1} MiB {:>9}",
                     round,
                     rate_name,
                     mode.name(),
                     run_figures.per_target_rate,
                     run_figures.cpu_seconds,
                     run_figures.cpu_seconds * 1e6 / args.requests as f64,
-                    mib(run_figures.peak_rss_bytes)
+                    mib(run_figures.peak_rss_bytes),
+                    compared
                 );
                 figures
                     .entry((rate_name.clone(), mode.name()))
