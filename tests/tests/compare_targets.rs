@@ -29,6 +29,8 @@ struct LiveRun {
     production: BuildServer,
     listener: Process,
     replayer: Process,
+    /// The replayer's metrics port, which serves the live report at `/report`.
+    metrics: std::net::SocketAddr,
 }
 
 impl LiveRun {
@@ -45,6 +47,12 @@ impl LiveRun {
         .to_vec();
         args.extend(replayer_args);
         let replayer = Process::spawn("tapwire-replayer", &args)?;
+        let metrics = addr_in(
+            &replayer
+                .wait_for_line("metrics endpoint listening", READY)
+                .await?,
+        )
+        .ok_or_else(|| anyhow::anyhow!("no metrics address in the replayer's log"))?;
         let grpc = addr_in(
             &replayer
                 .wait_for_line("grpc server listening", READY)
@@ -73,6 +81,7 @@ impl LiveRun {
             production,
             listener,
             replayer,
+            metrics,
         })
     }
 
@@ -152,6 +161,28 @@ async fn exactly_the_candidates_changes_are_reported_and_the_random_fields_only_
             run.replayer.log()
         );
     }
+    // The live page counts every request once the last one is compared, and says what the
+    // diff log will.
+    let compared = format!("data-count=\"compared\" data-value=\"{REQUESTS}\"");
+    let deadline = std::time::Instant::now() + REPLAY_TIMEOUT;
+    let live_page = loop {
+        let (status, page) = tapwire_testkit::scrape::get(run.metrics, "/report")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{page}");
+        if page.contains(&compared) {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live report never showed {REQUESTS} compared:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        live_page.contains("data-path=\"$.items[1].price\" data-signal=\"true\""),
+        "{live_page}"
+    );
     run.stop().await.unwrap();
 
     let lines = diff_log_lines(&diff_log);
