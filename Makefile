@@ -20,13 +20,15 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: fixed-rate pipeline benchmark, the listener-replayer link benchmark, files, then the
-## listener's memory under packet floods (see bench/pipeline.sh, bench/link.sh, bench/files.sh
-## and bench/flood.sh for options).
+## bench: fixed-rate pipeline benchmark, the listener-replayer link benchmark, files, what
+## comparing responses costs, then the listener's memory under packet floods (see
+## bench/pipeline.sh, bench/link.sh, bench/files.sh, bench/compare-targets.sh and bench/flood.sh
+## for options).
 bench:
 	bench/pipeline.sh
 	bench/link.sh
 	bench/files.sh
+	bench/compare-targets.sh
 	bench/flood.sh
 
 deps:
