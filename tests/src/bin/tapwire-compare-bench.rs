@@ -214,6 +214,7 @@ fn log_seconds(line: &str) -> Option<f64> {
 async fn run_replayer(
     binary: &Path,
     args: &[String],
+    limit: Duration,
     on_pid: impl FnOnce(u32, tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()>,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
@@ -244,14 +245,11 @@ async fn run_replayer(
         let reaped = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
         (reaped, status, usage)
     });
-    let (reaped, status, usage) =
-        tokio::time::timeout(RUN_TIMEOUT, reaped)
-            .await
-            .map_err(|_| {
-                // SAFETY: our child, still unreaped.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                anyhow::anyhow!("the replayer did not exit within {RUN_TIMEOUT:?}; killed")
-            })??;
+    let (reaped, status, usage) = tokio::time::timeout(limit, reaped).await.map_err(|_| {
+        // SAFETY: our child, still unreaped.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        anyhow::anyhow!("the replayer did not exit within {limit:?}; killed")
+    })??;
     let wall = started.elapsed();
     exited.send_replace(true);
     let _ = sampler.await;
@@ -340,7 +338,10 @@ fn compared_share(diff_log: &Path, requests: u64) -> String {
     };
     let compared = summary["compared"].as_u64().unwrap_or_default();
     let mut share = format!("{:.1}%", 100.0 * compared as f64 / requests.max(1) as f64);
-    if let Some(reasons) = summary["not_compared"].as_object().filter(|r| !r.is_empty()) {
+    if let Some(reasons) = summary["not_compared"]
+        .as_object()
+        .filter(|r| !r.is_empty())
+    {
         let reasons: Vec<String> = reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
         share.push_str(&format!(" ({})", reasons.join(" ")));
     }
@@ -424,7 +425,7 @@ async fn rounds(
                     flags.extend(["--diff-log".into(), diff_log.display().to_string()]);
                 }
                 let before = targets.served();
-                let run = run_replayer(binary, &flags, no_sampling).await?;
+                let run = run_replayer(binary, &flags, RUN_TIMEOUT, no_sampling).await?;
                 let after = targets.served();
                 if !run.success {
                     let reason = if compare_unavailable && mode == Mode::Compare {
@@ -582,7 +583,9 @@ async fn memory_run(
     let minutes: Arc<Mutex<BTreeMap<u64, MinuteRss>>> = Arc::default();
     let sampled = Arc::clone(&minutes);
     let before = targets.served();
-    let run = run_replayer(binary, &flags, move |pid, mut exited| {
+    // --exit-after, then the targets' drain and the last comparisons.
+    let limit = duration + Duration::from_secs(60);
+    let run = run_replayer(binary, &flags, limit, move |pid, mut exited| {
         tokio::spawn(async move {
             let started = Instant::now();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -596,6 +599,17 @@ async fn memory_run(
                 let Some(rss) = rss_bytes(pid) else { return };
                 let minute = started.elapsed().as_secs() / 60;
                 let mut minutes = sampled.lock().expect("samples lock");
+                // Each minute is printed as it ends: a run cut short still shows its figures.
+                if !minutes.contains_key(&minute)
+                    && let Some(ended) = minute.checked_sub(1).and_then(|m| minutes.get(&m))
+                {
+                    println!(
+                        "  minute {minute}: RSS min {:.1} MiB, max {:.1} MiB, last {:.1} MiB",
+                        mib(ended.min),
+                        mib(ended.max),
+                        mib(ended.last)
+                    );
+                }
                 let entry = minutes.entry(minute).or_insert(MinuteRss {
                     min: rss,
                     max: rss,
