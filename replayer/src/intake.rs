@@ -123,18 +123,10 @@ impl StreamIntake {
             .inc_by(responses.len() as u64);
         // The recorder sees each request as it arrives and goes on, then production's answer
         // to it: the middleware (which gets the request itself downstream) sees a request
-        // before its response, as GoReplay's middleware expects.
-        if let Some(stage) = &self.compare {
-            for response in &responses {
-                stage.production_answered(
-                    message_id(origin.instance, response.request_id),
-                    response.response.clone(),
-                    Duration::from_nanos(response.latency_ns),
-                );
-            }
-        }
+        // before its response, as GoReplay's middleware expects; the comparison gets it once
+        // the request is on its way to the targets.
         let mut answers: HashMap<u64, Vec<ResponseRecord>> = HashMap::new();
-        if !self.observers.is_empty() {
+        if !self.observers.is_empty() || self.compare.is_some() {
             for response in responses {
                 answers
                     .entry(response.request_id)
@@ -168,18 +160,31 @@ impl StreamIntake {
             let id = record.id;
             self.downstream.dispatch(record, origin, &batch_done);
             for response in answers.remove(&id).into_iter().flatten() {
-                self.observers
-                    .original_response(&GorMessage::response(&response, origin.instance));
+                self.production_answered(origin, response);
             }
         }
         // Responses to requests of earlier batches.
         for response in answers.into_values().flatten() {
-            self.observers
-                .original_response(&GorMessage::response(&response, origin.instance));
+            self.production_answered(origin, response);
         }
         // From here only the requests hold it: it fires when the last one is done.
         drop(batch_done);
         Ok(delivered)
+    }
+
+    /// Production's `response` to a request of `origin`, to the observers and the comparison.
+    fn production_answered(&self, origin: &Origin, response: ResponseRecord) {
+        if !self.observers.is_empty() {
+            self.observers
+                .original_response(&GorMessage::response(&response, origin.instance));
+        }
+        if let Some(stage) = &self.compare {
+            stage.production_answered(
+                message_id(origin.instance, response.request_id),
+                response.response,
+                Duration::from_nanos(response.latency_ns),
+            );
+        }
     }
 
     /// Takes a batch as it came over the wire: records that are not valid are counted

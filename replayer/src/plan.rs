@@ -32,7 +32,7 @@ const DEFAULT_GRPC_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7070);
 
 /// How long a request's responses wait for the last one beyond the slowest compared target's
-/// timeout (production's response may come after the targets').
+/// timeout and queue wait (`shed_after`: production's response may come after the targets').
 const PENDING_GRACE: Duration = Duration::from_secs(2);
 
 /// Requests of a file replay in the targets' hands at most.
@@ -405,7 +405,7 @@ fn compare_plan(
     let expiry = targets
         .iter()
         .filter(|t| t.role.is_some())
-        .map(|t| t.timeout)
+        .map(|t| t.timeout + t.shed_after)
         .max()
         .unwrap_or_default()
         + PENDING_GRACE;

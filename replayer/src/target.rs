@@ -56,6 +56,8 @@ pub struct Target {
     /// Decides which requests fit the rate when over-rate requests are dropped.
     admission: Option<CaptureRate>,
     metrics: TargetMetrics,
+    /// Told of the requests this target does not send, when its responses are compared.
+    compare: Option<(Role, Arc<CompareStage>)>,
 }
 
 impl Target {
@@ -80,7 +82,7 @@ impl Target {
             &plan,
             metrics.clone(),
             observers,
-            compare,
+            compare.clone(),
         ));
         let (admission, pacing) = match plan.rate {
             None => (None, None),
@@ -111,6 +113,7 @@ impl Target {
             sampler: plan.sampler,
             admission,
             metrics,
+            compare,
         };
         (target, workers)
     }
@@ -215,17 +218,17 @@ impl ReplaySink for Target {
     fn offer(&self, request: &Arc<ReplayRequest>) {
         if let Err(rule) = self.filters.check(request) {
             self.metrics.filtered(rule).inc();
-            return;
+            return self.not_sent(request);
         }
         if self.sampler.as_ref().is_some_and(|s| !s.keeps(request)) {
             self.metrics.filtered(FilterRule::Sample).inc();
-            return;
+            return self.not_sent(request);
         }
         if let Some(admission) = &self.admission
             && !admission.admits(request.captured_at_ns)
         {
             self.metrics.dropped(TargetDropReason::RateLimited).inc();
-            return;
+            return self.not_sent(request);
         }
         if self.queue.sender.try_send(Arc::clone(request)).is_err() {
             let reason = if self.queue.shedding.load(Ordering::Relaxed) {
@@ -234,6 +237,16 @@ impl ReplaySink for Target {
                 TargetDropReason::TargetQueueFull
             };
             self.metrics.dropped(reason).inc();
+            self.not_sent(request);
+        }
+    }
+}
+
+impl Target {
+    /// The comparison need not wait for this target's answer to `request`.
+    fn not_sent(&self, request: &ReplayRequest) {
+        if let Some((role, stage)) = &self.compare {
+            stage.target_skipped(*role, request);
         }
     }
 }

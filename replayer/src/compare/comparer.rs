@@ -24,9 +24,22 @@ use tapwire_shared::config::ConfigError;
 
 /// Differences found between two responses at most (a response that differs everywhere costs a
 /// bounded amount).
-const DIFFERENCES_PER_PAIR: usize = 100;
+/// High enough that the noise of a long document (random ids in every element of an array)
+/// cannot crowd out a change near its end.
+const DIFFERENCES_PER_PAIR: usize = 1_000;
 /// Characters of a body kept in an example.
-const EXAMPLE_BODY_CHARS: usize = 4_000;
+const EXAMPLE_BODY_CHARS: usize = 2_000;
+/// Characters of an endpoint name or a field path kept: both come from traffic and responses,
+/// and are counted and reported.
+const NAME_CHARS: usize = 200;
+/// Headers whose values an example never shows: credentials of real users (production's
+/// responses are compared too). `Set-Cookie` shows its cookie's name only.
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "www-authenticate",
+];
 
 /// How responses are compared.
 pub struct Rules {
@@ -210,10 +223,11 @@ impl Comparer {
             Some((a, b)) => self.differences(a, b),
             None => Vec::new(),
         };
-        let endpoint = self
+        let mut endpoint = self
             .rules
             .endpoints
             .name(&request.method, &request.path_and_query);
+        clip(&mut endpoint);
         let signal = {
             let mut tally = lock(&self.tally);
             for side in &sides {
@@ -326,6 +340,9 @@ impl Comparer {
             ));
         }
         found.retain(|difference| !self.rules.ignored_paths.matches(&difference.path));
+        for difference in &mut found {
+            clip(&mut difference.path);
+        }
         found
     }
 
@@ -359,12 +376,34 @@ impl Comparer {
                 .headers
                 .iter()
                 .filter(|(name, _)| self.rules.headers.is_compared(name))
-                .map(|(name, value)| (name.clone(), String::from_utf8_lossy(value).into_owned()))
+                .map(|(name, value)| (name.clone(), shown_value(name, value)))
                 .collect(),
             body,
             truncated,
             latency_ms: side.latency_ms.max(0.0),
         }
+    }
+}
+
+/// A header's value as an example shows it: credentials redacted, cookies by name.
+fn shown_value(name: &str, value: &[u8]) -> String {
+    let lower = name.to_ascii_lowercase();
+    if SECRET_HEADERS.contains(&lower.as_str()) {
+        return "REDACTED".to_owned();
+    }
+    let value = String::from_utf8_lossy(value);
+    if lower == "set-cookie" {
+        let name = value.split('=').next().unwrap_or_default().trim();
+        return format!("{name}=REDACTED");
+    }
+    value.into_owned()
+}
+
+/// Cuts `text` to [`NAME_CHARS`] characters, marking the cut.
+fn clip(text: &mut String) {
+    if let Some((cut, _)) = text.char_indices().nth(NAME_CHARS) {
+        text.truncate(cut);
+        text.push('…');
     }
 }
 
@@ -383,4 +422,131 @@ fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     tally
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::compare::pending::{Answer, Gathered, PendingSet, Response};
+
+    const ROLES: [Role; 3] = [Role::Candidate, Role::Baseline, Role::Baseline2];
+
+    fn comparer() -> Comparer {
+        let roles = Roles {
+            targets: ROLES.map(|role| (role, role.as_str().to_owned())).to_vec(),
+            reference: Role::Baseline,
+            noise_pair: Some((Role::Baseline, Role::Baseline2)),
+        };
+        let settings = CompareSettings::default();
+        let tally = Tally::new(roles, Rules::thresholds(&settings).unwrap());
+        Comparer::new(
+            Rules::compile(&settings).unwrap(),
+            Arc::new(Mutex::new(tally)),
+            None,
+            CompareMetrics::default(),
+        )
+    }
+
+    fn response(body: &str, headers: &str) -> Answer {
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Answer::Response(Response {
+            raw: Some(Bytes::from(raw)),
+            latency: Some(Duration::from_millis(1)),
+        })
+    }
+
+    /// Feeds one request's three responses through a pending set into the comparer.
+    fn compare(comparer: &mut Comparer, id: u64, bodies: [(String, &str); 3]) {
+        let mut pending = PendingSet::new(&ROLES, Duration::from_secs(5));
+        let request = RequestLine {
+            method: "GET".into(),
+            path_and_query: format!("/orders/{id}"),
+        };
+        for (role, (body, headers)) in ROLES.into_iter().zip(bodies) {
+            let gathered = pending.add(
+                role,
+                id.to_string(),
+                Some(request.clone()),
+                response(&body, headers),
+                Instant::now(),
+            );
+            if let Gathered::Complete(exchange) = gathered {
+                comparer.compare(&exchange);
+            }
+        }
+    }
+
+    /// An order with `items` elements, each with a random-looking id, and its total.
+    fn order(seed: u64, items: u64, total: u64) -> String {
+        let items: Vec<String> = (0..items)
+            .map(|n| format!("{{\"id\":\"{:x}\",\"at\":{}}}", seed * 1_000 + n, seed + n))
+            .collect();
+        format!("{{\"items\":[{}],\"total\":{total}}}", items.join(","))
+    }
+
+    #[test]
+    fn a_change_after_many_noisy_fields_is_still_reported() {
+        let mut comparer = comparer();
+        for request in 0..50 {
+            let seed = request * 3;
+            compare(
+                &mut comparer,
+                request,
+                [
+                    (order(seed, 60, 13), ""),
+                    (order(seed + 1, 60, 12), ""),
+                    (order(seed + 2, 60, 12), ""),
+                ],
+            );
+        }
+        let summary = lock(comparer.tally()).summary("test");
+        let endpoint = &summary.endpoints[0];
+        let total = endpoint.paths.iter().find(|p| p.path == "$.total");
+        assert!(
+            total.is_some_and(|p| p.signal && p.candidate == 50 && p.noise == 0),
+            "{:?}",
+            endpoint
+                .paths
+                .iter()
+                .filter(|p| p.signal)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(endpoint.difference_rate, 1.0);
+        assert!(
+            endpoint
+                .paths
+                .iter()
+                .all(|p| p.path == "$.total" || !p.signal)
+        );
+    }
+
+    #[test]
+    fn examples_hide_credentials_and_cookie_values() {
+        let mut comparer = comparer();
+        let secret = "Set-Cookie: session=s3cr3t; Path=/\r\nWWW-Authenticate: Basic realm=x\r\n";
+        compare(
+            &mut comparer,
+            1,
+            [
+                ("{\"a\":2}".into(), secret),
+                ("{\"a\":1}".into(), secret),
+                ("{\"a\":1}".into(), secret),
+            ],
+        );
+        let summary = lock(comparer.tally()).summary("test");
+        let example = &summary.endpoints[0].examples[0];
+        let shown = format!("{example:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("realm"),
+            "{shown}"
+        );
+        assert!(shown.contains("session=REDACTED"), "{shown}");
+    }
 }

@@ -4,19 +4,23 @@
 //! target a replayed response came from, so further ones for a request are not compared, and
 //! there is no noise pair.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tapwire_shared::gor::{GorMessage, GorReader, PayloadType};
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
-use super::pending::{Gathered, PendingSet, RequestLine, Response};
-use super::report_command::open;
+use super::pending::{Answer, Gathered, PendingSet, RequestLine, Response};
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::{CompareSettings, Role};
 
+/// How a gzip stream begins.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// How long (in the file's time) a request's responses are waited for.
 const EXPIRY: Duration = Duration::from_secs(60);
 
@@ -72,8 +76,12 @@ pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
     for reason in pending.expire(Instant::now(), true) {
         comparer.not_compared(reason.as_str());
     }
-    for _ in 0..malformed {
-        comparer.not_compared("malformed_record");
+    if malformed > 0 {
+        // Not requests: messages that could not be read, so they are not counted as such.
+        tracing::warn!(
+            malformed,
+            "skipped messages that are not valid .gor records"
+        );
     }
     let source = paths
         .iter()
@@ -102,9 +110,11 @@ fn gather(pending: &mut PendingSet, message: GorMessage, now: Instant) -> Gather
             }
             Gathered::Waiting
         }
-        PayloadType::Response => pending.add(Role::Production, id, None, Some(response), now),
+        PayloadType::Response => {
+            pending.add(Role::Production, id, None, Answer::Response(response), now)
+        }
         PayloadType::ReplayedResponse => {
-            pending.add(Role::Candidate, id, None, Some(response), now)
+            pending.add(Role::Candidate, id, None, Answer::Response(response), now)
         }
     }
 }
@@ -127,5 +137,20 @@ fn request_line(payload: &[u8]) -> Option<RequestLine> {
     Some(RequestLine {
         method: method.to_owned(),
         path_and_query: path_and_query.to_owned(),
+    })
+}
+
+/// `path` for reading, through gzip when it starts like gzip.
+pub fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut reader = BufReader::new(file);
+    let gzipped = reader
+        .fill_buf()
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .starts_with(&GZIP_MAGIC);
+    Ok(if gzipped {
+        Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(reader)))
+    } else {
+        Box::new(reader)
     })
 }

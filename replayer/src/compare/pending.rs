@@ -1,11 +1,13 @@
 //! Each request's responses gathered until every compared role has answered ([`PendingSet`]):
 //! the candidate, its reference (the baseline, or production) and the second baseline when
-//! there is one. A set that never completes (a target failed, filtered or sampled the request
-//! out, a response was too large to keep) expires and is counted as not compared. Memory is
-//! bounded by the bytes held: past the budget a request is remembered without its responses and
-//! counted `pending_full`.
+//! there is one. A role that failed or did not send the request settles the set at once; a set
+//! that never completes (production's response never came, a target answered after the expiry)
+//! expires; either way it is counted once as not compared. Settled ids are remembered for a
+//! while, so a late or repeated answer (a listener's resent batch) opens no second set. Memory
+//! is bounded by the bytes held: past the budget a request is remembered without its responses
+//! and counted `pending_full`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +16,8 @@ use crate::config::Role;
 
 /// Response bytes held, waiting for the other roles, at most.
 pub const PENDING_BYTES: usize = 256 << 20;
+/// Settled ids remembered at most (about 50 bytes each).
+const SETTLED_IDS: usize = 1 << 20;
 
 /// The request a set of responses answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +57,8 @@ impl Exchange {
         self.responses[role as usize].as_ref()
     }
 
-    fn held_bytes(&self) -> usize {
+    /// Response bytes it holds.
+    pub fn held_bytes(&self) -> usize {
         self.responses
             .iter()
             .flatten()
@@ -63,14 +68,27 @@ impl Exchange {
     }
 }
 
+/// What a role did with a request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Response(Response),
+    /// Its exchange failed (counted by the target under its drop reason).
+    Failed,
+    /// The target did not send it: filtered, sampled out, over its rate or shed (counted by
+    /// the target).
+    NotSent,
+}
+
 /// Why a request's responses are not compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Incomplete {
-    /// A compared target did not answer it (failed, timed out, dropped, filtered or sampled
-    /// out), or production's response never came.
+    /// A compared role did not answer in time (production's response never came, or a
+    /// target answered after the expiry).
     MissingResponse,
-    /// A compared target's exchange failed (counted by the target under its drop reason).
+    /// A compared target's exchange failed.
     TargetFailed,
+    /// A compared target did not send the request.
+    NotSent,
     /// Too many responses were waiting for the other roles.
     PendingFull,
 }
@@ -80,6 +98,7 @@ impl Incomplete {
         match self {
             Incomplete::MissingResponse => "missing_response",
             Incomplete::TargetFailed => "target_failed",
+            Incomplete::NotSent => "not_sent",
             Incomplete::PendingFull => "pending_full",
         }
     }
@@ -113,6 +132,9 @@ pub struct PendingSet {
     pending: HashMap<String, Pending>,
     /// Ids by arrival, for expiry (an id already gone is skipped).
     arrivals: VecDeque<(Instant, String)>,
+    /// Ids already counted (compared or not), by when: answers for them are ignored.
+    settled: HashSet<String>,
+    settled_order: VecDeque<(Instant, String)>,
     held_bytes: usize,
 }
 
@@ -123,6 +145,8 @@ impl PendingSet {
             expiry,
             pending: HashMap::new(),
             arrivals: VecDeque::new(),
+            settled: HashSet::new(),
+            settled_order: VecDeque::new(),
             held_bytes: 0,
         }
     }
@@ -143,6 +167,9 @@ impl PendingSet {
 
     /// The request `id` names, when it comes apart from the responses (a file's type 1 record).
     pub fn request(&mut self, id: String, request: RequestLine, now: Instant) {
+        if self.settled.contains(&id) {
+            return;
+        }
         match self.pending.get_mut(&id) {
             Some(entry) => {
                 entry.exchange.request.get_or_insert(request);
@@ -163,16 +190,16 @@ impl PendingSet {
         }
     }
 
-    /// Adds `role`'s answer to request `id` (`None`: its exchange failed).
+    /// Adds what `role` did with request `id`.
     pub fn add(
         &mut self,
         role: Role,
         id: String,
         request: Option<RequestLine>,
-        response: Option<Response>,
+        answer: Answer,
         now: Instant,
     ) -> Gathered {
-        if !self.expects(role) {
+        if !self.expects(role) || self.settled.contains(&id) {
             return Gathered::Waiting;
         }
         let over_budget = self.held_bytes >= PENDING_BYTES;
@@ -195,30 +222,51 @@ impl PendingSet {
         if entry.exchange.request.is_none() {
             entry.exchange.request = request;
         }
-        match response {
-            None => {
-                entry.incomplete = Some(Incomplete::TargetFailed);
+        let incomplete = match answer {
+            Answer::Failed => Some(Incomplete::TargetFailed),
+            Answer::NotSent => Some(Incomplete::NotSent),
+            Answer::Response(_) if over_budget => Some(Incomplete::PendingFull),
+            Answer::Response(response) => {
+                if entry.incomplete.is_none() {
+                    self.held_bytes += response.raw.as_ref().map_or(0, Bytes::len);
+                    entry.exchange.responses[role as usize] = Some(response);
+                }
+                None
             }
-            Some(_) if over_budget && entry.incomplete.is_none() => {
-                self.held_bytes -= entry.exchange.held_bytes();
-                entry.exchange.responses = Default::default();
-                entry.incomplete = Some(Incomplete::PendingFull);
-            }
-            Some(_) if entry.incomplete.is_some() => {}
-            Some(response) => {
-                self.held_bytes += response.raw.as_ref().map_or(0, Bytes::len);
-                entry.exchange.responses[role as usize] = Some(response);
-            }
+        };
+        if let Some(reason) = incomplete
+            && entry.incomplete.is_none()
+        {
+            // Nothing of this set will be compared: its bytes go now.
+            self.held_bytes -= entry.exchange.held_bytes();
+            entry.exchange.responses = Default::default();
+            entry.incomplete = Some(reason);
         }
         if entry.answered != self.expected {
             return Gathered::Waiting;
         }
         let done = self.pending.remove(&id).expect("the entry just updated");
         self.held_bytes -= done.exchange.held_bytes();
+        self.settle(id, now);
         match done.incomplete {
             Some(reason) => Gathered::NotCompared(reason),
             None => Gathered::Complete(Box::new(done.exchange)),
         }
+    }
+
+    /// Remembers `id` as counted, for twice the expiry (and at most [`SETTLED_IDS`] ids).
+    fn settle(&mut self, id: String, now: Instant) {
+        while let Some((at, _)) = self.settled_order.front() {
+            if self.settled_order.len() < SETTLED_IDS
+                && now.saturating_duration_since(*at) < self.expiry * 2
+            {
+                break;
+            }
+            let (_, old) = self.settled_order.pop_front().expect("front exists");
+            self.settled.remove(&old);
+        }
+        self.settled.insert(id.clone());
+        self.settled_order.push_back((now, id));
     }
 
     /// Sets that waited longer than the expiry (all of them with `everything`), each with why
@@ -233,6 +281,7 @@ impl PendingSet {
             if let Some(entry) = self.pending.remove(&id) {
                 self.held_bytes -= entry.exchange.held_bytes();
                 expired.push(entry.incomplete.unwrap_or(Incomplete::MissingResponse));
+                self.settle(id, now);
             }
         }
         expired
@@ -247,8 +296,8 @@ fn bit(role: Role) -> u8 {
 mod tests {
     use super::*;
 
-    fn answer(bytes: &'static [u8]) -> Option<Response> {
-        Some(Response {
+    fn answer(bytes: &'static [u8]) -> Answer {
+        Answer::Response(Response {
             raw: Some(Bytes::from_static(bytes)),
             latency: None,
         })
@@ -293,7 +342,7 @@ mod tests {
     fn a_failed_role_makes_the_set_not_compared_and_late_sets_expire() {
         let now = Instant::now();
         let mut set = PendingSet::new(&[Role::Candidate, Role::Baseline], Duration::from_secs(5));
-        set.add(Role::Candidate, "1".into(), line(), None, now);
+        set.add(Role::Candidate, "1".into(), line(), Answer::Failed, now);
         assert!(matches!(
             set.add(Role::Baseline, "1".into(), line(), answer(b"b"), now),
             Gathered::NotCompared(Incomplete::TargetFailed)
@@ -307,5 +356,58 @@ mod tests {
         set.add(Role::Candidate, "3".into(), line(), answer(b"c"), now);
         assert_eq!(set.expire(now, true), [Incomplete::MissingResponse]);
         assert_eq!(set.held_bytes, 0);
+    }
+
+    #[test]
+    fn answers_for_a_settled_request_open_no_second_set() {
+        let now = Instant::now();
+        let expiry = Duration::from_secs(5);
+        let mut set = PendingSet::new(&[Role::Candidate, Role::Production], expiry);
+        set.add(Role::Production, "1".into(), None, answer(b"p"), now);
+        assert!(matches!(
+            set.add(Role::Candidate, "1".into(), line(), answer(b"c"), now),
+            Gathered::Complete(_)
+        ));
+        // A resent batch's copy of production's response.
+        set.add(Role::Production, "1".into(), None, answer(b"p"), now);
+        // A candidate that answers after its set expired.
+        set.add(Role::Production, "2".into(), None, answer(b"p"), now);
+        assert_eq!(
+            set.expire(now + expiry, false),
+            [Incomplete::MissingResponse]
+        );
+        set.add(
+            Role::Candidate,
+            "2".into(),
+            line(),
+            answer(b"c"),
+            now + expiry,
+        );
+        assert!(set.is_empty(), "no set opened again");
+        assert!(set.expire(now + expiry * 10, true).is_empty());
+        // Forgotten after twice the expiry: a new id of the same name is a new request.
+        set.add(
+            Role::Production,
+            "3".into(),
+            None,
+            answer(b"p"),
+            now + expiry * 3,
+        );
+        assert_eq!(set.expire(now + expiry * 4, false).len(), 1);
+        assert!(!set.settled.contains("1") && set.settled.contains("3"));
+    }
+
+    #[test]
+    fn a_target_that_did_not_send_settles_the_set_at_once_and_frees_its_bytes() {
+        let now = Instant::now();
+        let mut set = PendingSet::new(&[Role::Candidate, Role::Baseline], Duration::from_secs(5));
+        set.add(Role::Baseline, "1".into(), line(), answer(b"bbbb"), now);
+        assert_eq!(set.held_bytes, 4);
+        assert!(matches!(
+            set.add(Role::Candidate, "1".into(), line(), Answer::NotSent, now),
+            Gathered::NotCompared(Incomplete::NotSent)
+        ));
+        assert_eq!(set.held_bytes, 0);
+        assert!(set.is_empty());
     }
 }

@@ -9,8 +9,7 @@
 //! names the file and line), 2 a usage error.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -18,6 +17,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use serde::Deserialize;
 
+use super::offline::open;
 use super::summary::Summary;
 
 /// A diff log's line at most: a summary holds a few KiB of example per endpoint, for at most
@@ -25,7 +25,6 @@ use super::summary::Summary;
 const MAX_LINE_BYTES: u64 = 256 << 20;
 /// Bytes read to tell a diff log from a `.gor` file at most.
 const PROBE_BYTES: u64 = 1 << 20;
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const EXIT_INPUT: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
@@ -131,21 +130,6 @@ fn write_stdout(page: &str) -> Result<(), Failure> {
         .and_then(|()| stdout.flush())
         .context("cannot write the report to standard output")
         .map_err(Failure::Input)
-}
-
-/// `path` for reading, through gzip when it starts like gzip.
-pub(crate) fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let gzipped = reader
-        .fill_buf()
-        .with_context(|| format!("{}: cannot read", path.display()))?
-        .starts_with(&GZIP_MAGIC);
-    Ok(if gzipped {
-        Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(reader)))
-    } else {
-        Box::new(reader)
-    })
 }
 
 /// Whether the first non-empty line is a JSON object with a `"type"` key, as every line of a

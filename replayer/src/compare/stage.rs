@@ -5,6 +5,7 @@
 //! The thread compares ([`Comparer`]), expires sets that will not complete, writes the diff
 //! log's summary every interval, and the final one when the replay ends ([`CompareDone`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,7 +16,7 @@ use tapwire_shared::http1::parse_response_head;
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
 use super::diff_log::DiffLog;
-use super::pending::{Gathered, PendingSet, RequestLine, Response};
+use super::pending::{Answer, Exchange, Gathered, PendingSet, RequestLine, Response};
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::Role;
@@ -23,6 +24,8 @@ use crate::request::ReplayRequest;
 
 /// How often the comparing thread looks for sets that will not complete.
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// Response bytes of the sets waiting for the comparing thread at most.
+const QUEUE_BYTES: usize = 256 << 20;
 /// Differing endpoints a progress line names at most.
 const LOGGED_ENDPOINTS: usize = 10;
 /// The summary's `source` for a live replay.
@@ -54,7 +57,7 @@ impl ComparePlan {
 }
 
 enum Work {
-    Compare(Box<super::pending::Exchange>),
+    Compare(Box<Exchange>),
     Finish,
 }
 
@@ -62,15 +65,18 @@ enum Work {
 pub struct CompareStage {
     pending: Mutex<PendingSet>,
     queue: SyncSender<Work>,
+    /// Response bytes of the queued sets.
+    queued_bytes: AtomicUsize,
     tally: Arc<Mutex<Tally>>,
     metrics: CompareMetrics,
     production_compared: bool,
 }
 
-/// Ends the comparison: see [`CompareDone::finish`].
+/// Ends the comparison: see [`CompareDone::finish`]; dropped unfinished (a run that failed),
+/// it finishes then, so the diff log still gets its last summary.
 pub struct CompareDone {
     stage: Arc<CompareStage>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl CompareStage {
@@ -93,6 +99,7 @@ impl CompareStage {
         let stage = Arc::new(CompareStage {
             pending: Mutex::new(PendingSet::new(&expected, plan.expiry)),
             queue,
+            queued_bytes: AtomicUsize::new(0),
             tally,
             metrics,
             production_compared: expected.contains(&Role::Production),
@@ -103,7 +110,7 @@ impl CompareStage {
         })?;
         let done = CompareDone {
             stage: Arc::clone(&stage),
-            thread,
+            thread: Some(thread),
         };
         Ok((stage, done))
     }
@@ -115,15 +122,25 @@ impl CompareStage {
         replay: &ReplayRequest,
         answer: Option<(Option<Bytes>, Duration)>,
     ) {
-        let request = RequestLine {
-            method: replay.method.as_str().to_owned(),
-            path_and_query: replay.path_and_query.as_str().to_owned(),
+        let answer = match answer {
+            Some((raw, latency)) => Answer::Response(Response {
+                raw,
+                latency: Some(latency),
+            }),
+            None => Answer::Failed,
         };
-        let response = answer.map(|(raw, latency)| Response {
-            raw,
-            latency: Some(latency),
-        });
-        self.add(role, replay.message_id(), Some(request), response);
+        self.add(
+            role,
+            replay.message_id(),
+            Some(request_line(replay)),
+            answer,
+        );
+    }
+
+    /// A target did not send `replay` (filtered, sampled out, over its rate, shed): its set
+    /// is settled at once instead of waiting to expire.
+    pub fn target_skipped(&self, role: Role, replay: &ReplayRequest) {
+        self.add(role, replay.message_id(), None, Answer::NotSent);
     }
 
     /// Production's response to the request `id`: compared when it is the candidate's
@@ -139,7 +156,7 @@ impl CompareStage {
             raw: Some(raw),
             latency: Some(latency),
         };
-        self.add(Role::Production, id, None, Some(response));
+        self.add(Role::Production, id, None, Answer::Response(response));
     }
 
     /// What the comparison found so far.
@@ -147,24 +164,38 @@ impl CompareStage {
         lock(&self.tally).summary(LIVE_SOURCE)
     }
 
-    fn add(
-        &self,
-        role: Role,
-        id: String,
-        request: Option<RequestLine>,
-        response: Option<Response>,
-    ) {
-        let gathered = lock(&self.pending).add(role, id, request, response, Instant::now());
+    fn add(&self, role: Role, id: String, request: Option<RequestLine>, answer: Answer) {
+        let gathered = lock(&self.pending).add(role, id, request, answer, Instant::now());
         match gathered {
             Gathered::Waiting => {}
             Gathered::NotCompared(reason) => self.not_compared(reason.as_str()),
-            Gathered::Complete(exchange) => match self.queue.try_send(Work::Compare(exchange)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => self.not_compared("queue_full"),
-                // The thread has finished: the replay is over.
-                Err(TrySendError::Disconnected(_)) => self.not_compared("shutting_down"),
-            },
+            Gathered::Complete(exchange) => self.queue_for_comparing(exchange),
         }
+    }
+
+    /// Queues a complete set for the comparing thread, unless the queue is full (in sets or in
+    /// bytes).
+    fn queue_for_comparing(&self, exchange: Box<Exchange>) {
+        let bytes = exchange.held_bytes();
+        if self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return self.not_compared("queue_full");
+        }
+        let refused = match self.queue.try_send(Work::Compare(exchange)) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "queue_full",
+            // The thread has finished: the replay is over.
+            Err(TrySendError::Disconnected(_)) => "shutting_down",
+        };
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.not_compared(refused);
+    }
+
+    /// The comparing thread is done with a queued set.
+    fn compared(&self, comparer: &mut Comparer, exchange: &Exchange) {
+        comparer.compare(exchange);
+        self.queued_bytes
+            .fetch_sub(exchange.held_bytes(), Ordering::Relaxed);
     }
 
     fn not_compared(&self, reason: &str) {
@@ -196,7 +227,7 @@ impl CompareStage {
         loop {
             let wake = next_summary.map_or(next_expiry, |at| at.min(next_expiry));
             match work.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(Work::Compare(exchange)) => comparer.compare(&exchange),
+                Ok(Work::Compare(exchange)) => self.compared(&mut comparer, &exchange),
                 Ok(Work::Finish) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -216,7 +247,7 @@ impl CompareStage {
         }
         // What is still queued was complete: compare it; then what never completed.
         while let Ok(Work::Compare(exchange)) = work.try_recv() {
-            comparer.compare(&exchange);
+            self.compared(&mut comparer, &exchange);
         }
         self.expire(true);
         comparer.log_summary(&self.summary());
@@ -226,13 +257,26 @@ impl CompareStage {
 impl CompareDone {
     /// Once the targets are done: compares what is queued, counts what never completed, writes
     /// the final summary to the diff log, and logs what was found.
-    pub fn finish(self) {
+    pub fn finish(mut self) {
+        self.finish_now();
+    }
+
+    fn finish_now(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         // Blocking is fine here: replay is over, and the thread is draining.
         let _ = self.stage.queue.send(Work::Finish);
-        if self.thread.join().is_err() {
+        if thread.join().is_err() {
             tracing::error!("the comparing thread panicked");
         }
         log_progress(&self.stage.summary(), "comparison");
+    }
+}
+
+impl Drop for CompareDone {
+    fn drop(&mut self) {
+        self.finish_now();
     }
 }
 
@@ -266,6 +310,13 @@ fn log_progress(summary: &Summary, message: &str) {
             &listed
         }
     );
+}
+
+fn request_line(replay: &ReplayRequest) -> RequestLine {
+    RequestLine {
+        method: replay.method.as_str().to_owned(),
+        path_and_query: replay.path_and_query.as_str().to_owned(),
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -18,12 +18,16 @@ use crate::latency::LatencyBuckets;
 
 /// Endpoints counted each on their own; the rest share one entry.
 pub const MAX_ENDPOINTS: usize = 10_000;
-/// Field paths counted each on their own at one endpoint; the rest share one entry.
-pub const MAX_PATHS: usize = 100;
+/// Field paths counted each on their own at one endpoint (an array of objects with random ids
+/// has a path per element and field); the rest share one entry.
+pub const MAX_PATHS: usize = 1_000;
+/// Field paths counted on their own over all endpoints; beyond, new ones share their
+/// endpoint's `(other paths)` entry.
+pub const MAX_PATHS_IN_ALL: usize = 200_000;
 /// Examples kept per endpoint.
 pub const EXAMPLES_PER_ENDPOINT: usize = 2;
-/// Bytes of examples kept in all.
-pub const EXAMPLE_BYTES: usize = 16 << 20;
+/// Bytes of examples kept in all (every summary line of the diff log carries them).
+pub const EXAMPLE_BYTES: usize = 4 << 20;
 /// Endpoints a summary lists at most (the most differing first).
 pub const REPORTED_ENDPOINTS: usize = 1_000;
 /// Where endpoints beyond [`MAX_ENDPOINTS`] are counted.
@@ -71,6 +75,8 @@ pub struct Tally {
     compared: u64,
     not_compared: BTreeMap<String, u64>,
     endpoints: HashMap<String, EndpointTally>,
+    /// Paths counted on their own, over all endpoints.
+    paths_in_all: usize,
     folded: bool,
     example_bytes: usize,
 }
@@ -84,6 +90,7 @@ impl Tally {
             compared: 0,
             not_compared: BTreeMap::new(),
             endpoints: HashMap::new(),
+            paths_in_all: 0,
             folded: false,
             example_bytes: 0,
         }
@@ -122,23 +129,40 @@ impl Tally {
     ) -> Vec<bool> {
         self.compared += 1;
         let thresholds = self.thresholds;
+        let room_in_all = MAX_PATHS_IN_ALL.saturating_sub(self.paths_in_all);
         let tally = self.endpoint(endpoint);
         tally.compared += 1;
-        for path in distinct_paths(&tally.paths, candidate) {
-            path_tally(&mut tally.paths, &path).counts.candidate += 1;
-        }
+        let paths_before = tally.paths.len();
+        let mut room = MAX_PATHS.saturating_sub(paths_before).min(room_in_all);
+        // A request counts once per path (as counted: paths beyond the limits as one), however
+        // many kinds it shows there.
+        let mut counted: Vec<String> = Vec::new();
         for difference in candidate {
-            *path_tally(&mut tally.paths, &difference.path)
-                .kinds
-                .entry(difference.kind.as_str())
-                .or_default() += 1;
+            let key = counted_as(&mut tally.paths, &difference.path, &mut room);
+            let path = tally.paths.get_mut(&key).expect("just counted");
+            *path.kinds.entry(difference.kind.as_str()).or_default() += 1;
+            if !counted.contains(&key) {
+                path.counts.candidate += 1;
+                counted.push(key);
+            }
         }
-        for path in distinct_paths(&tally.paths, noise) {
-            path_tally(&mut tally.paths, &path).counts.noise += 1;
+        counted.clear();
+        for difference in noise {
+            let key = counted_as(&mut tally.paths, &difference.path, &mut room);
+            if !counted.contains(&key) {
+                tally
+                    .paths
+                    .get_mut(&key)
+                    .expect("just counted")
+                    .counts
+                    .noise += 1;
+                counted.push(key);
+            }
         }
+        let new_paths = tally.paths.len() - paths_before;
         // Every path at the endpoint shares its compared count.
         let compared = tally.compared;
-        candidate
+        let signal = candidate
             .iter()
             .map(|difference| {
                 let path = tally
@@ -149,26 +173,62 @@ impl Tally {
                     .unwrap_or_default();
                 PathCounts { compared, ..path }.is_signal(thresholds)
             })
-            .collect()
+            .collect();
+        self.paths_in_all += new_paths;
+        signal
     }
 
-    /// Whether an example of `endpoint` would be kept.
+    /// Whether an example of `endpoint` would be kept: there is room, or one of its examples
+    /// no longer shows a signal path (signal is judged as counts grow: the first examples may
+    /// have been taken on too few requests).
     pub fn wants_example(&self, endpoint: &str) -> bool {
         self.example_bytes < EXAMPLE_BYTES
-            && self
-                .endpoints
-                .get(endpoint)
-                .is_some_and(|tally| tally.examples.len() < EXAMPLES_PER_ENDPOINT)
+            && self.endpoints.get(endpoint).is_some_and(|tally| {
+                tally.examples.len() < EXAMPLES_PER_ENDPOINT || self.stale_example(tally).is_some()
+            })
     }
 
     pub fn add_example(&mut self, endpoint: &str, example: Example) {
         if !self.wants_example(endpoint) {
             return;
         }
+        let Some(tally) = self.endpoints.get(endpoint) else {
+            return;
+        };
+        let replaced = match tally.examples.len() < EXAMPLES_PER_ENDPOINT {
+            true => None,
+            false => self.stale_example(tally),
+        };
         self.example_bytes += example_size(&example);
-        if let Some(tally) = self.endpoints.get_mut(endpoint) {
-            tally.examples.push(example);
+        let tally = self.endpoints.get_mut(endpoint).expect("checked above");
+        match replaced {
+            Some(index) => {
+                let old = std::mem::replace(&mut tally.examples[index], example);
+                self.example_bytes -= example_size(&old);
+            }
+            None => tally.examples.push(example),
         }
+    }
+
+    /// An example of the endpoint none of whose differences is at a signal path now.
+    fn stale_example(&self, tally: &EndpointTally) -> Option<usize> {
+        let signal = |path: &str| {
+            tally.paths.get(path).is_some_and(|counts| {
+                PathCounts {
+                    compared: tally.compared,
+                    ..counts.counts
+                }
+                .is_signal(self.thresholds)
+            })
+        };
+        tally.examples.iter().position(|example| {
+            !example.differences.iter().any(|difference| {
+                let path = difference
+                    .rsplit_once(' ')
+                    .map_or(difference.as_str(), |(p, _)| p);
+                signal(path)
+            })
+        })
     }
 
     /// The tally so far, as the report shows it.
@@ -278,40 +338,20 @@ impl Tally {
     }
 }
 
-fn path_tally<'a>(paths: &'a mut HashMap<String, PathTally>, path: &str) -> &'a mut PathTally {
-    if !paths.contains_key(path) {
-        let path = if paths.len() < MAX_PATHS {
-            path
-        } else {
-            OTHER_PATHS
-        };
-        return paths.entry(path.to_owned()).or_default();
+/// The key `path` is counted under at one endpoint, its entry made if it is new: the path
+/// itself while there is `room`, else [`OTHER_PATHS`].
+fn counted_as(paths: &mut HashMap<String, PathTally>, path: &str, room: &mut usize) -> String {
+    if paths.contains_key(path) {
+        return path.to_owned();
     }
-    paths.get_mut(path).expect("checked above")
-}
-
-/// Each path once, as it is counted (paths beyond the limit as one): a request counts once
-/// per path, however many kinds it shows there.
-fn distinct_paths(paths: &HashMap<String, PathTally>, differences: &[Difference]) -> Vec<String> {
-    let mut room = MAX_PATHS.saturating_sub(paths.len());
-    let mut counted: Vec<String> = Vec::with_capacity(differences.len());
-    for difference in differences {
-        if counted.contains(&difference.path) {
-            continue;
-        }
-        let counted_as = if paths.contains_key(&difference.path) {
-            difference.path.clone()
-        } else if room > 0 {
-            room -= 1;
-            difference.path.clone()
-        } else {
-            OTHER_PATHS.to_owned()
-        };
-        if !counted.contains(&counted_as) {
-            counted.push(counted_as);
-        }
-    }
-    counted
+    let key = if *room > 0 {
+        *room -= 1;
+        path
+    } else {
+        OTHER_PATHS
+    };
+    paths.entry(key.to_owned()).or_default();
+    key.to_owned()
 }
 
 fn target_summary(role: Role, name: &str, stats: &RoleStats) -> TargetSummary {
