@@ -26,7 +26,9 @@ use crate::health::Health;
 /// [`crate::health::STALL_LIMIT`] makes `/healthz` fail.
 const RUNTIME_BEAT: Duration = Duration::from_secs(1);
 
-/// An HTML page served at `path`, rendered on each request.
+/// An HTML page served at `path`, rendered on each request: off the runtime's threads (a page
+/// may take a while), one rendering at a time (a flood of requests queues instead of taking
+/// every core).
 #[derive(Clone)]
 pub struct Page {
     pub path: &'static str,
@@ -42,13 +44,18 @@ pub async fn serve_metrics(
     health: Health,
     pages: Vec<Page>,
 ) -> anyhow::Result<SocketAddr> {
-    let pages = Arc::new(pages);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "metrics endpoint listening");
     let runtime = health.heartbeat("runtime");
+    let endpoint = Arc::new(Endpoint {
+        registry,
+        health,
+        pages,
+        rendering: tokio::sync::Semaphore::new(1),
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RUNTIME_BEAT);
         loop {
@@ -61,12 +68,11 @@ pub async fn serve_metrics(
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (registry, health) = (Arc::clone(&registry), health.clone());
-            let pages = Arc::clone(&pages);
+            let endpoint = Arc::clone(&endpoint);
             tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let response = respond(&request, &registry, &health, &pages);
-                    async move { Ok::<_, std::convert::Infallible>(response) }
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let endpoint = Arc::clone(&endpoint);
+                    async move { Ok::<_, std::convert::Infallible>(endpoint.respond(&request).await) }
                 });
                 // A scraper hanging up mid-response is its business, not an error of ours.
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -78,32 +84,50 @@ pub async fn serve_metrics(
     Ok(bound)
 }
 
-fn respond(
-    request: &Request<Incoming>,
-    registry: &Registry,
-    health: &Health,
-    pages: &[Page],
-) -> Response<Full<Bytes>> {
-    match request.uri().path() {
-        "/metrics" => metrics(registry),
-        "/healthz" => verdict(health.liveness(), "ok\n"),
-        "/readyz" => verdict(health.readiness(), "ready\n"),
-        path => match pages.iter().find(|page| page.path == path) {
-            Some(page) => Response::builder()
-                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                .body(Full::new(Bytes::from((page.render)())))
-                .expect("static headers are valid"),
-            None => text(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "try /metrics, /healthz or /readyz{}\n",
-                    pages
-                        .iter()
-                        .map(|page| format!(" or {}", page.path))
-                        .collect::<String>()
+/// What the metrics port serves.
+struct Endpoint {
+    registry: Arc<Registry>,
+    health: Health,
+    pages: Vec<Page>,
+    /// One page rendering at a time.
+    rendering: tokio::sync::Semaphore,
+}
+
+impl Endpoint {
+    async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        match request.uri().path() {
+            "/metrics" => metrics(&self.registry),
+            "/healthz" => verdict(self.health.liveness(), "ok\n"),
+            "/readyz" => verdict(self.health.readiness(), "ready\n"),
+            path => match self.pages.iter().find(|page| page.path == path) {
+                Some(page) => self.render(page).await,
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "try /metrics, /healthz or /readyz{}\n",
+                        self.pages
+                            .iter()
+                            .map(|page| format!(" or {}", page.path))
+                            .collect::<String>()
+                    ),
                 ),
+            },
+        }
+    }
+
+    async fn render(&self, page: &Page) -> Response<Full<Bytes>> {
+        let _turn = self.rendering.acquire().await.expect("never closed");
+        let render = Arc::clone(&page.render);
+        match tokio::task::spawn_blocking(move || render()).await {
+            Ok(html) => Response::builder()
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .body(Full::new(Bytes::from(html)))
+                .expect("static headers are valid"),
+            Err(error) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{} failed: {error}\n", page.path),
             ),
-        },
+        }
     }
 }
 

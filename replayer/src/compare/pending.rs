@@ -5,7 +5,8 @@
 //! expires; either way it is counted once as not compared. Settled ids are remembered for a
 //! while, so a late or repeated answer (a listener's resent batch) opens no second set. Memory
 //! is bounded by the bytes held: past the budget a request is remembered without its responses
-//! and counted `pending_full`.
+//! and counted `pending_full`. Ids are kept as 64-bit hashes ([`IdKey`]): a collision among
+//! the million ids remembered at most has odds of about 1 in 30 million.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -16,8 +17,19 @@ use crate::config::Role;
 
 /// Response bytes held, waiting for the other roles, at most.
 pub const PENDING_BYTES: usize = 256 << 20;
-/// Settled ids remembered at most (about 50 bytes each).
+/// Settled ids remembered at most (about 40 bytes each).
 const SETTLED_IDS: usize = 1 << 20;
+
+/// A request id as the set keeps it: 8 bytes, however long the id (a listener's are 24
+/// characters, a file's may be anything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct IdKey(u64);
+
+impl IdKey {
+    fn of(id: &str) -> Self {
+        IdKey(xxhash_rust::xxh3::xxh3_64(id.as_bytes()))
+    }
+}
 
 /// The request a set of responses answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,12 +141,12 @@ pub struct PendingSet {
     expected: u8,
     /// How long a set may wait for its last response.
     expiry: Duration,
-    pending: HashMap<String, Pending>,
+    pending: HashMap<IdKey, Pending>,
     /// Ids by arrival, for expiry (an id already gone is skipped).
-    arrivals: VecDeque<(Instant, String)>,
+    arrivals: VecDeque<(Instant, IdKey)>,
     /// Ids already counted (compared or not), by when: answers for them are ignored.
-    settled: HashSet<String>,
-    settled_order: VecDeque<(Instant, String)>,
+    settled: HashSet<IdKey>,
+    settled_order: VecDeque<(Instant, IdKey)>,
     held_bytes: usize,
 }
 
@@ -167,19 +179,20 @@ impl PendingSet {
 
     /// The request `id` names, when it comes apart from the responses (a file's type 1 record).
     pub fn request(&mut self, id: String, request: RequestLine, now: Instant) {
-        if self.settled.contains(&id) {
+        let key = IdKey::of(&id);
+        if self.settled.contains(&key) {
             return;
         }
-        match self.pending.get_mut(&id) {
+        match self.pending.get_mut(&key) {
             Some(entry) => {
                 entry.exchange.request.get_or_insert(request);
             }
             None => {
-                self.arrivals.push_back((now, id.clone()));
-                let mut exchange = Exchange::new(id.clone());
+                self.arrivals.push_back((now, key));
+                let mut exchange = Exchange::new(id);
                 exchange.request = Some(request);
                 self.pending.insert(
-                    id,
+                    key,
                     Pending {
                         exchange,
                         answered: 0,
@@ -199,16 +212,17 @@ impl PendingSet {
         answer: Answer,
         now: Instant,
     ) -> Gathered {
-        if !self.expects(role) || self.settled.contains(&id) {
+        let key = IdKey::of(&id);
+        if !self.expects(role) || self.settled.contains(&key) {
             return Gathered::Waiting;
         }
         let over_budget = self.held_bytes >= PENDING_BYTES;
-        let entry = match self.pending.get_mut(&id) {
+        let entry = match self.pending.get_mut(&key) {
             Some(entry) => entry,
             None => {
-                self.arrivals.push_back((now, id.clone()));
-                self.pending.entry(id.clone()).or_insert(Pending {
-                    exchange: Exchange::new(id.clone()),
+                self.arrivals.push_back((now, key));
+                self.pending.entry(key).or_insert(Pending {
+                    exchange: Exchange::new(id),
                     answered: 0,
                     incomplete: None,
                 })
@@ -245,9 +259,9 @@ impl PendingSet {
         if entry.answered != self.expected {
             return Gathered::Waiting;
         }
-        let done = self.pending.remove(&id).expect("the entry just updated");
+        let done = self.pending.remove(&key).expect("the entry just updated");
         self.held_bytes -= done.exchange.held_bytes();
-        self.settle(id, now);
+        self.settle(key, now);
         match done.incomplete {
             Some(reason) => Gathered::NotCompared(reason),
             None => Gathered::Complete(Box::new(done.exchange)),
@@ -255,7 +269,7 @@ impl PendingSet {
     }
 
     /// Remembers `id` as counted, for twice the expiry (and at most [`SETTLED_IDS`] ids).
-    fn settle(&mut self, id: String, now: Instant) {
+    fn settle(&mut self, key: IdKey, now: Instant) {
         while let Some((at, _)) = self.settled_order.front() {
             if self.settled_order.len() < SETTLED_IDS
                 && now.saturating_duration_since(*at) < self.expiry * 2
@@ -265,8 +279,8 @@ impl PendingSet {
             let (_, old) = self.settled_order.pop_front().expect("front exists");
             self.settled.remove(&old);
         }
-        self.settled.insert(id.clone());
-        self.settled_order.push_back((now, id));
+        self.settled.insert(key);
+        self.settled_order.push_back((now, key));
     }
 
     /// Sets that waited longer than the expiry (all of them with `everything`), each with why
@@ -277,11 +291,11 @@ impl PendingSet {
             if !everything && now.saturating_duration_since(*arrived) < self.expiry {
                 break;
             }
-            let (_, id) = self.arrivals.pop_front().expect("front exists");
-            if let Some(entry) = self.pending.remove(&id) {
+            let (_, key) = self.arrivals.pop_front().expect("front exists");
+            if let Some(entry) = self.pending.remove(&key) {
                 self.held_bytes -= entry.exchange.held_bytes();
                 expired.push(entry.incomplete.unwrap_or(Incomplete::MissingResponse));
-                self.settle(id, now);
+                self.settle(key, now);
             }
         }
         expired
@@ -394,7 +408,7 @@ mod tests {
             now + expiry * 3,
         );
         assert_eq!(set.expire(now + expiry * 4, false).len(), 1);
-        assert!(!set.settled.contains("1") && set.settled.contains("3"));
+        assert!(!set.settled.contains(&IdKey::of("1")) && set.settled.contains(&IdKey::of("3")));
     }
 
     #[test]
