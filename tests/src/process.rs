@@ -278,3 +278,21 @@ impl Process {
         Ok(())
     }
 }
+
+/// Seconds since midnight of a log line's timestamp (`2026-11-30T17:21:32.707792Z ...`): for
+/// timing a run by a process's own log lines (start-up and exit left out).
+pub fn log_seconds(line: &str) -> anyhow::Result<f64> {
+    let time = line
+        .split_whitespace()
+        .next()
+        .and_then(|stamp| stamp.split_once('T'))
+        .map(|(_, time)| time.trim_end_matches('Z'))
+        .context("no timestamp")?;
+    let mut parts = time.split(':');
+    let mut seconds = 0.0;
+    for unit in [3600.0, 60.0, 1.0] {
+        let part: f64 = parts.next().context("short timestamp")?.parse()?;
+        seconds += part * unit;
+    }
+    Ok(seconds)
+}

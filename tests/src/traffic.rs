@@ -4,6 +4,7 @@
 //!   connections, requests on fresh connections, chunked bodies, and large multi-segment bodies.
 //!   Every request carries its sequence number in [`SEQUENCE_HEADER`].
 //! - [`fixed_rate`]: paced load for benchmarks.
+//! - [`write_gor_file`]: requests as a capture would have recorded them, for file replay.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -307,4 +308,30 @@ fn paced_request(addr: SocketAddr, sequence: u64, body: &Bytes) -> Request<Body>
         builder.method(Method::POST).body(full(body.clone()))
     }
     .expect("load requests are valid")
+}
+
+/// Writes a `.gor` file of `requests` requests (`request(n)` is the n-th one's bytes), `spacing`
+/// apart as captured, with ids a listener could have given them.
+pub fn write_gor_file(
+    path: &std::path::Path,
+    requests: u64,
+    spacing: Duration,
+    request: impl Fn(u64) -> String,
+) -> anyhow::Result<()> {
+    use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
+    let mut out = Vec::with_capacity(requests as usize * 160);
+    for n in 0..requests {
+        GorMessage {
+            header: GorHeader {
+                payload_type: PayloadType::Request,
+                id: format!("{n:024x}"),
+                timestamp_ns: 1_700_000_000_000_000_000 + n * spacing.as_nanos() as u64,
+                latency_ns: None,
+            },
+            payload: Bytes::from(request(n)),
+        }
+        .encode(&mut out);
+    }
+    std::fs::write(path, out)
+        .map_err(|error| anyhow::anyhow!("writing {}: {error}", path.display()))
 }

@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
 use clap::Parser;
-use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
 use tapwire_testkit::builds::{Build, BuildServer};
+use tapwire_testkit::process::log_seconds;
+use tapwire_testkit::traffic::write_gor_file;
 
 #[derive(Parser)]
 #[command(name = "tapwire-compare-bench", max_term_width = 100)]
@@ -144,24 +144,13 @@ fn path(n: u64, endpoints: u64) -> String {
 }
 
 /// A `.gor` file of `requests` GETs, 200 µs apart (5,000 per second) as captured.
-fn write_file(file: &Path, requests: u64, endpoints: u64) -> anyhow::Result<()> {
-    let mut out = Vec::with_capacity(requests as usize * 120);
-    for n in 0..requests {
-        GorMessage {
-            header: GorHeader {
-                payload_type: PayloadType::Request,
-                id: format!("{n:024x}"),
-                timestamp_ns: 1_700_000_000_000_000_000 + n * 200_000,
-                latency_ns: None,
-            },
-            payload: Bytes::from(format!(
-                "GET {} HTTP/1.1\r\nHost: production\r\nAccept-Encoding: gzip\r\n\r\n",
-                path(n, endpoints)
-            )),
-        }
-        .encode(&mut out);
-    }
-    std::fs::write(file, out).with_context(|| format!("writing {}", file.display()))
+fn write_requests(file: &Path, requests: u64, endpoints: u64) -> anyhow::Result<()> {
+    write_gor_file(file, requests, Duration::from_micros(200), |n| {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: production\r\nAccept-Encoding: gzip\r\n\r\n",
+            path(n, endpoints)
+        )
+    })
 }
 
 /// A replayer run to its exit, measured.
@@ -181,7 +170,7 @@ impl Run {
             self.log
                 .iter()
                 .find(|line| line.contains(needle))
-                .and_then(|line| log_seconds(line))
+                .and_then(|line| log_seconds(line).ok())
         };
         match (at("replaying recorded files"), at("replayer stopped")) {
             (Some(began), Some(ended)) => (ended - began).rem_euclid(86_400.0),
@@ -193,20 +182,6 @@ impl Run {
         let from = self.log.len().saturating_sub(20);
         self.log[from..].join("\n")
     }
-}
-
-/// Seconds since midnight of a log line's timestamp (`2026-11-30T17:21:32.707792Z ...`).
-fn log_seconds(line: &str) -> Option<f64> {
-    let time = line.split_whitespace().next()?.split_once('T')?.1;
-    let mut seconds = 0.0;
-    for (part, unit) in time
-        .trim_end_matches('Z')
-        .split(':')
-        .zip([3600.0, 60.0, 1.0])
-    {
-        seconds += part.parse::<f64>().ok()? * unit;
-    }
-    Some(seconds)
 }
 
 /// Runs the replayer to its exit, reaping it with `wait4` for its exact CPU time and peak RSS
@@ -396,7 +371,7 @@ async fn rounds(
     compare_unavailable: bool,
 ) -> anyhow::Result<()> {
     let file = dir.join("requests.gor");
-    write_file(&file, args.requests, args.endpoints)?;
+    write_requests(&file, args.requests, args.endpoints)?;
     println!(
         "comparison cost: {} GETs over {} distinct endpoints (+ /orders, /catalog) from a .gor \
          file to three targets (baseline, baseline2, candidate), {} in flight per target",
@@ -556,7 +531,7 @@ async fn memory_run(
     // Ten seconds of requests at the rate, and every endpoint at least once.
     let requests = (u64::from(args.memory_rate) * 10).max(args.memory_endpoints * 10 / 8 + 10);
     let file = dir.join("memory.gor");
-    write_file(&file, requests, args.memory_endpoints)?;
+    write_requests(&file, requests, args.memory_endpoints)?;
     let mode = if args.memory_plain {
         Mode::Plain
     } else {

@@ -8,15 +8,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
-use bytes::Bytes;
+use anyhow::ensure;
 use clap::Parser;
-use tapwire_shared::gor::{GorHeader, GorMessage, PayloadType};
 use tapwire_testkit::oha;
 use tapwire_testkit::pipeline::{SummaryLine, require_root};
-use tapwire_testkit::process::Process;
+use tapwire_testkit::process::{Process, log_seconds};
 use tapwire_testkit::servers::RecordingServer;
-use tapwire_testkit::traffic::{self, FixedRate};
+use tapwire_testkit::traffic::{self, FixedRate, write_gor_file};
 
 #[derive(Parser)]
 #[command(name = "tapwire-files-bench", max_term_width = 100)]
@@ -42,44 +40,6 @@ struct Args {
 }
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A file of `requests` GETs, as a capture of them would be.
-fn write_file(path: &std::path::Path, requests: u64) -> anyhow::Result<()> {
-    let mut out = Vec::with_capacity(requests as usize * 160);
-    for n in 0..requests {
-        GorMessage {
-            header: GorHeader {
-                payload_type: PayloadType::Request,
-                id: format!("{n:024x}"),
-                timestamp_ns: 1_700_000_000_000_000_000 + n * 25_000,
-                latency_ns: None,
-            },
-            payload: Bytes::from(format!(
-                "GET /bench/file/{n} HTTP/1.1\r\nHost: production\r\nUser-Agent: bench\r\n\r\n"
-            )),
-        }
-        .encode(&mut out);
-    }
-    std::fs::write(path, out)?;
-    Ok(())
-}
-
-/// Seconds since midnight of a log line's timestamp (`2026-11-30T17:21:32.707792Z ...`).
-fn log_seconds(line: &str) -> anyhow::Result<f64> {
-    let time = line
-        .split_whitespace()
-        .next()
-        .and_then(|stamp| stamp.split_once('T'))
-        .map(|(_, time)| time.trim_end_matches('Z'))
-        .context("no timestamp")?;
-    let mut parts = time.split(':');
-    let mut seconds = 0.0;
-    for unit in [3600.0, 60.0, 1.0] {
-        let part: f64 = parts.next().context("short timestamp")?.parse()?;
-        seconds += part * unit;
-    }
-    Ok(seconds)
-}
 
 /// Replays the file; requests per second from the replayer's own log: from when it starts
 /// reading to when every target has answered (process start and exit left out, as oha's
@@ -122,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
     let target = args.target.trim_end_matches('/').to_owned();
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("requests.gor");
-    write_file(&file, args.requests)?;
+    write_gor_file(&file, args.requests, Duration::from_micros(25), |n| {
+        format!("GET /bench/file/{n} HTTP/1.1\r\nHost: production\r\nUser-Agent: bench\r\n\r\n")
+    })?;
 
     println!(
         "file replay: {} GETs from a .gor file, --timing asap, {} connections to {target}",
