@@ -1,12 +1,14 @@
 //! Fan-out: each received record is checked and parsed once into a [`ReplayRequest`], passed
 //! through the global filters, admission rate and rewrites, then offered to every
-//! [`ReplaySink`] (each staging target). Doing this once, not per target, counts a malformed
-//! capture once and shares the body bytes between targets without copying.
+//! [`ReplaySink`] (each staging target), registered first with the comparison when there is
+//! one. Doing this once, not per target, counts a malformed capture once and shares the body
+//! bytes between targets without copying.
 
 use std::sync::Arc;
 
 use tapwire_shared::RequestRecord;
 
+use crate::compare::stage::CompareStage;
 use crate::filter::Filters;
 use crate::metrics::ReplayerMetrics;
 use crate::outcome::RejectReason;
@@ -22,6 +24,8 @@ pub struct FanOut {
     /// Checked per record when over-rate records are dropped.
     admission: Option<CaptureRate>,
     sinks: Vec<Box<dyn ReplaySink>>,
+    /// Told of every request replayed, before any target can answer it.
+    compare: Option<Arc<CompareStage>>,
     metrics: ReplayerMetrics,
 }
 
@@ -31,6 +35,7 @@ impl FanOut {
         rewrites: Rewrites,
         admission: Option<CaptureRate>,
         sinks: Vec<Box<dyn ReplaySink>>,
+        compare: Option<Arc<CompareStage>>,
         metrics: ReplayerMetrics,
     ) -> Self {
         FanOut {
@@ -38,6 +43,7 @@ impl FanOut {
             rewrites,
             admission,
             sinks,
+            compare,
             metrics,
         }
     }
@@ -70,6 +76,9 @@ impl Dispatch for FanOut {
         }
         request.batch = Some(Arc::clone(batch));
         let request = Arc::new(request);
+        if let Some(stage) = &self.compare {
+            stage.requested(&request);
+        }
         for sink in &self.sinks {
             sink.offer(&request);
         }

@@ -209,6 +209,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
         global.rewrites,
         global.admission,
         sinks,
+        stage.clone(),
         metrics.clone(),
     ));
     let downstream: Arc<dyn Dispatch> = match &middleware {

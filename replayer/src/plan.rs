@@ -294,7 +294,7 @@ impl EnginePlan {
                 format!("{} is configured twice", pair[0]),
             ));
         }
-        let compare = compare_plan(&config.compare, &targets)?;
+        let compare = compare_plan(&config.compare, &targets, config.middleware.is_some())?;
         let token = config
             .token_file
             .as_deref()
@@ -345,6 +345,7 @@ impl EnginePlan {
 fn compare_plan(
     settings: &CompareSettings,
     targets: &[TargetPlan],
+    middleware: bool,
 ) -> Result<Option<ComparePlan>, ConfigError> {
     let with_role = |role: Role| targets.iter().filter(move |t| t.role == Some(role));
     for role in [Role::Candidate, Role::Baseline, Role::Baseline2] {
@@ -423,5 +424,6 @@ fn compare_plan(
             .map(|path| (path, settings.diff_log_size.get())),
         queue: settings.queue as usize,
         expiry,
+        production_first: middleware,
     }))
 }

@@ -31,15 +31,24 @@ const DIFFERENCES_PER_PAIR: usize = 1_000;
 const EXAMPLE_BODY_CHARS: usize = 2_000;
 /// Characters of an endpoint name or a field path kept: both come from traffic and responses,
 /// and are counted and reported.
-const NAME_CHARS: usize = 200;
+pub(super) const NAME_CHARS: usize = 200;
 /// Headers whose values an example never shows: credentials of real users (production's
 /// responses are compared too). `Set-Cookie` shows its cookie's name only.
-const SECRET_HEADERS: [&str; 4] = [
+const SECRET_HEADERS: [&str; 9] = [
     "authorization",
     "proxy-authorization",
     "cookie",
     "www-authenticate",
+    "x-api-key",
+    "x-auth-token",
+    "x-subject-token",
+    "x-csrf-token",
+    "x-xsrf-token",
 ];
+/// Query parameters whose values a request line in the diff log or an example never shows
+/// (`?access_token=REDACTED`): names containing one of these.
+const SECRET_PARAMETER_WORDS: [&str; 7] =
+    ["token", "key", "secret", "pass", "sig", "auth", "session"];
 
 /// How responses are compared.
 pub struct Rules {
@@ -267,7 +276,7 @@ impl Comparer {
             let line = DifferenceLine {
                 id: &exchange.id,
                 endpoint: &endpoint,
-                request: format!("{} {}", request.method, request.path_and_query),
+                request: shown_request(request),
                 reference: roles.reference.as_str(),
                 candidate_status: candidate.response.status,
                 reference_status: reference.response.status,
@@ -356,7 +365,7 @@ impl Comparer {
     ) -> Example {
         Example {
             id: exchange.id.clone(),
-            request_line: format!("{} {}", request.method, request.path_and_query),
+            request_line: shown_request(request),
             differences: differences
                 .iter()
                 .map(|difference| format!("{} {}", difference.path, difference.kind.as_str()))
@@ -383,6 +392,27 @@ impl Comparer {
             latency_ms: side.latency_ms.max(0.0),
         }
     }
+}
+
+/// A request line as the diff log and examples show it: credentials in the query redacted.
+fn shown_request(request: &RequestLine) -> String {
+    let Some((path, query)) = request.path_and_query.split_once('?') else {
+        return format!("{} {}", request.method, request.path_and_query);
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _))
+                if SECRET_PARAMETER_WORDS
+                    .iter()
+                    .any(|word| name.to_ascii_lowercase().contains(word)) =>
+            {
+                format!("{name}=REDACTED")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{} {path}?{}", request.method, query.join("&"))
 }
 
 /// A header's value as an example shows it: credentials redacted, cookies by name.
@@ -431,6 +461,20 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+
+    #[test]
+    fn request_lines_shown_hide_credentials_in_the_query() {
+        let line = |path_and_query: &str| RequestLine {
+            method: "GET".into(),
+            path_and_query: path_and_query.into(),
+        };
+        assert_eq!(
+            shown_request(&line("/a?access_token=s3cr3t&page=2&API_KEY=x&flag")),
+            "GET /a?access_token=REDACTED&page=2&API_KEY=REDACTED&flag"
+        );
+        assert_eq!(shown_request(&line("/a/b")), "GET /a/b");
+        assert_eq!(shown_value("X-Auth-Token", b"t"), "REDACTED");
+    }
     use crate::compare::pending::{Answer, Gathered, PendingSet, Response};
 
     const ROLES: [Role; 3] = [Role::Candidate, Role::Baseline, Role::Baseline2];
@@ -464,16 +508,16 @@ mod tests {
 
     /// Feeds one request's three responses through a pending set into the comparer.
     fn compare(comparer: &mut Comparer, id: u64, bodies: [(String, &str); 3]) {
-        let mut pending = PendingSet::new(&ROLES, Duration::from_secs(5));
+        let mut pending = PendingSet::new(&ROLES, &[], Duration::from_secs(5));
         let request = RequestLine {
             method: "GET".into(),
             path_and_query: format!("/orders/{id}"),
         };
+        pending.request(id.to_string(), request, Instant::now());
         for (role, (body, headers)) in ROLES.into_iter().zip(bodies) {
             let gathered = pending.add(
                 role,
                 id.to_string(),
-                Some(request.clone()),
                 response(&body, headers),
                 Instant::now(),
             );

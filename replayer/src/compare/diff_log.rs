@@ -96,10 +96,11 @@ impl DiffLog {
         older.push(".1");
         std::fs::rename(&self.path, older)?;
         self.file = BufWriter::new(File::create(&self.path)?);
+        // The summary a new file starts with does not count toward its size: one larger than
+        // the size would otherwise rotate the log at every line that follows.
         self.written = 0;
         if let Some(summary) = &self.latest_summary {
             self.file.write_all(summary)?;
-            self.written = summary.len() as u64;
         }
         Ok(())
     }
@@ -139,7 +140,9 @@ mod tests {
         log.summary(&summary).unwrap();
         let current = std::fs::read_to_string(&path).unwrap();
         let older = std::fs::read_to_string(dir.path().join("diff.jsonl.1")).unwrap();
-        assert!(current.len() <= 2_000 && older.len() <= 2_000);
+        // Each file: the summary it opened with, then at most the size.
+        let opening = current.lines().next().unwrap().len() + 1;
+        assert!(current.len() <= 2_000 + opening && older.len() <= 2_000 + opening);
         let first: serde_json::Value =
             serde_json::from_str(current.lines().next().unwrap()).unwrap();
         assert_eq!(
@@ -153,6 +156,42 @@ mod tests {
         assert_eq!(
             current.lines().last().map(|l| l.contains("\"summary\"")),
             Some(true)
+        );
+    }
+
+    #[test]
+    fn a_summary_larger_than_the_size_does_not_rotate_at_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diff.jsonl");
+        let mut log = DiffLog::create(&path, 1_000).unwrap();
+        let mut summary = Summary::default();
+        summary.not_compared.insert("x".repeat(2_000), 1);
+        log.summary(&summary).unwrap();
+        for n in 0..20 {
+            let id = format!("{n:024x}");
+            log.difference(&DifferenceLine {
+                id: &id,
+                endpoint: "GET /a",
+                request: "GET /a".into(),
+                reference: "baseline",
+                candidate_status: 200,
+                reference_status: 500,
+                differences: vec![],
+            })
+            .unwrap();
+        }
+        let lines = |name: &str| {
+            std::fs::read_to_string(dir.path().join(name))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        // Lines of about 200 bytes: the older file holds its summary and the lines that fit
+        // 1,000 bytes, not a single one.
+        assert!(
+            lines("diff.jsonl.1") > 3,
+            "{} lines",
+            lines("diff.jsonl.1")
         );
     }
 }

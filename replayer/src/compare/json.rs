@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use super::comparer::NAME_CHARS;
+
 /// How a field differs between the expected document and the actual one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DifferenceKind {
@@ -142,10 +144,16 @@ impl Walk<'_> {
 
     fn note(&mut self, kind: DifferenceKind) {
         if !(self.ignored)(&self.path) {
-            self.found.push(Difference {
-                path: self.path.clone(),
-                kind,
-            });
+            // Cut as it is copied: a response's keys may be megabytes long, and each of up to
+            // `limit` differences would copy them.
+            let mut path = match self.path.char_indices().nth(NAME_CHARS) {
+                Some((cut, _)) => self.path[..cut].to_owned(),
+                None => self.path.clone(),
+            };
+            if path.len() < self.path.len() {
+                path.push('…');
+            }
+            self.found.push(Difference { path, kind });
         }
     }
 }
@@ -233,5 +241,16 @@ mod tests {
             diff(json!([1]), json!({"a": 1})),
             [("$".to_owned(), "changed_type")]
         );
+    }
+
+    #[test]
+    fn a_long_key_is_cut_in_each_path_it_names() {
+        let key = "k".repeat(1 << 20);
+        let found = differences(&json!({ &key: [1, 2, 3] }), &json!({ &key: [4, 5, 6] }), 10);
+        assert_eq!(found.len(), 3);
+        for difference in found {
+            assert_eq!(difference.path.chars().count(), NAME_CHARS + 1);
+            assert!(difference.path.starts_with("$.kkk") && difference.path.ends_with('…'));
+        }
     }
 }

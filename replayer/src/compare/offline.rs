@@ -14,15 +14,19 @@ use anyhow::Context;
 use tapwire_shared::gor::{GorMessage, GorReader, PayloadType};
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
-use super::pending::{Answer, Gathered, PendingSet, RequestLine, Response};
+use super::pending::{Answer, Expired, Gathered, PendingSet, RequestLine, Response};
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::{CompareSettings, Role};
 
 /// How a gzip stream begins.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// How long (in the file's time) a request's responses are waited for.
-const EXPIRY: Duration = Duration::from_secs(60);
+/// How many messages further on a request's responses are waited for. A file's timestamps are
+/// no clock for this: type 3 records carry when they were replayed, maybe days after the
+/// capture their type 1 and 2 records carry.
+const WINDOW_MESSAGES: u32 = 1_000_000;
+/// The pending set's clock advances this much per message, so that its expiry is the window.
+const PER_MESSAGE: Duration = Duration::from_micros(1);
 
 /// What comparing the files' replayed responses with production's finds (with the default
 /// comparison settings), the files read one after the other.
@@ -43,9 +47,11 @@ pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
         None,
         CompareMetrics::default(),
     );
-    let mut pending = PendingSet::new(&[Role::Candidate, Role::Production], EXPIRY);
+    let roles = [Role::Candidate, Role::Production];
+    // In a file either response may come before its request.
+    let mut pending = PendingSet::new(&roles, &roles, PER_MESSAGE * WINDOW_MESSAGES);
     let started = Instant::now();
-    let mut first_ns = None;
+    let mut position = Duration::ZERO;
     let mut malformed = 0;
     for path in paths {
         let mut reader = GorReader::new(open(path)?, path.display().to_string());
@@ -60,12 +66,9 @@ pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
                     continue;
                 }
             };
-            let first = *first_ns.get_or_insert(message.header.timestamp_ns);
-            let now =
-                started + Duration::from_nanos(message.header.timestamp_ns.saturating_sub(first));
-            for reason in pending.expire(now, false) {
-                comparer.not_compared(reason.as_str());
-            }
+            position += PER_MESSAGE;
+            let now = started + position;
+            count_expired(&mut comparer, pending.expire(now));
             match gather(&mut pending, message, now) {
                 Gathered::Waiting => {}
                 Gathered::Complete(exchange) => comparer.compare(&exchange),
@@ -73,9 +76,9 @@ pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
             }
         }
     }
-    for reason in pending.expire(Instant::now(), true) {
-        comparer.not_compared(reason.as_str());
-    }
+    // The files' end: whatever still waits will not complete.
+    let end = started + position + PER_MESSAGE * WINDOW_MESSAGES;
+    count_expired(&mut comparer, pending.expire(end));
     if malformed > 0 {
         // Not requests: messages that could not be read, so they are not counted as such.
         tracing::warn!(
@@ -95,6 +98,17 @@ pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
+/// Counts the sets that will not complete: responses whose request is not in the files as
+/// `no_request`, the rest by their reason.
+fn count_expired(comparer: &mut Comparer, expired: Vec<Expired>) {
+    for expired in expired {
+        comparer.not_compared(match expired {
+            Expired::Counted(reason) => reason.as_str(),
+            Expired::Unrequested => "no_request",
+        });
+    }
+}
+
 /// Adds one message to its request's set: a request's line, production's response, or the
 /// first replayed one (the candidate).
 fn gather(pending: &mut PendingSet, message: GorMessage, now: Instant) -> Gathered {
@@ -104,17 +118,13 @@ fn gather(pending: &mut PendingSet, message: GorMessage, now: Instant) -> Gather
         raw: Some(message.payload),
     };
     match message.header.payload_type {
-        PayloadType::Request => {
-            if let Some(request) = response.raw.as_deref().and_then(request_line) {
-                pending.request(id, request, now);
-            }
-            Gathered::Waiting
-        }
-        PayloadType::Response => {
-            pending.add(Role::Production, id, None, Answer::Response(response), now)
-        }
+        PayloadType::Request => match response.raw.as_deref().and_then(request_line) {
+            Some(request) => pending.request(id, request, now),
+            None => Gathered::Waiting,
+        },
+        PayloadType::Response => pending.add(Role::Production, id, Answer::Response(response), now),
         PayloadType::ReplayedResponse => {
-            pending.add(Role::Candidate, id, None, Answer::Response(response), now)
+            pending.add(Role::Candidate, id, Answer::Response(response), now)
         }
     }
 }
@@ -153,4 +163,67 @@ pub fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     } else {
         Box::new(reader)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tapwire_shared::gor::GorHeader;
+
+    use super::*;
+
+    fn message(payload_type: PayloadType, id: u64, at_ns: u64, payload: &str) -> GorMessage {
+        GorMessage {
+            header: GorHeader {
+                payload_type,
+                id: format!("{id:024x}"),
+                timestamp_ns: at_ns,
+                latency_ns: Some(1_000_000),
+            },
+            payload: Bytes::from(payload.to_owned()),
+        }
+    }
+
+    /// A recording of a file replayed a day after its capture: type 3 records carry the replay's
+    /// time, type 1 and 2 the capture's; a type 3 without its request is no request.
+    #[test]
+    fn responses_replayed_long_after_the_capture_are_compared() {
+        const DAY_NS: u64 = 86_400_000_000_000;
+        let captured = 1_700_000_000_000_000_000;
+        let mut out = Vec::new();
+        for id in 0..3 {
+            let at = captured + id * 1_000;
+            message(PayloadType::Request, id, at, "GET /a/1 HTTP/1.1\r\n\r\n").encode(&mut out);
+            let production = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
+            message(PayloadType::Response, id, at, production).encode(&mut out);
+        }
+        for id in 0..4 {
+            let body = if id == 0 { "{\"a\":2}" } else { "{\"a\":1}" };
+            let replayed = format!("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{body}");
+            message(
+                PayloadType::ReplayedResponse,
+                id,
+                captured + DAY_NS,
+                &replayed,
+            )
+            .encode(&mut out);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recorded.gor");
+        std::fs::write(&path, out).unwrap();
+        let summary = summarise_gor(&[path]).unwrap();
+        assert_eq!(summary.compared, 3);
+        assert_eq!(
+            summary.not_compared,
+            [("no_request".to_owned(), 1)].into_iter().collect()
+        );
+        let endpoint = &summary.endpoints[0];
+        assert_eq!(endpoint.compared, 3);
+        let paths: Vec<_> = endpoint
+            .paths
+            .iter()
+            .map(|path| (path.path.as_str(), path.candidate))
+            .collect();
+        assert_eq!(paths, [("$.a", 1)]);
+    }
 }

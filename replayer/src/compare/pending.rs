@@ -1,12 +1,13 @@
-//! Each request's responses gathered until every compared role has answered ([`PendingSet`]):
-//! the candidate, its reference (the baseline, or production) and the second baseline when
-//! there is one. A role that failed or did not send the request settles the set at once; a set
-//! that never completes (production's response never came, a target answered after the expiry)
-//! expires; either way it is counted once as not compared. Settled ids are remembered for a
-//! while, so a late or repeated answer (a listener's resent batch) opens no second set. Memory
-//! is bounded by the bytes held: past the budget a request is remembered without its responses
-//! and counted `pending_full`. Ids are kept as 64-bit hashes ([`IdKey`]): a collision among
-//! the million ids remembered at most has odds of about 1 in 30 million.
+//! Each replayed request's responses gathered until every compared role has answered
+//! ([`PendingSet`]): the candidate, its reference (the baseline, or production) and the second
+//! baseline when there is one. A request is registered when it is replayed and from then on
+//! counted once: compared, or not compared by reason (a role failed or did not send it, a
+//! response never came before the expiry, the replay ended). Answers only join registered sets,
+//! so a late one, or one for a request never replayed, is ignored; counted ids are remembered
+//! for a while, so a listener's resent batch is not counted again. Memory is bounded by the
+//! bytes held: past the budget a request is remembered without its responses and counted
+//! `pending_full`. Ids are kept as 64-bit hashes ([`IdKey`]): a collision among the million
+//! ids remembered at most has odds of about 1 in 30 million.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -103,6 +104,8 @@ pub enum Incomplete {
     NotSent,
     /// Too many responses were waiting for the other roles.
     PendingFull,
+    /// The replay ended (its drain timeout passed) before a compared target answered.
+    ShuttingDown,
 }
 
 impl Incomplete {
@@ -112,22 +115,25 @@ impl Incomplete {
             Incomplete::TargetFailed => "target_failed",
             Incomplete::NotSent => "not_sent",
             Incomplete::PendingFull => "pending_full",
+            Incomplete::ShuttingDown => "shutting_down",
         }
     }
 }
 
 struct Pending {
     exchange: Exchange,
+    /// Whether the request was replayed (registered): only then is the set counted.
+    requested: bool,
     /// Roles that answered (a bit per role).
     answered: u8,
     /// Set when a role failed, or memory ran out: the set is dropped once complete or expired.
     incomplete: Option<Incomplete>,
 }
 
-/// What one response did to its request's set.
+/// What one request or response did to its request's set.
 #[derive(Debug)]
 pub enum Gathered {
-    /// Still waiting for other roles.
+    /// Still waiting for other roles (or ignored: an answer for a request already counted).
     Waiting,
     /// Every role answered: compare these.
     Complete(Box<Exchange>),
@@ -135,10 +141,28 @@ pub enum Gathered {
     NotCompared(Incomplete),
 }
 
+/// A set that waited past the expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A replayed request, not compared for this reason.
+    Counted(Incomplete),
+    /// Answers to a request that was never replayed (one the fan-out or the middleware
+    /// dropped, or a file's response without its request): not a request, not counted.
+    Unrequested,
+}
+
 /// Responses by request id, until their set is complete.
+///
+/// A set is counted once its request is registered ([`PendingSet::request`], when it is
+/// replayed): compared, or not compared by reason, once. Answers only join sets: one for an
+/// unknown id is late (its request was counted and forgotten, or was never replayed) and is
+/// ignored, except from the roles that may answer before the request is registered (production
+/// behind a middleware, every role in a file), which open a set that waits for it.
 pub struct PendingSet {
     /// The roles every set needs (a bit per role).
     expected: u8,
+    /// The roles whose answers may come before their request is registered (a bit per role).
+    early: u8,
     /// How long a set may wait for its last response.
     expiry: Duration,
     pending: HashMap<IdKey, Pending>,
@@ -148,18 +172,23 @@ pub struct PendingSet {
     settled: HashSet<IdKey>,
     settled_order: VecDeque<(Instant, IdKey)>,
     held_bytes: usize,
+    /// The replay is over: every set was counted, nothing more is taken.
+    closed: bool,
 }
 
 impl PendingSet {
-    pub fn new(expected: &[Role], expiry: Duration) -> Self {
+    /// `early`: the roles whose answers may come before their request is registered.
+    pub fn new(expected: &[Role], early: &[Role], expiry: Duration) -> Self {
         PendingSet {
-            expected: expected.iter().fold(0, |mask, role| mask | bit(*role)),
+            expected: mask(expected),
+            early: mask(early),
             expiry,
             pending: HashMap::new(),
             arrivals: VecDeque::new(),
             settled: HashSet::new(),
             settled_order: VecDeque::new(),
             held_bytes: 0,
+            closed: false,
         }
     }
 
@@ -177,15 +206,21 @@ impl PendingSet {
         self.pending.is_empty()
     }
 
-    /// The request `id` names, when it comes apart from the responses (a file's type 1 record).
-    pub fn request(&mut self, id: String, request: RequestLine, now: Instant) {
+    /// Registers request `id` as replayed, with its line; from now on it is counted once. A
+    /// request registered again (a listener's resent batch) is not counted twice.
+    pub fn request(&mut self, id: String, request: RequestLine, now: Instant) -> Gathered {
+        if self.closed {
+            return Gathered::NotCompared(Incomplete::ShuttingDown);
+        }
         let key = IdKey::of(&id);
         if self.settled.contains(&key) {
-            return;
+            return Gathered::Waiting;
         }
         match self.pending.get_mut(&key) {
+            Some(entry) if entry.requested => return Gathered::Waiting,
             Some(entry) => {
-                entry.exchange.request.get_or_insert(request);
+                entry.requested = true;
+                entry.exchange.request = Some(request);
             }
             None => {
                 self.arrivals.push_back((now, key));
@@ -195,47 +230,42 @@ impl PendingSet {
                     key,
                     Pending {
                         exchange,
+                        requested: true,
                         answered: 0,
                         incomplete: None,
                     },
                 );
             }
         }
+        self.settle_if_done(key, now)
     }
 
     /// Adds what `role` did with request `id`.
-    pub fn add(
-        &mut self,
-        role: Role,
-        id: String,
-        request: Option<RequestLine>,
-        answer: Answer,
-        now: Instant,
-    ) -> Gathered {
+    pub fn add(&mut self, role: Role, id: String, answer: Answer, now: Instant) -> Gathered {
         let key = IdKey::of(&id);
-        if !self.expects(role) || self.settled.contains(&key) {
+        if self.closed || !self.expects(role) || self.settled.contains(&key) {
             return Gathered::Waiting;
         }
         let over_budget = self.held_bytes >= PENDING_BYTES;
         let entry = match self.pending.get_mut(&key) {
             Some(entry) => entry,
-            None => {
+            None if self.early & bit(role) != 0 => {
                 self.arrivals.push_back((now, key));
                 self.pending.entry(key).or_insert(Pending {
                     exchange: Exchange::new(id),
+                    requested: false,
                     answered: 0,
                     incomplete: None,
                 })
             }
+            // Late: its request was counted (and forgotten), or never replayed.
+            None => return Gathered::Waiting,
         };
         if entry.answered & bit(role) != 0 {
             // A second answer from one role (a resent copy): the first stands.
             return Gathered::Waiting;
         }
         entry.answered |= bit(role);
-        if entry.exchange.request.is_none() {
-            entry.exchange.request = request;
-        }
         let incomplete = match answer {
             Answer::Failed => Some(Incomplete::TargetFailed),
             Answer::NotSent => Some(Incomplete::NotSent),
@@ -256,10 +286,16 @@ impl PendingSet {
             entry.exchange.responses = Default::default();
             entry.incomplete = Some(reason);
         }
-        if entry.answered != self.expected {
+        self.settle_if_done(key, now)
+    }
+
+    /// Takes the set out once it is registered and every role answered.
+    fn settle_if_done(&mut self, key: IdKey, now: Instant) -> Gathered {
+        let entry = &self.pending[&key];
+        if !entry.requested || entry.answered != self.expected {
             return Gathered::Waiting;
         }
-        let done = self.pending.remove(&key).expect("the entry just updated");
+        let done = self.pending.remove(&key).expect("the entry just looked at");
         self.held_bytes -= done.exchange.held_bytes();
         self.settle(key, now);
         match done.incomplete {
@@ -283,23 +319,52 @@ impl PendingSet {
         self.settled_order.push_back((now, key));
     }
 
-    /// Sets that waited longer than the expiry (all of them with `everything`), each with why
-    /// it is not compared.
-    pub fn expire(&mut self, now: Instant, everything: bool) -> Vec<Incomplete> {
+    /// Sets that waited longer than the expiry, each with why it is not compared.
+    pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
         let mut expired = Vec::new();
         while let Some((arrived, _)) = self.arrivals.front() {
-            if !everything && now.saturating_duration_since(*arrived) < self.expiry {
+            if now.saturating_duration_since(*arrived) < self.expiry {
                 break;
             }
             let (_, key) = self.arrivals.pop_front().expect("front exists");
             if let Some(entry) = self.pending.remove(&key) {
                 self.held_bytes -= entry.exchange.held_bytes();
-                expired.push(entry.incomplete.unwrap_or(Incomplete::MissingResponse));
-                self.settle(key, now);
+                expired.push(if entry.requested {
+                    // Not remembered unless counted: a request registered later still counts.
+                    self.settle(key, now);
+                    Expired::Counted(entry.incomplete.unwrap_or(Incomplete::MissingResponse))
+                } else {
+                    Expired::Unrequested
+                });
             }
         }
         expired
     }
+
+    /// The replay is over: every set still waiting is counted now (`shutting_down` when a
+    /// target had not answered, `missing_response` when only production's response is
+    /// missing), and nothing more is taken.
+    pub fn close(&mut self) -> Vec<Expired> {
+        self.closed = true;
+        self.arrivals.clear();
+        self.held_bytes = 0;
+        let targets = self.expected & !bit(Role::Production);
+        self.pending
+            .drain()
+            .map(|(_, entry)| match entry.incomplete {
+                _ if !entry.requested => Expired::Unrequested,
+                Some(reason) => Expired::Counted(reason),
+                None if entry.answered & targets != targets => {
+                    Expired::Counted(Incomplete::ShuttingDown)
+                }
+                None => Expired::Counted(Incomplete::MissingResponse),
+            })
+            .collect()
+    }
+}
+
+fn mask(roles: &[Role]) -> u8 {
+    roles.iter().fold(0, |mask, role| mask | bit(*role))
 }
 
 fn bit(role: Role) -> u8 {
@@ -310,6 +375,8 @@ fn bit(role: Role) -> u8 {
 mod tests {
     use super::*;
 
+    const EXPIRY: Duration = Duration::from_secs(5);
+
     fn answer(bytes: &'static [u8]) -> Answer {
         Answer::Response(Response {
             raw: Some(Bytes::from_static(bytes)),
@@ -317,32 +384,50 @@ mod tests {
         })
     }
 
-    fn line() -> Option<RequestLine> {
-        Some(RequestLine {
+    fn line() -> RequestLine {
+        RequestLine {
             method: "GET".into(),
             path_and_query: "/a".into(),
-        })
+        }
+    }
+
+    /// Live, without a middleware: every answer comes after its request is registered.
+    fn live(expected: &[Role]) -> PendingSet {
+        PendingSet::new(expected, &[], EXPIRY)
+    }
+
+    fn counted(expired: Vec<Expired>) -> Vec<Incomplete> {
+        expired
+            .into_iter()
+            .filter_map(|expired| match expired {
+                Expired::Counted(reason) => Some(reason),
+                Expired::Unrequested => None,
+            })
+            .collect()
     }
 
     #[test]
-    fn a_set_completes_when_every_expected_role_has_answered_in_any_order() {
+    fn a_registered_set_completes_when_every_expected_role_has_answered_in_any_order() {
         let now = Instant::now();
-        let mut set = PendingSet::new(&[Role::Candidate, Role::Production], Duration::from_secs(5));
+        let mut set = live(&[Role::Candidate, Role::Production]);
         assert!(matches!(
-            set.add(Role::Production, "1".into(), None, answer(b"p"), now),
+            set.request("1".into(), line(), now),
+            Gathered::Waiting
+        ));
+        assert!(matches!(
+            set.add(Role::Production, "1".into(), answer(b"p"), now),
             Gathered::Waiting
         ));
         // Roles not compared are ignored.
         assert!(matches!(
-            set.add(Role::Baseline2, "1".into(), line(), answer(b"x"), now),
+            set.add(Role::Baseline2, "1".into(), answer(b"x"), now),
             Gathered::Waiting
         ));
-        let Gathered::Complete(exchange) =
-            set.add(Role::Candidate, "1".into(), line(), answer(b"c"), now)
+        let Gathered::Complete(exchange) = set.add(Role::Candidate, "1".into(), answer(b"c"), now)
         else {
             panic!("not complete");
         };
-        assert_eq!(exchange.request, line());
+        assert_eq!(exchange.request, Some(line()));
         assert_eq!(
             exchange.response(Role::Production).unwrap().raw.as_deref(),
             Some(&b"p"[..])
@@ -353,75 +438,120 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_role_makes_the_set_not_compared_and_late_sets_expire() {
+    fn a_failed_role_makes_the_set_not_compared_and_unanswered_requests_expire() {
         let now = Instant::now();
-        let mut set = PendingSet::new(&[Role::Candidate, Role::Baseline], Duration::from_secs(5));
-        set.add(Role::Candidate, "1".into(), line(), Answer::Failed, now);
+        let mut set = live(&[Role::Candidate, Role::Baseline]);
+        set.request("1".into(), line(), now);
+        set.add(Role::Candidate, "1".into(), Answer::Failed, now);
         assert!(matches!(
-            set.add(Role::Baseline, "1".into(), line(), answer(b"b"), now),
+            set.add(Role::Baseline, "1".into(), answer(b"b"), now),
             Gathered::NotCompared(Incomplete::TargetFailed)
         ));
-        set.add(Role::Candidate, "2".into(), line(), answer(b"c"), now);
-        assert!(set.expire(now + Duration::from_secs(4), false).is_empty());
+        // Registered, never answered by anyone: still counted, once.
+        set.request("2".into(), line(), now);
+        assert!(set.expire(now + EXPIRY / 2).is_empty());
         assert_eq!(
-            set.expire(now + Duration::from_secs(5), false),
-            [Incomplete::MissingResponse]
+            set.expire(now + EXPIRY),
+            [Expired::Counted(Incomplete::MissingResponse)]
         );
-        set.add(Role::Candidate, "3".into(), line(), answer(b"c"), now);
-        assert_eq!(set.expire(now, true), [Incomplete::MissingResponse]);
         assert_eq!(set.held_bytes, 0);
     }
 
     #[test]
-    fn answers_for_a_settled_request_open_no_second_set() {
+    fn late_answers_and_resent_requests_are_never_counted_twice() {
         let now = Instant::now();
-        let expiry = Duration::from_secs(5);
-        let mut set = PendingSet::new(&[Role::Candidate, Role::Production], expiry);
-        set.add(Role::Production, "1".into(), None, answer(b"p"), now);
+        let mut set = live(&[Role::Candidate, Role::Production]);
+        set.request("1".into(), line(), now);
+        set.add(Role::Production, "1".into(), answer(b"p"), now);
         assert!(matches!(
-            set.add(Role::Candidate, "1".into(), line(), answer(b"c"), now),
+            set.add(Role::Candidate, "1".into(), answer(b"c"), now),
             Gathered::Complete(_)
         ));
-        // A resent batch's copy of production's response.
-        set.add(Role::Production, "1".into(), None, answer(b"p"), now);
-        // A candidate that answers after its set expired.
-        set.add(Role::Production, "2".into(), None, answer(b"p"), now);
+        // A resent batch's copies of the request and production's response.
+        set.request("1".into(), line(), now);
+        set.add(Role::Production, "1".into(), answer(b"p"), now);
+        assert!(set.is_empty());
+        // A candidate that answers after its set expired, and long after it was forgotten.
+        set.request("2".into(), line(), now);
+        set.add(Role::Production, "2".into(), answer(b"p"), now);
         assert_eq!(
-            set.expire(now + expiry, false),
+            counted(set.expire(now + EXPIRY)),
             [Incomplete::MissingResponse]
         );
-        set.add(
-            Role::Candidate,
-            "2".into(),
-            line(),
-            answer(b"c"),
-            now + expiry,
+        for late in [EXPIRY * 2, EXPIRY * 100] {
+            set.request("3".into(), line(), now + late);
+            set.add(Role::Candidate, "2".into(), answer(b"c"), now + late);
+            set.add(Role::Production, "2".into(), answer(b"p"), now + late);
+        }
+        assert_eq!(set.len(), 1, "only request 3 waits");
+        assert_eq!(
+            counted(set.expire(now + EXPIRY * 200)),
+            [Incomplete::MissingResponse]
         );
-        assert!(set.is_empty(), "no set opened again");
-        assert!(set.expire(now + expiry * 10, true).is_empty());
-        // Forgotten after twice the expiry: a new id of the same name is a new request.
-        set.add(
-            Role::Production,
-            "3".into(),
-            None,
-            answer(b"p"),
-            now + expiry * 3,
+    }
+
+    #[test]
+    fn answers_to_requests_never_replayed_are_not_counted() {
+        let now = Instant::now();
+        // Behind a middleware, production's response may come before the request is replayed.
+        let mut set = PendingSet::new(
+            &[Role::Candidate, Role::Production],
+            &[Role::Production],
+            EXPIRY,
         );
-        assert_eq!(set.expire(now + expiry * 4, false).len(), 1);
-        assert!(!set.settled.contains(&IdKey::of("1")) && set.settled.contains(&IdKey::of("3")));
+        set.add(Role::Production, "dropped".into(), answer(b"p"), now);
+        set.add(Role::Production, "slow".into(), answer(b"p"), now);
+        set.request("slow".into(), line(), now);
+        assert!(matches!(
+            set.add(Role::Candidate, "slow".into(), answer(b"c"), now),
+            Gathered::Complete(_)
+        ));
+        assert_eq!(set.expire(now + EXPIRY), [Expired::Unrequested]);
+        // Without a middleware an unknown id is late: no set, no bytes held.
+        let mut set = live(&[Role::Candidate, Role::Production]);
+        set.add(Role::Production, "filtered".into(), answer(b"pppp"), now);
+        assert!(set.is_empty());
+        assert_eq!(set.held_bytes, 0);
     }
 
     #[test]
     fn a_target_that_did_not_send_settles_the_set_at_once_and_frees_its_bytes() {
         let now = Instant::now();
-        let mut set = PendingSet::new(&[Role::Candidate, Role::Baseline], Duration::from_secs(5));
-        set.add(Role::Baseline, "1".into(), line(), answer(b"bbbb"), now);
+        let mut set = live(&[Role::Candidate, Role::Baseline]);
+        set.request("1".into(), line(), now);
+        set.add(Role::Baseline, "1".into(), answer(b"bbbb"), now);
         assert_eq!(set.held_bytes, 4);
         assert!(matches!(
-            set.add(Role::Candidate, "1".into(), line(), Answer::NotSent, now),
+            set.add(Role::Candidate, "1".into(), Answer::NotSent, now),
             Gathered::NotCompared(Incomplete::NotSent)
         ));
         assert_eq!(set.held_bytes, 0);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn closing_counts_every_registered_set_and_then_takes_nothing() {
+        let now = Instant::now();
+        let mut set = live(&[Role::Candidate, Role::Production]);
+        set.request("no target answered".into(), line(), now);
+        set.request("production missing".into(), line(), now);
+        set.add(
+            Role::Candidate,
+            "production missing".into(),
+            answer(b"c"),
+            now,
+        );
+        let mut closed = counted(set.close());
+        closed.sort_by_key(|reason| reason.as_str());
+        assert_eq!(
+            closed,
+            [Incomplete::MissingResponse, Incomplete::ShuttingDown]
+        );
+        assert!(matches!(
+            set.request("after".into(), line(), now),
+            Gathered::NotCompared(Incomplete::ShuttingDown)
+        ));
+        set.add(Role::Candidate, "after".into(), answer(b"c"), now);
         assert!(set.is_empty());
     }
 }

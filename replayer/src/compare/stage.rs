@@ -1,5 +1,6 @@
-//! The live comparison, off the send path. Target workers (and the intake, for production's
-//! responses) hand each response to the [`CompareStage`] and go on: it is added to its
+//! The live comparison, off the send path. The fan-out registers each request it replays;
+//! target workers (and the intake, for production's responses) hand each response to the
+//! [`CompareStage`] and go on: it is added to its
 //! request's [`PendingSet`] under a short lock, and a complete set is queued for the comparing
 //! thread. Nothing waits: a full queue counts the request as not compared (`queue_full`).
 //! The thread compares ([`Comparer`]), expires sets that will not complete, writes the diff
@@ -16,7 +17,7 @@ use tapwire_shared::http1::parse_response_head;
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
 use super::diff_log::DiffLog;
-use super::pending::{Answer, Exchange, Gathered, PendingSet, RequestLine, Response};
+use super::pending::{Answer, Exchange, Expired, Gathered, PendingSet, RequestLine, Response};
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::Role;
@@ -41,6 +42,9 @@ pub struct ComparePlan {
     pub queue: usize,
     /// How long a set may wait for its last response.
     pub expiry: Duration,
+    /// Production's responses may come before their request is replayed (a middleware holds
+    /// requests): they wait for it instead of being taken as late.
+    pub production_first: bool,
 }
 
 impl ComparePlan {
@@ -93,11 +97,16 @@ impl CompareStage {
             None => None,
         };
         let expected = plan.expected_roles();
+        let early: &[Role] = if plan.production_first {
+            &[Role::Production]
+        } else {
+            &[]
+        };
         let tally = Arc::new(Mutex::new(Tally::new(plan.roles, plan.thresholds)));
         let comparer = Comparer::new(plan.rules, Arc::clone(&tally), log, metrics.clone());
         let (queue, work) = mpsc::sync_channel(plan.queue.max(1));
         let stage = Arc::new(CompareStage {
-            pending: Mutex::new(PendingSet::new(&expected, plan.expiry)),
+            pending: Mutex::new(PendingSet::new(&expected, early, plan.expiry)),
             queue,
             queued_bytes: AtomicUsize::new(0),
             tally,
@@ -129,18 +138,24 @@ impl CompareStage {
             }),
             None => Answer::Failed,
         };
-        self.add(
-            role,
-            replay.message_id(),
-            Some(request_line(replay)),
-            answer,
-        );
+        self.add(role, replay.message_id(), answer);
+    }
+
+    /// `replay` goes to the targets: from now on it is counted once, compared or not.
+    pub fn requested(&self, replay: &ReplayRequest) {
+        let line = RequestLine {
+            method: replay.method.as_str().to_owned(),
+            path_and_query: replay.path_and_query.as_str().to_owned(),
+        };
+        let mut pending = lock(&self.pending);
+        let gathered = pending.request(replay.message_id(), line, Instant::now());
+        self.settled(gathered);
     }
 
     /// A target did not send `replay` (filtered, sampled out, over its rate, shed): its set
     /// is settled at once instead of waiting to expire.
     pub fn target_skipped(&self, role: Role, replay: &ReplayRequest) {
-        self.add(role, replay.message_id(), None, Answer::NotSent);
+        self.add(role, replay.message_id(), Answer::NotSent);
     }
 
     /// Production's response to the request `id`: compared when it is the candidate's
@@ -156,7 +171,7 @@ impl CompareStage {
             raw: Some(raw),
             latency: Some(latency),
         };
-        self.add(Role::Production, id, None, Answer::Response(response));
+        self.add(Role::Production, id, Answer::Response(response));
     }
 
     /// What the comparison found so far.
@@ -164,8 +179,15 @@ impl CompareStage {
         lock(&self.tally).summary(LIVE_SOURCE)
     }
 
-    fn add(&self, role: Role, id: String, request: Option<RequestLine>, answer: Answer) {
-        let gathered = lock(&self.pending).add(role, id, request, answer, Instant::now());
+    fn add(&self, role: Role, id: String, answer: Answer) {
+        let mut pending = lock(&self.pending);
+        let gathered = pending.add(role, id, answer, Instant::now());
+        self.settled(gathered);
+    }
+
+    /// Counts or queues a settled set. Called under the pending lock, so that closing (under
+    /// it too) comes after every set queued before it, and the comparing thread finds them.
+    fn settled(&self, gathered: Gathered) {
         match gathered {
             Gathered::Waiting => {}
             Gathered::NotCompared(reason) => self.not_compared(reason.as_str()),
@@ -208,11 +230,23 @@ impl CompareStage {
         lock(&self.tally).not_compared(reason);
     }
 
-    fn expire(&self, everything: bool) {
-        let expired = lock(&self.pending).expire(Instant::now(), everything);
-        for reason in expired {
-            self.not_compared(reason.as_str());
+    fn expire(&self) {
+        let expired = lock(&self.pending).expire(Instant::now());
+        self.count_expired(expired);
+    }
+
+    fn count_expired(&self, expired: Vec<Expired>) {
+        for expired in expired {
+            if let Expired::Counted(reason) = expired {
+                self.not_compared(reason.as_str());
+            }
         }
+    }
+
+    /// The replay is over: counts every set still waiting and takes nothing more.
+    fn close(&self) {
+        let closed = lock(&self.pending).close();
+        self.count_expired(closed);
     }
 
     /// The comparing thread.
@@ -233,7 +267,7 @@ impl CompareStage {
             }
             let now = Instant::now();
             if now >= next_expiry {
-                self.expire(false);
+                self.expire();
                 next_expiry = now + EXPIRY_CHECK;
             }
             if let (Some(at), Some(every)) = (next_summary, summary_every)
@@ -245,11 +279,11 @@ impl CompareStage {
                 next_summary = Some(now + every);
             }
         }
-        // What is still queued was complete: compare it; then what never completed.
+        // What is still queued was complete: compare it (the sets that never completed were
+        // counted when the stage closed, before `Finish` was sent).
         while let Ok(Work::Compare(exchange)) = work.try_recv() {
             self.compared(&mut comparer, &exchange);
         }
-        self.expire(true);
         comparer.log_summary(&self.summary());
     }
 }
@@ -265,6 +299,7 @@ impl CompareDone {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        self.stage.close();
         // Blocking is fine here: replay is over, and the thread is draining.
         let _ = self.stage.queue.send(Work::Finish);
         if thread.join().is_err() {
@@ -310,13 +345,6 @@ fn log_progress(summary: &Summary, message: &str) {
             &listed
         }
     );
-}
-
-fn request_line(replay: &ReplayRequest) -> RequestLine {
-    RequestLine {
-        method: replay.method.as_str().to_owned(),
-        path_and_query: replay.path_and_query.as_str().to_owned(),
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
