@@ -188,10 +188,6 @@ mod tests {
         };
         // Lines of about 200 bytes: the older file holds its summary and the lines that fit
         // 1,000 bytes, not a single one.
-        assert!(
-            lines("diff.jsonl.1") > 3,
-            "{} lines",
-            lines("diff.jsonl.1")
-        );
+        assert!(lines("diff.jsonl.1") > 3, "{} lines", lines("diff.jsonl.1"));
     }
 }

@@ -28,10 +28,9 @@ const WINDOW_MESSAGES: u32 = 1_000_000;
 /// The pending set's clock advances this much per message, so that its expiry is the window.
 const PER_MESSAGE: Duration = Duration::from_micros(1);
 
-/// What comparing the files' replayed responses with production's finds (with the default
-/// comparison settings), the files read one after the other.
-pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
-    let settings = CompareSettings::default();
+/// What comparing the files' replayed responses with production's finds (by `settings`, as a
+/// live replay would), the files read one after the other.
+pub fn summarise_gor(paths: &[PathBuf], settings: &CompareSettings) -> anyhow::Result<Summary> {
     let roles = Roles {
         targets: vec![
             (Role::Candidate, "replayed (type 3)".to_owned()),
@@ -40,9 +39,9 @@ pub fn summarise_gor(paths: &[PathBuf]) -> anyhow::Result<Summary> {
         reference: Role::Production,
         noise_pair: None,
     };
-    let tally = Arc::new(Mutex::new(Tally::new(roles, Rules::thresholds(&settings)?)));
+    let tally = Arc::new(Mutex::new(Tally::new(roles, Rules::thresholds(settings)?)));
     let mut comparer = Comparer::new(
-        Rules::compile(&settings)?,
+        Rules::compile(settings)?,
         Arc::clone(&tally),
         None,
         CompareMetrics::default(),
@@ -184,10 +183,10 @@ mod tests {
         }
     }
 
-    /// A recording of a file replayed a day after its capture: type 3 records carry the replay's
-    /// time, type 1 and 2 the capture's; a type 3 without its request is no request.
-    #[test]
-    fn responses_replayed_long_after_the_capture_are_compared() {
+    /// A recording of a file replayed a day after its capture: type 3 records carry the
+    /// replay's time, type 1 and 2 the capture's. Request 0's replayed `$.a` differs; a fourth
+    /// type 3 has no request.
+    fn recording(dir: &Path) -> PathBuf {
         const DAY_NS: u64 = 86_400_000_000_000;
         let captured = 1_700_000_000_000_000_000;
         let mut out = Vec::new();
@@ -208,22 +207,43 @@ mod tests {
             )
             .encode(&mut out);
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("recorded.gor");
+        let path = dir.join("recorded.gor");
         std::fs::write(&path, out).unwrap();
-        let summary = summarise_gor(&[path]).unwrap();
+        path
+    }
+
+    fn paths(summary: &Summary) -> Vec<(String, u64)> {
+        summary.endpoints[0]
+            .paths
+            .iter()
+            .map(|path| (path.path.clone(), path.candidate))
+            .collect()
+    }
+
+    #[test]
+    fn responses_replayed_long_after_the_capture_are_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = recording(dir.path());
+        let summary = summarise_gor(&[file], &CompareSettings::default()).unwrap();
         assert_eq!(summary.compared, 3);
         assert_eq!(
             summary.not_compared,
             [("no_request".to_owned(), 1)].into_iter().collect()
         );
-        let endpoint = &summary.endpoints[0];
-        assert_eq!(endpoint.compared, 3);
-        let paths: Vec<_> = endpoint
-            .paths
-            .iter()
-            .map(|path| (path.path.as_str(), path.candidate))
-            .collect();
-        assert_eq!(paths, [("$.a", 1)]);
+        assert_eq!(summary.endpoints[0].compared, 3);
+        assert_eq!(paths(&summary), [("$.a".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn the_live_runs_settings_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = recording(dir.path());
+        let settings = CompareSettings {
+            ignore_paths: vec!["$.a".into()],
+            ..CompareSettings::default()
+        };
+        let summary = summarise_gor(&[file], &settings).unwrap();
+        assert_eq!(summary.compared, 3);
+        assert_eq!(paths(&summary), []);
     }
 }

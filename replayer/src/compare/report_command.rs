@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::offline::open;
 use super::summary::Summary;
+use crate::config::{CompareSettings, ReplayerConfig};
 
 /// A diff log's line at most: a summary holds a few KiB of example per endpoint, for at most
 /// the tracked endpoints; anything longer is not a diff log tapwire wrote.
@@ -50,6 +51,11 @@ struct ReportArgs {
     /// Where to write the page; `-` or absent: standard output.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
+    /// The replayer's configuration file: .gor files are compared by its `[compare]` table
+    /// (ignored headers and paths, endpoint patterns, noise thresholds, body limit) instead of
+    /// the defaults, as the live run was.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Why the command failed: the user's arguments, or an input.
@@ -94,6 +100,18 @@ where
     }
 }
 
+/// The `[compare]` table of `--config`, or the defaults.
+fn compare_settings(args: &ReportArgs) -> anyhow::Result<CompareSettings> {
+    let Some(path) = &args.config else {
+        return Ok(CompareSettings::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: ReplayerConfig =
+        toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+    Ok(config.compare)
+}
+
 fn run(args: &ReportArgs) -> Result<(), Failure> {
     let mut diff_logs = Vec::new();
     for path in &args.files {
@@ -102,8 +120,15 @@ fn run(args: &ReportArgs) -> Result<(), Failure> {
             diff_logs.push(path);
         }
     }
+    if let (Some(config), [log, ..]) = (&args.config, diff_logs.as_slice()) {
+        return Err(Failure::Usage(format!(
+            "--config {} applies to .gor files; {} is a diff log, compared as its run was",
+            config.display(),
+            log.display()
+        )));
+    }
     let summary = match diff_logs.as_slice() {
-        [] => super::offline::summarise_gor(&args.files)?,
+        [] => super::offline::summarise_gor(&args.files, &compare_settings(args)?)?,
         [log] if args.files.len() == 1 => last_summary(open(log)?, log)?,
         [log, ..] => {
             return Err(Failure::Usage(format!(
@@ -291,5 +316,26 @@ mod tests {
             format!("{error:#}").contains("diff.jsonl: a diff log without a summary line"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn config_gives_the_compare_table_and_is_refused_with_a_diff_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("replayer.toml");
+        std::fs::write(&config, "[compare]\nignore_paths = [\"$.meta.at\"]\n").unwrap();
+        let log = dir.path().join("diff.jsonl");
+        std::fs::write(&log, format!("{}\n", summary_line("x"))).unwrap();
+        let args = |file: &Path| {
+            ReportArgs::try_parse_from([
+                "report".as_ref(),
+                file.as_os_str(),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ])
+            .unwrap()
+        };
+        let settings = compare_settings(&args(&log)).unwrap();
+        assert_eq!(settings.ignore_paths, ["$.meta.at"]);
+        assert!(matches!(run(&args(&log)), Err(Failure::Usage(_))));
     }
 }
