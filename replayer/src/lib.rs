@@ -126,7 +126,7 @@ pub async fn run(plan: EnginePlan, shutdown: Shutdown) -> anyhow::Result<RunOutc
                 let stage = Arc::clone(stage);
                 tapwire_runtime::metrics_endpoint::Page {
                     path: "/report",
-                    render: Arc::new(move || compare::report::render(&stage.summary())),
+                    render: Arc::new(move || compare::report::render(&stage.recent_summary())),
                 }
             })
             .collect();

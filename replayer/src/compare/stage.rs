@@ -31,6 +31,9 @@ const QUEUE_BYTES: usize = 256 << 20;
 const LOGGED_ENDPOINTS: usize = 10;
 /// The summary's `source` for a live replay.
 pub const LIVE_SOURCE: &str = "live replay";
+/// How old a summary the live report may show: building one holds the tally, which the target
+/// workers need, so a client asking for the page in a loop must not build one each time.
+const REPORT_SUMMARY_AGE: Duration = Duration::from_secs(1);
 
 /// What the comparison needs, compiled.
 pub struct ComparePlan {
@@ -74,6 +77,8 @@ pub struct CompareStage {
     tally: Arc<Mutex<Tally>>,
     metrics: CompareMetrics,
     production_compared: bool,
+    /// The live report's latest summary, and when it was built.
+    report_summary: Mutex<Option<(Instant, Arc<Summary>)>>,
 }
 
 /// Ends the comparison: see [`CompareDone::finish`]; dropped unfinished (a run that failed),
@@ -112,6 +117,7 @@ impl CompareStage {
             tally,
             metrics,
             production_compared: expected.contains(&Role::Production),
+            report_summary: Mutex::new(None),
         });
         let thread = std::thread::Builder::new().name("compare".into()).spawn({
             let stage = Arc::clone(&stage);
@@ -177,6 +183,19 @@ impl CompareStage {
     /// What the comparison found so far.
     pub fn summary(&self) -> Summary {
         lock(&self.tally).summary(LIVE_SOURCE)
+    }
+
+    /// What the comparison found, as of at most [`REPORT_SUMMARY_AGE`] ago: for the live page.
+    pub fn recent_summary(&self) -> Arc<Summary> {
+        let mut latest = lock(&self.report_summary);
+        match &*latest {
+            Some((built, summary)) if built.elapsed() < REPORT_SUMMARY_AGE => Arc::clone(summary),
+            _ => {
+                let summary = Arc::new(self.summary());
+                *latest = Some((Instant::now(), Arc::clone(&summary)));
+                summary
+            }
+        }
     }
 
     fn add(&self, role: Role, id: String, answer: Answer) {
