@@ -74,6 +74,8 @@ pub struct CompareStage {
     queue: SyncSender<Work>,
     /// Response bytes of the queued sets.
     queued_bytes: AtomicUsize,
+    /// Sets settled under the lock and not yet counted or queued.
+    handoffs: AtomicUsize,
     tally: Arc<Mutex<Tally>>,
     metrics: CompareMetrics,
     production_compared: bool,
@@ -114,6 +116,7 @@ impl CompareStage {
             pending: Mutex::new(PendingSet::new(&expected, early, plan.expiry)),
             queue,
             queued_bytes: AtomicUsize::new(0),
+            handoffs: AtomicUsize::new(0),
             tally,
             metrics,
             production_compared: expected.contains(&Role::Production),
@@ -153,9 +156,8 @@ impl CompareStage {
             method: replay.method.as_str().to_owned(),
             path_and_query: replay.path_and_query.as_str().to_owned(),
         };
-        let mut pending = lock(&self.pending);
-        let gathered = pending.request(replay.message_id(), line, Instant::now());
-        self.settled(gathered);
+        let id = replay.message_id();
+        self.gather(|pending| pending.request(id, line, Instant::now()));
     }
 
     /// A target did not send `replay` (filtered, sampled out, over its rate, shed): its set
@@ -199,19 +201,27 @@ impl CompareStage {
     }
 
     fn add(&self, role: Role, id: String, answer: Answer) {
-        let mut pending = lock(&self.pending);
-        let gathered = pending.add(role, id, answer, Instant::now());
-        self.settled(gathered);
+        self.gather(|pending| pending.add(role, id, answer, Instant::now()));
     }
 
-    /// Counts or queues a settled set. Called under the pending lock, so that closing (under
-    /// it too) comes after every set queued before it, and the comparing thread finds them.
-    fn settled(&self, gathered: Gathered) {
+    /// Applies `change` to the pending sets, then counts or queues what it settled, outside
+    /// the lock (queueing may wake the comparing thread). A settled set is a hand-off until
+    /// then: closing waits for those, so each is counted or queued before `Finish`.
+    fn gather(&self, change: impl FnOnce(&mut PendingSet) -> Gathered) {
+        let gathered = {
+            let mut pending = lock(&self.pending);
+            let gathered = change(&mut pending);
+            if !matches!(gathered, Gathered::Waiting) {
+                self.handoffs.fetch_add(1, Ordering::AcqRel);
+            }
+            gathered
+        };
         match gathered {
-            Gathered::Waiting => {}
+            Gathered::Waiting => return,
             Gathered::NotCompared(reason) => self.not_compared(reason.as_str()),
             Gathered::Complete(exchange) => self.queue_for_comparing(exchange),
         }
+        self.handoffs.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Queues a complete set for the comparing thread, unless the queue is full (in sets or in
@@ -262,10 +272,14 @@ impl CompareStage {
         }
     }
 
-    /// The replay is over: counts every set still waiting and takes nothing more.
+    /// The replay is over: counts every set still waiting, takes nothing more, and waits for
+    /// the sets settled before to be counted or queued.
     fn close(&self) {
         let closed = lock(&self.pending).close();
         self.count_expired(closed);
+        while self.handoffs.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+        }
     }
 
     /// The comparing thread.
