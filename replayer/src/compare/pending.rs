@@ -18,6 +18,10 @@ use crate::config::Role;
 
 /// Response bytes held, waiting for the other roles, at most.
 pub const PENDING_BYTES: usize = 256 << 20;
+/// Sets waiting at most (about 400 bytes each, their responses aside): past it, a request
+/// replayed is counted `pending_full` at once (say, production as the reference while the
+/// listeners do not track responses: every set would wait for the expiry).
+const PENDING_SETS: usize = 100_000;
 /// Settled ids remembered at most (about 40 bytes each).
 const SETTLED_IDS: usize = 1 << 20;
 
@@ -216,11 +220,16 @@ impl PendingSet {
         if self.settled.contains(&key) {
             return Gathered::Waiting;
         }
+        let full = self.pending.len() >= PENDING_SETS;
         match self.pending.get_mut(&key) {
             Some(entry) if entry.requested => return Gathered::Waiting,
             Some(entry) => {
                 entry.requested = true;
                 entry.exchange.request = Some(request);
+            }
+            None if full => {
+                self.settle(key, now);
+                return Gathered::NotCompared(Incomplete::PendingFull);
             }
             None => {
                 self.arrivals.push_back((now, key));
@@ -247,9 +256,10 @@ impl PendingSet {
             return Gathered::Waiting;
         }
         let over_budget = self.held_bytes >= PENDING_BYTES;
+        let full = self.pending.len() >= PENDING_SETS;
         let entry = match self.pending.get_mut(&key) {
             Some(entry) => entry,
-            None if self.early & bit(role) != 0 => {
+            None if self.early & bit(role) != 0 && !full => {
                 self.arrivals.push_back((now, key));
                 self.pending.entry(key).or_insert(Pending {
                     exchange: Exchange::new(id),
@@ -553,5 +563,22 @@ mod tests {
         ));
         set.add(Role::Candidate, "after".into(), answer(b"c"), now);
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn past_the_sets_budget_a_request_is_counted_at_once() {
+        let now = Instant::now();
+        let mut set = live(&[Role::Candidate, Role::Production]);
+        for id in 0..PENDING_SETS {
+            set.request(id.to_string(), line(), now);
+        }
+        assert!(matches!(
+            set.request("over".into(), line(), now),
+            Gathered::NotCompared(Incomplete::PendingFull)
+        ));
+        // Its answers are for a request already counted.
+        set.add(Role::Candidate, "over".into(), answer(b"c"), now);
+        assert_eq!(set.len(), PENDING_SETS);
+        assert_eq!(set.expire(now + EXPIRY).len(), PENDING_SETS);
     }
 }
