@@ -68,6 +68,8 @@ pub struct ReplayRequest {
     pub record_id: u64,
     /// Host set by a global rewrite; a target's own rewrite wins over it.
     pub host_override: Option<Bytes>,
+    /// When the fan-out took it: how long it then waited in a target's queue.
+    pub replayed_at: std::time::Instant,
     /// Held until every target is done with the request: the batch it came in is
     /// acknowledged once all its requests have let go.
     pub batch: Option<Arc<BatchDone>>,
@@ -302,6 +304,7 @@ impl ReplayRequest {
             instance: origin.instance,
             record_id: record.id,
             host_override: None,
+            replayed_at: std::time::Instant::now(),
             batch: None,
         })
     }

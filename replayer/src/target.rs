@@ -382,6 +382,9 @@ impl RequestSender {
     async fn exchange(&self, connection: &mut Connection, replay: &ReplayRequest) {
         let observed = self.observers.wants_replayed_responses() || self.compare.is_some();
         let sent_at_ns = observed.then(wall_clock_ns);
+        if let Some((_, stage)) = &self.compare {
+            stage.target_started(replay);
+        }
         let exchange = async {
             let response = match self.send(connection, replay, observed).await {
                 // The target closed a connection that had been idle as our request arrived: the

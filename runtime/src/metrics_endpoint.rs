@@ -54,7 +54,7 @@ pub async fn serve_metrics(
         registry,
         health,
         pages,
-        rendering: tokio::sync::Semaphore::new(1),
+        rendering: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RUNTIME_BEAT);
@@ -90,7 +90,7 @@ struct Endpoint {
     health: Health,
     pages: Vec<Page>,
     /// One page rendering at a time.
-    rendering: tokio::sync::Semaphore,
+    rendering: Arc<tokio::sync::Semaphore>,
 }
 
 impl Endpoint {
@@ -116,9 +116,17 @@ impl Endpoint {
     }
 
     async fn render(&self, page: &Page) -> Response<Full<Bytes>> {
-        let _turn = self.rendering.acquire().await.expect("never closed");
+        let turn = Arc::clone(&self.rendering)
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let render = Arc::clone(&page.render);
-        match tokio::task::spawn_blocking(move || render()).await {
+        // The turn goes with the rendering: a client that hangs up does not end it early.
+        let rendered = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            render()
+        });
+        match rendered.await {
             Ok(html) => Response::builder()
                 .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
                 .body(Full::new(Bytes::from(html)))

@@ -14,7 +14,7 @@ use anyhow::Context;
 use tapwire_shared::gor::{GorMessage, GorReader, PayloadType};
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
-use super::pending::{Answer, Expired, Gathered, PendingSet, RequestLine, Response};
+use super::pending::{Answer, Expired, Gathered, PENDING_SETS, PendingSet, RequestLine, Response};
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::{CompareSettings, Role};
@@ -23,8 +23,9 @@ use crate::config::{CompareSettings, Role};
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// How many messages further on a request's responses are waited for. A file's timestamps are
 /// no clock for this: type 3 records carry when they were replayed, maybe days after the
-/// capture their type 1 and 2 records carry.
-const WINDOW_MESSAGES: u32 = 1_000_000;
+/// capture their type 1 and 2 records carry. No more sets than this can wait at once, so the
+/// pending sets' own limit never drops one early.
+const WINDOW_MESSAGES: u32 = PENDING_SETS as u32;
 /// The pending set's clock advances this much per message, so that its expiry is the window.
 const PER_MESSAGE: Duration = Duration::from_micros(1);
 

@@ -18,10 +18,10 @@ use crate::config::Role;
 
 /// Response bytes held, waiting for the other roles, at most.
 pub const PENDING_BYTES: usize = 256 << 20;
-/// Sets waiting at most (about 400 bytes each, their responses aside): past it, a request
-/// replayed is counted `pending_full` at once (say, production as the reference while the
-/// listeners do not track responses: every set would wait for the expiry).
-const PENDING_SETS: usize = 100_000;
+/// Sets waiting at most (about 400 bytes each, their responses aside): past it, the oldest
+/// goes, counted `pending_full` (say, production as the reference while the listeners do not
+/// track responses: every set would wait for the expiry).
+pub const PENDING_SETS: usize = 100_000;
 /// Settled ids remembered at most (about 40 bytes each).
 const SETTLED_IDS: usize = 1 << 20;
 
@@ -126,6 +126,9 @@ impl Incomplete {
 
 struct Pending {
     exchange: Exchange,
+    /// Its expiry runs from here: its arrival, or when a compared target took it off a long
+    /// queue.
+    since: Instant,
     /// Whether the request was replayed (registered): only then is the set counted.
     requested: bool,
     /// Roles that answered (a bit per role).
@@ -178,6 +181,8 @@ pub struct PendingSet {
     held_bytes: usize,
     /// The replay is over: every set was counted, nothing more is taken.
     closed: bool,
+    /// Replayed requests whose sets were dropped to make room, not yet counted `pending_full`.
+    overflowed: u64,
 }
 
 impl PendingSet {
@@ -193,6 +198,7 @@ impl PendingSet {
             settled_order: VecDeque::new(),
             held_bytes: 0,
             closed: false,
+            overflowed: 0,
         }
     }
 
@@ -227,11 +233,10 @@ impl PendingSet {
                 entry.requested = true;
                 entry.exchange.request = Some(request);
             }
-            None if full => {
-                self.settle(key, now);
-                return Gathered::NotCompared(Incomplete::PendingFull);
-            }
             None => {
+                if full {
+                    self.drop_oldest(now);
+                }
                 self.arrivals.push_back((now, key));
                 let mut exchange = Exchange::new(id);
                 exchange.request = Some(request);
@@ -239,6 +244,7 @@ impl PendingSet {
                     key,
                     Pending {
                         exchange,
+                        since: now,
                         requested: true,
                         answered: 0,
                         incomplete: None,
@@ -263,6 +269,7 @@ impl PendingSet {
                 self.arrivals.push_back((now, key));
                 self.pending.entry(key).or_insert(Pending {
                     exchange: Exchange::new(id),
+                    since: now,
                     requested: false,
                     answered: 0,
                     incomplete: None,
@@ -329,6 +336,36 @@ impl PendingSet {
         self.settled_order.push_back((now, key));
     }
 
+    /// A compared target takes request `id` off its queue after a long wait: the set's
+    /// expiry runs from now, so that a backlogged target's answers are still compared.
+    pub fn started(&mut self, id: &str, now: Instant) {
+        let key = IdKey::of(id);
+        if let Some(entry) = self.pending.get_mut(&key) {
+            entry.since = now;
+            self.arrivals.push_back((now, key));
+        }
+    }
+
+    /// Makes room for one more set: the oldest goes, counted `pending_full` when its request
+    /// was replayed.
+    fn drop_oldest(&mut self, now: Instant) {
+        while let Some((_, key)) = self.arrivals.pop_front() {
+            if let Some(entry) = self.pending.remove(&key) {
+                self.held_bytes -= entry.exchange.held_bytes();
+                if entry.requested {
+                    self.settle(key, now);
+                    self.overflowed += 1;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Requests whose sets were dropped to make room since last asked: each is `pending_full`.
+    pub fn take_overflowed(&mut self) -> u64 {
+        std::mem::take(&mut self.overflowed)
+    }
+
     /// Sets that waited longer than the expiry, each with why it is not compared.
     pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
         let mut expired = Vec::new();
@@ -337,6 +374,14 @@ impl PendingSet {
                 break;
             }
             let (_, key) = self.arrivals.pop_front().expect("front exists");
+            // A set restarted later has a later entry: it waits for that one.
+            if self
+                .pending
+                .get(&key)
+                .is_some_and(|entry| now.saturating_duration_since(entry.since) < self.expiry)
+            {
+                continue;
+            }
             if let Some(entry) = self.pending.remove(&key) {
                 self.held_bytes -= entry.exchange.held_bytes();
                 expired.push(if entry.requested {
@@ -566,19 +611,51 @@ mod tests {
     }
 
     #[test]
-    fn past_the_sets_budget_a_request_is_counted_at_once() {
+    fn past_the_sets_budget_the_oldest_set_makes_room() {
         let now = Instant::now();
         let mut set = live(&[Role::Candidate, Role::Production]);
         for id in 0..PENDING_SETS {
             set.request(id.to_string(), line(), now);
         }
-        assert!(matches!(
-            set.request("over".into(), line(), now),
-            Gathered::NotCompared(Incomplete::PendingFull)
-        ));
-        // Its answers are for a request already counted.
-        set.add(Role::Candidate, "over".into(), answer(b"c"), now);
+        set.request("newest".into(), line(), now);
         assert_eq!(set.len(), PENDING_SETS);
-        assert_eq!(set.expire(now + EXPIRY).len(), PENDING_SETS);
+        assert_eq!(set.take_overflowed(), 1);
+        assert_eq!(set.take_overflowed(), 0);
+        // The oldest was counted: its answers are ignored; the newest completes.
+        set.add(Role::Candidate, "0".into(), answer(b"c"), now);
+        set.add(Role::Production, "newest".into(), answer(b"p"), now);
+        assert!(matches!(
+            set.add(Role::Candidate, "newest".into(), answer(b"c"), now),
+            Gathered::Complete(_)
+        ));
+        assert_eq!(set.len(), PENDING_SETS - 1);
+    }
+
+    #[test]
+    fn a_set_started_late_by_a_backlogged_target_waits_again() {
+        let now = Instant::now();
+        let mut set = live(&[Role::Candidate, Role::Baseline]);
+        set.request("1".into(), line(), now);
+        set.add(Role::Baseline, "1".into(), answer(b"b"), now);
+        // The candidate takes it off its queue just before the expiry.
+        set.started("1", now + EXPIRY - Duration::from_millis(1));
+        assert!(set.expire(now + EXPIRY).is_empty());
+        assert!(matches!(
+            set.add(
+                Role::Candidate,
+                "1".into(),
+                answer(b"c"),
+                now + EXPIRY * 3 / 2
+            ),
+            Gathered::Complete(_)
+        ));
+        let mut set = live(&[Role::Candidate, Role::Baseline]);
+        set.request("2".into(), line(), now);
+        set.started("2", now + EXPIRY / 2);
+        assert!(set.expire(now + EXPIRY).is_empty());
+        assert_eq!(
+            set.expire(now + EXPIRY * 3 / 2),
+            [Expired::Counted(Incomplete::MissingResponse)]
+        );
     }
 }

@@ -17,7 +17,9 @@ use tapwire_shared::http1::parse_response_head;
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
 use super::diff_log::DiffLog;
-use super::pending::{Answer, Exchange, Expired, Gathered, PendingSet, RequestLine, Response};
+use super::pending::{
+    Answer, Exchange, Expired, Gathered, Incomplete, PendingSet, RequestLine, Response,
+};
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::Role;
@@ -27,6 +29,8 @@ use crate::request::ReplayRequest;
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// Response bytes of the sets waiting for the comparing thread at most.
 const QUEUE_BYTES: usize = 256 << 20;
+/// A wait in a target's queue past which the request's set waits again from its start.
+const QUEUED_LONG: Duration = Duration::from_secs(1);
 /// Differing endpoints a progress line names at most.
 const LOGGED_ENDPOINTS: usize = 10;
 /// The summary's `source` for a live replay.
@@ -160,6 +164,15 @@ impl CompareStage {
         self.gather(|pending| pending.request(id, line, Instant::now()));
     }
 
+    /// A compared target takes `replay` off its queue long after it was replayed (over
+    /// [`QUEUED_LONG`]): its set's expiry starts again, so that a backlogged target's answers
+    /// are still compared.
+    pub fn target_started(&self, replay: &ReplayRequest) {
+        if replay.replayed_at.elapsed() > QUEUED_LONG {
+            lock(&self.pending).started(&replay.message_id(), Instant::now());
+        }
+    }
+
     /// A target did not send `replay` (filtered, sampled out, over its rate, shed): its set
     /// is settled at once instead of waiting to expire.
     pub fn target_skipped(&self, role: Role, replay: &ReplayRequest) {
@@ -216,12 +229,16 @@ impl CompareStage {
             }
             gathered
         };
+        if matches!(gathered, Gathered::Waiting) {
+            return;
+        }
+        // Ended even if counting panics, so that closing never waits for it.
+        let _handoff = HandoffDone(&self.handoffs);
         match gathered {
-            Gathered::Waiting => return,
+            Gathered::Waiting => {}
             Gathered::NotCompared(reason) => self.not_compared(reason.as_str()),
             Gathered::Complete(exchange) => self.queue_for_comparing(exchange),
         }
-        self.handoffs.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Queues a complete set for the comparing thread, unless the queue is full (in sets or in
@@ -260,8 +277,18 @@ impl CompareStage {
     }
 
     fn expire(&self) {
-        let expired = lock(&self.pending).expire(Instant::now());
+        let (expired, overflowed) = {
+            let mut pending = lock(&self.pending);
+            (pending.expire(Instant::now()), pending.take_overflowed())
+        };
         self.count_expired(expired);
+        self.count_overflowed(overflowed);
+    }
+
+    fn count_overflowed(&self, overflowed: u64) {
+        for _ in 0..overflowed {
+            self.not_compared(Incomplete::PendingFull.as_str());
+        }
     }
 
     fn count_expired(&self, expired: Vec<Expired>) {
@@ -275,8 +302,12 @@ impl CompareStage {
     /// The replay is over: counts every set still waiting, takes nothing more, and waits for
     /// the sets settled before to be counted or queued.
     fn close(&self) {
-        let closed = lock(&self.pending).close();
+        let (closed, overflowed) = {
+            let mut pending = lock(&self.pending);
+            (pending.close(), pending.take_overflowed())
+        };
         self.count_expired(closed);
+        self.count_overflowed(overflowed);
         while self.handoffs.load(Ordering::Acquire) > 0 {
             std::thread::yield_now();
         }
@@ -318,6 +349,15 @@ impl CompareStage {
             self.compared(&mut comparer, &exchange);
         }
         comparer.log_summary(&self.summary());
+    }
+}
+
+/// A hand-off counted or queued: see [`CompareStage::gather`].
+struct HandoffDone<'a>(&'a AtomicUsize);
+
+impl Drop for HandoffDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
