@@ -181,8 +181,9 @@ pub struct PendingSet {
     held_bytes: usize,
     /// The replay is over: every set was counted, nothing more is taken.
     closed: bool,
-    /// Replayed requests whose sets were dropped to make room, not yet counted `pending_full`.
-    overflowed: u64,
+    /// Why each replayed request whose set was dropped to make room is not compared (its own
+    /// reason, else `pending_full`), not yet counted.
+    overflowed: Vec<Incomplete>,
 }
 
 impl PendingSet {
@@ -198,7 +199,7 @@ impl PendingSet {
             settled_order: VecDeque::new(),
             held_bytes: 0,
             closed: false,
-            overflowed: 0,
+            overflowed: Vec::new(),
         }
     }
 
@@ -349,20 +350,29 @@ impl PendingSet {
     /// Makes room for one more set: the oldest goes, counted `pending_full` when its request
     /// was replayed.
     fn drop_oldest(&mut self, now: Instant) {
-        while let Some((_, key)) = self.arrivals.pop_front() {
+        while let Some((arrived, key)) = self.arrivals.pop_front() {
+            // A set restarted since has a later entry: the oldest is further on.
+            if self
+                .pending
+                .get(&key)
+                .is_some_and(|entry| entry.since != arrived)
+            {
+                continue;
+            }
             if let Some(entry) = self.pending.remove(&key) {
                 self.held_bytes -= entry.exchange.held_bytes();
                 if entry.requested {
                     self.settle(key, now);
-                    self.overflowed += 1;
+                    let reason = entry.incomplete.unwrap_or(Incomplete::PendingFull);
+                    self.overflowed.push(reason);
                 }
                 return;
             }
         }
     }
 
-    /// Requests whose sets were dropped to make room since last asked: each is `pending_full`.
-    pub fn take_overflowed(&mut self) -> u64 {
+    /// Requests whose sets were dropped to make room since last asked, each with why.
+    pub fn take_overflowed(&mut self) -> Vec<Incomplete> {
         std::mem::take(&mut self.overflowed)
     }
 
@@ -619,8 +629,8 @@ mod tests {
         }
         set.request("newest".into(), line(), now);
         assert_eq!(set.len(), PENDING_SETS);
-        assert_eq!(set.take_overflowed(), 1);
-        assert_eq!(set.take_overflowed(), 0);
+        assert_eq!(set.take_overflowed(), [Incomplete::PendingFull]);
+        assert!(set.take_overflowed().is_empty());
         // The oldest was counted: its answers are ignored; the newest completes.
         set.add(Role::Candidate, "0".into(), answer(b"c"), now);
         set.add(Role::Production, "newest".into(), answer(b"p"), now);
@@ -657,5 +667,29 @@ mod tests {
             set.expire(now + EXPIRY * 3 / 2),
             [Expired::Counted(Incomplete::MissingResponse)]
         );
+    }
+
+    #[test]
+    fn making_room_passes_over_a_set_restarted_since() {
+        let now = Instant::now();
+        let mut set = live(&[Role::Candidate, Role::Baseline]);
+        set.request("a".into(), line(), now);
+        set.add(Role::Baseline, "a".into(), Answer::NotSent, now);
+        for id in 1..PENDING_SETS {
+            set.request(id.to_string(), line(), now + Duration::from_millis(1));
+        }
+        set.started("a", now + Duration::from_millis(2));
+        set.request("newest".into(), line(), now + Duration::from_millis(3));
+        // Set 1 goes, not `a`: `a` started again after it.
+        assert_eq!(set.take_overflowed(), [Incomplete::PendingFull]);
+        assert!(matches!(
+            set.add(Role::Candidate, "a".into(), answer(b"c"), now),
+            Gathered::NotCompared(Incomplete::NotSent)
+        ));
+        // The next oldest, 2, goes by its own reason.
+        set.add(Role::Baseline, "2".into(), Answer::NotSent, now);
+        set.request("newer".into(), line(), now + Duration::from_millis(4));
+        set.request("newest yet".into(), line(), now + Duration::from_millis(4));
+        assert_eq!(set.take_overflowed(), [Incomplete::NotSent]);
     }
 }

@@ -285,9 +285,9 @@ impl CompareStage {
         self.count_overflowed(overflowed);
     }
 
-    fn count_overflowed(&self, overflowed: u64) {
-        for _ in 0..overflowed {
-            self.not_compared(Incomplete::PendingFull.as_str());
+    fn count_overflowed(&self, overflowed: Vec<Incomplete>) {
+        for reason in overflowed {
+            self.not_compared(reason.as_str());
         }
     }
 
