@@ -11,11 +11,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use governor::DefaultDirectRateLimiter;
-use std::time::Duration;
 use tapwire_runtime::Shutdown;
-
 use tapwire_shared::gor::{GorMessage, message_id};
 use tapwire_shared::{RequestRecord, ResponseRecord, proto};
 use tokio::sync::oneshot;

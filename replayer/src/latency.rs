@@ -77,9 +77,7 @@ impl Snapshot {
             p99: quantile(&counts, total, 0.99),
         })
     }
-}
 
-impl Snapshot {
     /// The `q`-th quantile (0.0 to 1.0) of everything recorded; `None` if nothing was.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let total: u64 = self.0.iter().sum();

@@ -18,8 +18,8 @@
 //!
 //! [`compare`] compares how targets with roles answered (the candidate against the baseline
 //! or production, the two baselines' differences as noise), off the send path, into a diff
-//! log and an HTML report (`tapwire-replayer report`, and `/report` on the metrics port). [`config`] holds
-//! the flags and file keys, [`plan`] their compiled form, [`outcome`] every
+//! log and an HTML report (`tapwire-replayer report`, and `/report` on the metrics port).
+//! [`config`] holds the flags and file keys, [`plan`] their compiled form, [`outcome`] every
 //! reason a request is not replayed, [`metrics`] the counters that account for every request
 //! (with [`latency`], each target's response times), [`stats`] the accounting logged every
 //! `--stats-interval`, [`progress`] the bar a file replay shows on a terminal,

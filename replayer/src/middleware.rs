@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::sync::atomic::Ordering;
+use tapwire_runtime::lock;
 use tapwire_shared::RequestRecord;
 use tapwire_shared::gor::{GorMessage, PayloadType};
 
@@ -250,13 +251,6 @@ impl ReplayObserver for Middleware {
     fn replayed_response(&self, _target: &str, message: &GorMessage) {
         self.observe(message);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding it leaves plain data behind; keep going with it.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Hex of `<header>\n<payload>`, then a line feed.

@@ -124,6 +124,13 @@ impl Target {
         let queue: Arc<dyn Backpressure> = Arc::clone(&self.queue) as Arc<dyn Backpressure>;
         Arc::downgrade(&queue)
     }
+
+    /// The comparison need not wait for this target's answer to `request`.
+    fn not_sent(&self, request: &ReplayRequest) {
+        if let Some((role, stage)) = &self.compare {
+            stage.target_skipped(*role, request);
+        }
+    }
 }
 
 /// A target's bounded queue, and whether the target is shedding.
@@ -238,15 +245,6 @@ impl ReplaySink for Target {
             };
             self.metrics.dropped(reason).inc();
             self.not_sent(request);
-        }
-    }
-}
-
-impl Target {
-    /// The comparison need not wait for this target's answer to `request`.
-    fn not_sent(&self, request: &ReplayRequest) {
-        if let Some((role, stage)) = &self.compare {
-            stage.target_skipped(*role, request);
         }
     }
 }

@@ -14,8 +14,10 @@
 //! unmet is the line `/readyz` shows for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::lock;
 
 /// A loop that has not turned for this long makes the process not alive. The capture loop
 /// turns at least every 100 ms (its poll timeout) and the runtime's heartbeat every second,
@@ -32,6 +34,8 @@ pub struct Health {
 struct Inner {
     /// Heartbeats are times since this instant, in milliseconds, so one fits an atomic.
     started: Instant,
+    // Locked with [`crate::lock`]: the lists only grow and every entry is valid on its own, so
+    // a panic elsewhere cannot leave them inconsistent.
     loops: Mutex<Vec<Arc<LoopState>>>,
     conditions: Mutex<Vec<Arc<ConditionState>>>,
 }
@@ -176,12 +180,6 @@ impl Drop for Hold {
     fn drop(&mut self) {
         self.state.holds.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// The lists only grow and every entry is valid on its own: a panic elsewhere cannot leave
-/// them inconsistent.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

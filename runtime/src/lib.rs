@@ -17,6 +17,14 @@ pub mod periodic;
 pub mod shutdown;
 
 pub use health::Health;
+
+/// Locks `mutex`, whether or not a panic poisoned it: for data a panic elsewhere cannot leave
+/// inconsistent (each holder documents why).
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 pub use logging::init_logging;
 pub use metrics_endpoint::serve_metrics;
 pub use shutdown::Shutdown;

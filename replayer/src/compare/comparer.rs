@@ -20,6 +20,7 @@ use super::pending::{Exchange, RequestLine};
 use super::summary::{Example, ExampleSide, Summary};
 use super::tally::{Roles, Tally};
 use crate::config::{CompareSettings, Role, parse_percent};
+use tapwire_runtime::lock;
 use tapwire_shared::config::ConfigError;
 
 /// Differences found between two responses at most (a response that differs everywhere costs a
@@ -168,7 +169,7 @@ struct Side {
     role: Role,
     response: DecodedResponse,
     body: std::cell::OnceCell<Body>,
-    latency_ms: f64,
+    latency: Option<std::time::Duration>,
 }
 
 impl Side {
@@ -200,13 +201,7 @@ impl Comparer {
 
     /// Counts a request that could not be compared.
     pub fn not_compared(&self, reason: &str) {
-        self.metrics
-            .not_compared
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
-        lock(&self.tally).not_compared(reason);
+        count_not_compared(&self.metrics, &self.tally, reason);
     }
 
     /// Compares one request's responses (every compared role's is there).
@@ -240,9 +235,7 @@ impl Comparer {
         let signal = {
             let mut tally = lock(&self.tally);
             for side in &sides {
-                let latency = (side.latency_ms >= 0.0)
-                    .then(|| std::time::Duration::from_secs_f64(side.latency_ms / 1000.0));
-                tally.response(side.role, side.response.status, latency);
+                tally.response(side.role, side.response.status, side.latency);
             }
             let signal = tally.compared(&endpoint, &candidate_differences, &noise_differences);
             if signal.contains(&true) && tally.wants_example(&endpoint) {
@@ -320,9 +313,7 @@ impl Comparer {
             role,
             response,
             body: std::cell::OnceCell::new(),
-            latency_ms: answer
-                .latency
-                .map_or(-1.0, |latency| latency.as_secs_f64() * 1000.0),
+            latency: answer.latency,
         })
     }
 
@@ -389,7 +380,9 @@ impl Comparer {
                 .collect(),
             body,
             truncated,
-            latency_ms: side.latency_ms.max(0.0),
+            latency_ms: side
+                .latency
+                .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0),
         }
     }
 }
@@ -448,10 +441,15 @@ fn difference_kind(path: &str) -> &'static str {
     }
 }
 
-fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
-    tally
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Counts a request not compared, for `reason`: in the metrics and the tally.
+pub(super) fn count_not_compared(metrics: &CompareMetrics, tally: &Mutex<Tally>, reason: &str) {
+    metrics
+        .not_compared
+        .get_or_create(&ReasonLabel {
+            reason: reason.to_owned(),
+        })
+        .inc();
+    lock(tally).not_compared(reason);
 }
 
 #[cfg(test)]

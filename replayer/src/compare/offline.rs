@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tapwire_runtime::lock;
 use tapwire_shared::gor::{GorMessage, GorReader, PayloadType};
 
 use super::comparer::{CompareMetrics, Comparer, Rules};
@@ -91,10 +92,7 @@ pub fn summarise_gor(paths: &[PathBuf], settings: &CompareSettings) -> anyhow::R
         .map(|path| path.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let summary = tally
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .summary(&source);
+    let summary = lock(&tally).summary(&source);
     Ok(summary)
 }
 

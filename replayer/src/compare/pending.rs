@@ -181,9 +181,9 @@ pub struct PendingSet {
     held_bytes: usize,
     /// The replay is over: every set was counted, nothing more is taken.
     closed: bool,
-    /// Why each replayed request whose set was dropped to make room is not compared (its own
-    /// reason, else `pending_full`), not yet counted.
-    overflowed: Vec<Incomplete>,
+    /// Replayed requests whose sets were dropped to make room (by their own reason, else
+    /// `pending_full`), handed out with the next expired ones.
+    dropped: Vec<Expired>,
 }
 
 impl PendingSet {
@@ -199,7 +199,7 @@ impl PendingSet {
             settled_order: VecDeque::new(),
             held_bytes: 0,
             closed: false,
-            overflowed: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -364,21 +364,17 @@ impl PendingSet {
                 if entry.requested {
                     self.settle(key, now);
                     let reason = entry.incomplete.unwrap_or(Incomplete::PendingFull);
-                    self.overflowed.push(reason);
+                    self.dropped.push(Expired::Counted(reason));
                 }
                 return;
             }
         }
     }
 
-    /// Requests whose sets were dropped to make room since last asked, each with why.
-    pub fn take_overflowed(&mut self) -> Vec<Incomplete> {
-        std::mem::take(&mut self.overflowed)
-    }
-
-    /// Sets that waited longer than the expiry, each with why it is not compared.
+    /// Sets that waited longer than the expiry, and those dropped to make room since last
+    /// asked, each with why it is not compared.
     pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
-        let mut expired = Vec::new();
+        let mut expired = std::mem::take(&mut self.dropped);
         while let Some((arrived, _)) = self.arrivals.front() {
             if now.saturating_duration_since(*arrived) < self.expiry {
                 break;
@@ -408,13 +404,14 @@ impl PendingSet {
 
     /// The replay is over: every set still waiting is counted now (`shutting_down` when a
     /// target had not answered, `missing_response` when only production's response is
-    /// missing), and nothing more is taken.
+    /// missing), with those dropped to make room not yet handed out; nothing more is taken.
     pub fn close(&mut self) -> Vec<Expired> {
         self.closed = true;
         self.arrivals.clear();
         self.held_bytes = 0;
         let targets = self.expected & !bit(Role::Production);
-        self.pending
+        let waiting = self
+            .pending
             .drain()
             .map(|(_, entry)| match entry.incomplete {
                 _ if !entry.requested => Expired::Unrequested,
@@ -423,7 +420,10 @@ impl PendingSet {
                     Expired::Counted(Incomplete::ShuttingDown)
                 }
                 None => Expired::Counted(Incomplete::MissingResponse),
-            })
+            });
+        std::mem::take(&mut self.dropped)
+            .into_iter()
+            .chain(waiting)
             .collect()
     }
 }
@@ -629,8 +629,8 @@ mod tests {
         }
         set.request("newest".into(), line(), now);
         assert_eq!(set.len(), PENDING_SETS);
-        assert_eq!(set.take_overflowed(), [Incomplete::PendingFull]);
-        assert!(set.take_overflowed().is_empty());
+        assert_eq!(set.expire(now), [Expired::Counted(Incomplete::PendingFull)]);
+        assert!(set.expire(now).is_empty());
         // The oldest was counted: its answers are ignored; the newest completes.
         set.add(Role::Candidate, "0".into(), answer(b"c"), now);
         set.add(Role::Production, "newest".into(), answer(b"p"), now);
@@ -681,7 +681,7 @@ mod tests {
         set.started("a", now + Duration::from_millis(2));
         set.request("newest".into(), line(), now + Duration::from_millis(3));
         // Set 1 goes, not `a`: `a` started again after it.
-        assert_eq!(set.take_overflowed(), [Incomplete::PendingFull]);
+        assert_eq!(set.expire(now), [Expired::Counted(Incomplete::PendingFull)]);
         assert!(matches!(
             set.add(Role::Candidate, "a".into(), answer(b"c"), now),
             Gathered::NotCompared(Incomplete::NotSent)
@@ -690,6 +690,6 @@ mod tests {
         set.add(Role::Baseline, "2".into(), Answer::NotSent, now);
         set.request("newer".into(), line(), now + Duration::from_millis(4));
         set.request("newest yet".into(), line(), now + Duration::from_millis(4));
-        assert_eq!(set.take_overflowed(), [Incomplete::NotSent]);
+        assert_eq!(set.expire(now), [Expired::Counted(Incomplete::NotSent)]);
     }
 }

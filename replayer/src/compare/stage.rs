@@ -13,13 +13,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tapwire_runtime::lock;
 use tapwire_shared::http1::parse_response_head;
 
-use super::comparer::{CompareMetrics, Comparer, Rules};
+use super::comparer::{CompareMetrics, Comparer, Rules, count_not_compared};
 use super::diff_log::DiffLog;
-use super::pending::{
-    Answer, Exchange, Expired, Gathered, Incomplete, PendingSet, RequestLine, Response,
-};
+use super::pending::{Answer, Exchange, Expired, Gathered, PendingSet, RequestLine, Response};
 use super::summary::Summary;
 use super::tally::{Roles, Tally};
 use crate::config::Role;
@@ -221,19 +220,13 @@ impl CompareStage {
     /// the lock (queueing may wake the comparing thread). A settled set is a hand-off until
     /// then: closing waits for those, so each is counted or queued before `Finish`.
     fn gather(&self, change: impl FnOnce(&mut PendingSet) -> Gathered) {
-        let gathered = {
+        let (gathered, _handoff) = {
             let mut pending = lock(&self.pending);
             let gathered = change(&mut pending);
-            if !matches!(gathered, Gathered::Waiting) {
-                self.handoffs.fetch_add(1, Ordering::AcqRel);
-            }
-            gathered
+            let handoff =
+                (!matches!(gathered, Gathered::Waiting)).then(|| Handoff::new(&self.handoffs));
+            (gathered, handoff)
         };
-        if matches!(gathered, Gathered::Waiting) {
-            return;
-        }
-        // Ended even if counting panics, so that closing never waits for it.
-        let _handoff = HandoffDone(&self.handoffs);
         match gathered {
             Gathered::Waiting => {}
             Gathered::NotCompared(reason) => self.not_compared(reason.as_str()),
@@ -267,28 +260,12 @@ impl CompareStage {
     }
 
     fn not_compared(&self, reason: &str) {
-        self.metrics
-            .not_compared
-            .get_or_create(&super::comparer::ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
-        lock(&self.tally).not_compared(reason);
+        count_not_compared(&self.metrics, &self.tally, reason);
     }
 
     fn expire(&self) {
-        let (expired, overflowed) = {
-            let mut pending = lock(&self.pending);
-            (pending.expire(Instant::now()), pending.take_overflowed())
-        };
+        let expired = lock(&self.pending).expire(Instant::now());
         self.count_expired(expired);
-        self.count_overflowed(overflowed);
-    }
-
-    fn count_overflowed(&self, overflowed: Vec<Incomplete>) {
-        for reason in overflowed {
-            self.not_compared(reason.as_str());
-        }
     }
 
     fn count_expired(&self, expired: Vec<Expired>) {
@@ -302,12 +279,8 @@ impl CompareStage {
     /// The replay is over: counts every set still waiting, takes nothing more, and waits for
     /// the sets settled before to be counted or queued.
     fn close(&self) {
-        let (closed, overflowed) = {
-            let mut pending = lock(&self.pending);
-            (pending.close(), pending.take_overflowed())
-        };
+        let closed = lock(&self.pending).close();
         self.count_expired(closed);
-        self.count_overflowed(overflowed);
         while self.handoffs.load(Ordering::Acquire) > 0 {
             std::thread::yield_now();
         }
@@ -352,10 +325,18 @@ impl CompareStage {
     }
 }
 
-/// A hand-off counted or queued: see [`CompareStage::gather`].
-struct HandoffDone<'a>(&'a AtomicUsize);
+/// A settled set on its way to be counted or queued (see [`CompareStage::gather`]): ended
+/// when dropped, even if counting panics, so that closing never waits for it.
+struct Handoff<'a>(&'a AtomicUsize);
 
-impl Drop for HandoffDone<'_> {
+impl<'a> Handoff<'a> {
+    fn new(handoffs: &'a AtomicUsize) -> Self {
+        handoffs.fetch_add(1, Ordering::AcqRel);
+        Handoff(handoffs)
+    }
+}
+
+impl Drop for Handoff<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -418,10 +399,4 @@ fn log_progress(summary: &Summary, message: &str) {
             &listed
         }
     );
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
