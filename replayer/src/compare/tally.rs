@@ -49,7 +49,8 @@ pub struct Roles {
 #[derive(Default)]
 struct RoleStats {
     responses: u64,
-    statuses: BTreeMap<String, u64>,
+    /// By status class (2 for 2xx...): named only in the summary, not per response.
+    statuses: BTreeMap<u16, u64>,
     latency: LatencyBuckets,
     slowest: Duration,
 }
@@ -101,17 +102,19 @@ impl Tally {
     }
 
     pub fn not_compared(&mut self, reason: &str) {
-        *self.not_compared.entry(reason.to_owned()).or_default() += 1;
+        match self.not_compared.get_mut(reason) {
+            Some(count) => *count += 1,
+            None => {
+                self.not_compared.insert(reason.to_owned(), 1);
+            }
+        }
     }
 
     /// One compared role's response.
     pub fn response(&mut self, role: Role, status: u16, latency: Option<Duration>) {
         let stats = &mut self.stats[role as usize];
         stats.responses += 1;
-        *stats
-            .statuses
-            .entry(format!("{}xx", status / 100))
-            .or_default() += 1;
+        *stats.statuses.entry(status / 100).or_default() += 1;
         if let Some(latency) = latency {
             stats.latency.record(latency.as_secs_f64());
             stats.slowest = stats.slowest.max(latency);
@@ -365,7 +368,11 @@ fn target_summary(role: Role, name: &str, stats: &RoleStats) -> TargetSummary {
         role: role.as_str().to_owned(),
         name: name.to_owned(),
         responses: stats.responses,
-        statuses: stats.statuses.clone(),
+        statuses: stats
+            .statuses
+            .iter()
+            .map(|(class, count)| (format!("{class}xx"), *count))
+            .collect(),
         latency: LatencySummary {
             p50_ms: ms(0.50),
             p90_ms: ms(0.90),
