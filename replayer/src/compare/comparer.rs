@@ -422,11 +422,17 @@ fn shown_value(name: &str, value: &[u8]) -> String {
     value.into_owned()
 }
 
-/// Cuts `text` to [`NAME_CHARS`] characters, marking the cut.
+/// `text` cut to [`NAME_CHARS`] characters, the cut marked; `None` when it is no longer.
+/// Copies only what is kept: a name or path may be megabytes long.
+pub(super) fn clipped(text: &str) -> Option<String> {
+    let (cut, _) = text.char_indices().nth(NAME_CHARS)?;
+    Some(format!("{}…", &text[..cut]))
+}
+
+/// [`clipped`], in place.
 fn clip(text: &mut String) {
-    if let Some((cut, _)) = text.char_indices().nth(NAME_CHARS) {
-        text.truncate(cut);
-        text.push('…');
+    if let Some(kept) = clipped(text) {
+        *text = kept;
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::comparer::NAME_CHARS;
+use super::comparer::clipped;
 
 /// How a field differs between the expected document and the actual one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,13 +146,7 @@ impl Walk<'_> {
         if !(self.ignored)(&self.path) {
             // Cut as it is copied: a response's keys may be megabytes long, and each of up to
             // `limit` differences would copy them.
-            let mut path = match self.path.char_indices().nth(NAME_CHARS) {
-                Some((cut, _)) => self.path[..cut].to_owned(),
-                None => self.path.clone(),
-            };
-            if path.len() < self.path.len() {
-                path.push('…');
-            }
+            let path = clipped(&self.path).unwrap_or_else(|| self.path.clone());
             self.found.push(Difference { path, kind });
         }
     }
@@ -183,6 +177,7 @@ fn push_key(path: &mut String, key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compare::comparer::NAME_CHARS;
     use serde_json::json;
 
     fn diff(expected: Value, actual: Value) -> Vec<(String, &'static str)> {
